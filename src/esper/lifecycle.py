@@ -1,0 +1,505 @@
+"""The seed lifecycle: stages, the transition table, quality gates and legal operations.
+
+Pure Python, no torch. Everything that decides *whether* a seed may move lives here;
+the slot (`esper.model.slot`) holds one `SeedState` and asks. Both controllers ask
+`legal_ops` what they may do, so the heuristic and the PPO action masks cannot disagree.
+
+A seed's life::
+
+    DORMANT ─germinate─> GERMINATED ─G1─> TRAINING ─G2─> BLENDING ─G3─> PROBATIONARY ─G5─> FOSSILIZED
+                             │               │              │               │
+                             └───────────────┴─────cull─────┴───────────────┴──> CULLED
+    CULLED ─> EMBARGOED ─(embargo_epochs)─> RESETTING ─> DORMANT
+
+Units: accuracies and contributions are percentage points (0–100 scale); epochs count
+whole training epochs spent in a stage.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum, IntEnum
+
+__all__ = [
+    "ACTIVE_STAGES",
+    "LIVE_STAGES",
+    "TRANSITIONS",
+    "BlendAlgorithm",
+    "FactoredAction",
+    "Gate",
+    "GateResult",
+    "LifecycleConfig",
+    "LifecycleError",
+    "LifecycleOp",
+    "SeedStage",
+    "SeedState",
+    "StepOutcome",
+    "alpha_for_step",
+    "can_transition",
+    "gate_fossilize",
+    "gate_germinate",
+    "gate_start_blending",
+    "gate_start_training",
+    "gate_end_blending",
+    "legal_ops",
+    "probation_verdict",
+    "step_epoch",
+    "transition",
+]
+
+
+class SeedStage(IntEnum):
+    """Where a slot is in the seed lifecycle. Values are contiguous and stable."""
+
+    DORMANT = 0
+    GERMINATED = 1
+    TRAINING = 2
+    BLENDING = 3
+    PROBATIONARY = 4
+    FOSSILIZED = 5
+    CULLED = 6
+    EMBARGOED = 7
+    RESETTING = 8
+
+
+# The contract. Anything not listed here is refused by `transition`.
+TRANSITIONS: Mapping[SeedStage, frozenset[SeedStage]] = {
+    SeedStage.DORMANT: frozenset({SeedStage.GERMINATED}),
+    SeedStage.GERMINATED: frozenset({SeedStage.TRAINING, SeedStage.CULLED}),
+    SeedStage.TRAINING: frozenset({SeedStage.BLENDING, SeedStage.CULLED}),
+    SeedStage.BLENDING: frozenset({SeedStage.PROBATIONARY, SeedStage.CULLED}),
+    SeedStage.PROBATIONARY: frozenset({SeedStage.FOSSILIZED, SeedStage.CULLED}),
+    SeedStage.FOSSILIZED: frozenset(),
+    SeedStage.CULLED: frozenset({SeedStage.EMBARGOED}),
+    SeedStage.EMBARGOED: frozenset({SeedStage.RESETTING}),
+    SeedStage.RESETTING: frozenset({SeedStage.DORMANT}),
+}
+
+#: Stages in which the seed module exists and runs in the forward pass.
+ACTIVE_STAGES = frozenset(
+    {SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.PROBATIONARY, SeedStage.FOSSILIZED}
+)
+#: Stages in which a seed is alive but not yet kept: it can still be culled.
+LIVE_STAGES = frozenset(
+    {SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.PROBATIONARY}
+)
+#: Stages in which the slot holds a seed module (live or fossil).
+OCCUPIED_STAGES = LIVE_STAGES | {SeedStage.FOSSILIZED}
+
+
+class LifecycleOp(IntEnum):
+    """What a controller can ask of one slot in one epoch."""
+
+    WAIT = 0
+    GERMINATE = 1
+    FOSSILIZE = 2
+    CULL = 3
+
+
+class BlendAlgorithm(str, Enum):
+    """How alpha rises during BLENDING (see `alpha_for_step`)."""
+
+    LINEAR = "linear"
+    SIGMOID = "sigmoid"
+    GATED = "gated"
+
+
+class Gate(str, Enum):
+    """Quality gates, named by the transition they guard."""
+
+    G0_GERMINATE = "G0"
+    G1_START_TRAINING = "G1"
+    G2_START_BLENDING = "G2"
+    G3_END_BLENDING = "G3"
+    G5_FOSSILIZE = "G5"
+
+
+class LifecycleError(ValueError):
+    """A transition or operation the lifecycle refuses; the message says why."""
+
+
+@dataclass(frozen=True)
+class FactoredAction:
+    """One controller decision: an op on a slot, with what to grow when germinating.
+
+    ``blueprint`` and ``blend`` matter only for GERMINATE; ``slot`` is ignored for WAIT.
+    """
+
+    op: LifecycleOp
+    slot: str | None = None
+    blueprint: str | None = None
+    blend: BlendAlgorithm = BlendAlgorithm.LINEAR
+
+    @classmethod
+    def wait(cls) -> FactoredAction:
+        return cls(LifecycleOp.WAIT)
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    """Thresholds of the quality gates and timers. Accuracies in percentage points."""
+
+    min_training_epochs: int = 3
+    """G2: epochs a seed must spend in TRAINING before it may start blending."""
+    min_gradient_ratio: float = 0.10
+    """G2: the seed's per-parameter gradient norm relative to the host's, averaged over
+    the last training epoch, must reach this (the seed is really learning)."""
+    blending_steps: int = 5
+    """Epochs the alpha ramp takes to go from its first value to 1."""
+    min_blending_epochs: int = 3
+    """G3: epochs a seed must spend in BLENDING before probation."""
+    alpha_complete: float = 0.95
+    """G3: alpha the seed must have trained at before probation."""
+    min_fossilize_contribution: float = 1.0
+    """G5: counterfactual contribution (accuracy with the seed minus accuracy with its
+    alpha forced to 0, in pp) needed to fossilize."""
+    max_probation_epochs: int = 5
+    """A seed still in PROBATIONARY after this many epochs is culled."""
+    embargo_epochs: int = 3
+    """Epochs a slot stays EMBARGOED after a cull before it can take a new seed."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "min_training_epochs",
+            "blending_steps",
+            "min_blending_epochs",
+            "max_probation_epochs",
+            "embargo_epochs",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"LifecycleConfig.{name} must be >= 0")
+        if self.blending_steps < 1:
+            raise ValueError("LifecycleConfig.blending_steps must be >= 1")
+        if not 0.0 < self.alpha_complete <= 1.0:
+            raise ValueError("LifecycleConfig.alpha_complete must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class SeedState:
+    """Lifecycle record of one slot: stage, clocks and the latest measurements.
+
+    ``gradient_ratio`` and ``contribution`` are written by the training loop every epoch
+    (`with_measurements`); the gates read them. ``None`` means not measured yet.
+    """
+
+    stage: SeedStage = SeedStage.DORMANT
+    seed_id: str | None = None
+    blueprint_id: str | None = None
+    blend: BlendAlgorithm = BlendAlgorithm.LINEAR
+    epochs_in_stage: int = 0
+    epochs_total: int = 0
+    blend_step: int = 0
+    gradient_ratio: float | None = None
+    contribution: float | None = None
+    history: tuple[tuple[SeedStage, int], ...] = field(default_factory=tuple)
+    """(stage left, epochs spent in it), oldest first."""
+
+    @property
+    def occupied(self) -> bool:
+        """The slot holds a seed module (live or fossilized)."""
+        return self.stage in OCCUPIED_STAGES
+
+    @property
+    def live(self) -> bool:
+        """A seed that is alive and can still be culled."""
+        return self.stage in LIVE_STAGES
+
+    def with_measurements(
+        self, *, gradient_ratio: float | None = None, contribution: float | None = None
+    ) -> SeedState:
+        """Record this epoch's measurements; a ``None`` argument keeps the old value."""
+        return replace(
+            self,
+            gradient_ratio=self.gradient_ratio if gradient_ratio is None else gradient_ratio,
+            contribution=self.contribution if contribution is None else contribution,
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """Primitive-only form, safe for ``torch.load(weights_only=True)``."""
+        return {
+            "stage": int(self.stage),
+            "seed_id": self.seed_id,
+            "blueprint_id": self.blueprint_id,
+            "blend": self.blend.value,
+            "epochs_in_stage": self.epochs_in_stage,
+            "epochs_total": self.epochs_total,
+            "blend_step": self.blend_step,
+            "gradient_ratio": self.gradient_ratio,
+            "contribution": self.contribution,
+            "history": [[int(s), n] for s, n in self.history],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> SeedState:
+        def opt_float(key: str) -> float | None:
+            value = data.get(key)
+            return None if value is None else float(value)  # type: ignore[arg-type]
+
+        def opt_str(key: str) -> str | None:
+            value = data.get(key)
+            return None if value is None else str(value)
+
+        history = data.get("history", [])
+        assert isinstance(history, list)
+        return cls(
+            stage=SeedStage(int(data["stage"])),  # type: ignore[call-overload]
+            seed_id=opt_str("seed_id"),
+            blueprint_id=opt_str("blueprint_id"),
+            blend=BlendAlgorithm(str(data.get("blend", "linear"))),
+            epochs_in_stage=int(data["epochs_in_stage"]),  # type: ignore[call-overload]
+            epochs_total=int(data["epochs_total"]),  # type: ignore[call-overload]
+            blend_step=int(data["blend_step"]),  # type: ignore[call-overload]
+            gradient_ratio=opt_float("gradient_ratio"),
+            contribution=opt_float("contribution"),
+            history=tuple((SeedStage(int(s)), int(n)) for s, n in history),
+        )
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """Outcome of one quality gate: which checks passed and which failed, in words."""
+
+    gate: Gate
+    passed: bool
+    checks_passed: tuple[str, ...] = ()
+    checks_failed: tuple[str, ...] = ()
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.checks_failed) if self.checks_failed else "all checks passed"
+
+
+def _gate(gate: Gate, checks: list[tuple[bool, str]]) -> GateResult:
+    passed = tuple(text for ok, text in checks if ok)
+    failed = tuple(text for ok, text in checks if not ok)
+    return GateResult(gate, not failed, passed, failed)
+
+
+# ---------------------------------------------------------------- transitions
+
+
+def can_transition(current: SeedStage, target: SeedStage) -> str | None:
+    """None if the table allows ``current -> target``, else the reason it does not."""
+    if target in TRANSITIONS[current]:
+        return None
+    allowed = ", ".join(s.name for s in sorted(TRANSITIONS[current])) or "nothing"
+    return f"{current.name} -> {target.name} is not a lifecycle transition ({current.name} may go to {allowed})"
+
+
+def transition(state: SeedState, target: SeedStage) -> SeedState:
+    """Move ``state`` to ``target``, or raise `LifecycleError` with the reason.
+
+    Resets the per-stage clock and appends the stage left to the history. Leaving the
+    lifecycle for DORMANT (after RESETTING) clears the seed's identity and measurements.
+    """
+    reason = can_transition(state.stage, target)
+    if reason is not None:
+        raise LifecycleError(reason)
+    history = (*state.history, (state.stage, state.epochs_in_stage))
+    if target is SeedStage.DORMANT:
+        return SeedState(history=history)
+    return replace(state, stage=target, epochs_in_stage=0, history=history)
+
+
+# ---------------------------------------------------------------- gates
+
+
+def gate_germinate(state: SeedState, seed_id: str, blueprint_id: str) -> GateResult:
+    """G0: ids present, the slot is empty and not embargoed."""
+    return _gate(
+        Gate.G0_GERMINATE,
+        [
+            (bool(seed_id), "seed id is present"),
+            (bool(blueprint_id), "blueprint id is present"),
+            (
+                state.stage is SeedStage.DORMANT,
+                f"slot is empty (stage {state.stage.name})",
+            ),
+        ],
+    )
+
+
+def gate_start_training(state: SeedState) -> GateResult:
+    """G1: the seed is GERMINATED."""
+    return _gate(
+        Gate.G1_START_TRAINING,
+        [(state.stage is SeedStage.GERMINATED, f"stage is GERMINATED (is {state.stage.name})")],
+    )
+
+
+def gate_start_blending(state: SeedState, config: LifecycleConfig) -> GateResult:
+    """G2: trained long enough in isolation, and its gradients show it is learning."""
+    ratio = state.gradient_ratio
+    return _gate(
+        Gate.G2_START_BLENDING,
+        [
+            (state.stage is SeedStage.TRAINING, f"stage is TRAINING (is {state.stage.name})"),
+            (
+                state.epochs_in_stage >= config.min_training_epochs,
+                f"trained {state.epochs_in_stage}/{config.min_training_epochs} epochs",
+            ),
+            (
+                ratio is not None and ratio >= config.min_gradient_ratio,
+                f"gradient ratio {_fmt(ratio)} >= {config.min_gradient_ratio}",
+            ),
+        ],
+    )
+
+
+def gate_end_blending(state: SeedState, config: LifecycleConfig) -> GateResult:
+    """G3: alpha has reached (nearly) 1 and the seed blended long enough."""
+    alpha = alpha_for_step(state.blend, state.blend_step, config.blending_steps)
+    return _gate(
+        Gate.G3_END_BLENDING,
+        [
+            (state.stage is SeedStage.BLENDING, f"stage is BLENDING (is {state.stage.name})"),
+            (alpha >= config.alpha_complete, f"alpha {alpha:.3f} >= {config.alpha_complete}"),
+            (
+                state.epochs_in_stage >= config.min_blending_epochs,
+                f"blended {state.epochs_in_stage}/{config.min_blending_epochs} epochs",
+            ),
+        ],
+    )
+
+
+def gate_fossilize(state: SeedState, config: LifecycleConfig) -> GateResult:
+    """G5: on probation, with a measured contribution at or above the threshold."""
+    c = state.contribution
+    return _gate(
+        Gate.G5_FOSSILIZE,
+        [
+            (
+                state.stage is SeedStage.PROBATIONARY,
+                f"stage is PROBATIONARY (is {state.stage.name})",
+            ),
+            (
+                c is not None and c >= config.min_fossilize_contribution,
+                f"contribution {_fmt(c)} pp >= {config.min_fossilize_contribution} pp",
+            ),
+        ],
+    )
+
+
+def probation_verdict(state: SeedState, config: LifecycleConfig) -> str | None:
+    """Why a seed on probation must be culled now, or None if it may stay."""
+    if state.stage is not SeedStage.PROBATIONARY:
+        return None
+    if state.contribution is not None and state.contribution <= 0.0:
+        return f"negative counterfactual ({state.contribution:+.2f} pp)"
+    if state.epochs_in_stage >= config.max_probation_epochs:
+        return f"probation timeout ({state.epochs_in_stage} epochs)"
+    return None
+
+
+def _fmt(value: float | None) -> str:
+    return "unmeasured" if value is None else f"{value:.3f}"
+
+
+# ---------------------------------------------------------------- alpha
+
+
+def alpha_for_step(blend: BlendAlgorithm, step: int, total_steps: int) -> float:
+    """Scalar alpha (ramp progress) after ``step`` of ``total_steps`` blending steps.
+
+    Linear rises in equal steps; sigmoid is slow, fast, slow, centred on the ramp's
+    middle; gated uses the linear progress (its per-sample gate modulates it in the
+    forward pass). Every ramp reaches exactly 1.0 at ``step >= total_steps``.
+    """
+    if step <= 0:
+        return 0.0
+    if step >= total_steps:
+        return 1.0
+    progress = step / total_steps
+    if blend is BlendAlgorithm.SIGMOID:
+        return 1.0 / (1.0 + math.exp(-12.0 * (progress - 0.5)))
+    return progress
+
+
+# ---------------------------------------------------------------- the epoch clock
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one epoch tick did to a slot."""
+
+    state: SeedState
+    transitions: tuple[tuple[SeedStage, SeedStage], ...] = ()
+    gate: GateResult | None = None
+    cull_reason: str | None = None
+    """Set when the tick culled the seed (probation failure)."""
+
+
+def step_epoch(state: SeedState, config: LifecycleConfig) -> StepOutcome:
+    """Advance one slot's clock by one trained epoch and apply mechanical transitions.
+
+    Called once per epoch after the measurements for that epoch were recorded. At most
+    one stage transition happens per tick, so every stage a seed passes through is
+    observable for at least one epoch (GERMINATED is left on the first tick).
+    """
+    counted = replace(
+        state,
+        epochs_in_stage=state.epochs_in_stage + 1,
+        epochs_total=state.epochs_total + (1 if state.occupied else 0),
+    )
+    stage = counted.stage
+    if stage is SeedStage.GERMINATED:
+        return _advance(counted, SeedStage.TRAINING, gate_start_training(counted))
+    if stage is SeedStage.TRAINING:
+        return _advance(counted, SeedStage.BLENDING, gate_start_blending(counted, config))
+    if stage is SeedStage.BLENDING:
+        result = gate_end_blending(counted, config)
+        if result.passed:
+            return _advance(counted, SeedStage.PROBATIONARY, result)
+        ramped = replace(counted, blend_step=min(counted.blend_step + 1, config.blending_steps))
+        return StepOutcome(ramped, gate=result)
+    if stage is SeedStage.PROBATIONARY:
+        reason = probation_verdict(counted, config)
+        if reason is None:
+            return StepOutcome(counted)
+        culled = transition(counted, SeedStage.CULLED)
+        return StepOutcome(culled, ((stage, SeedStage.CULLED),), cull_reason=reason)
+    if stage is SeedStage.CULLED:
+        return _moved(counted, SeedStage.EMBARGOED)
+    if stage is SeedStage.EMBARGOED:
+        if counted.epochs_in_stage >= config.embargo_epochs:
+            return _moved(counted, SeedStage.RESETTING)
+        return StepOutcome(counted)
+    if stage is SeedStage.RESETTING:
+        return _moved(counted, SeedStage.DORMANT)
+    return StepOutcome(counted)  # DORMANT, FOSSILIZED: nothing moves
+
+
+def _advance(state: SeedState, target: SeedStage, result: GateResult) -> StepOutcome:
+    if not result.passed:
+        return StepOutcome(state, gate=result)
+    moved = transition(state, target)
+    if target is SeedStage.BLENDING:
+        # The first blending epoch already trains at the ramp's first step, not at 0.
+        moved = replace(moved, blend_step=1)
+    return StepOutcome(moved, ((state.stage, target),), gate=result)
+
+
+def _moved(state: SeedState, target: SeedStage) -> StepOutcome:
+    return StepOutcome(transition(state, target), ((state.stage, target),))
+
+
+# ---------------------------------------------------------------- legal ops
+
+
+def legal_ops(state: SeedState, *, seed_budget_left: bool = True) -> frozenset[LifecycleOp]:
+    """The ops a controller may choose for this slot now.
+
+    GERMINATE needs an empty, non-embargoed slot and room in the seed budget; FOSSILIZE
+    needs a seed on probation (G5 still decides at execution); CULL needs a live seed.
+    WAIT is always legal.
+    """
+    ops = {LifecycleOp.WAIT}
+    if state.stage is SeedStage.DORMANT and seed_budget_left:
+        ops.add(LifecycleOp.GERMINATE)
+    if state.stage is SeedStage.PROBATIONARY:
+        ops.add(LifecycleOp.FOSSILIZE)
+    if state.stage in LIVE_STAGES:
+        ops.add(LifecycleOp.CULL)
+    return frozenset(ops)

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 
 __all__ = ["TaskType", "Topology", "parse_slot_id", "slot_id"]
 
 
-class Topology(str, Enum):
+class Topology(StrEnum):
     """The family of host a blueprint fits: image feature maps or token sequences."""
 
     CNN = "cnn"
     TRANSFORMER = "transformer"
 
 
-class TaskType(str, Enum):
+class TaskType(StrEnum):
     """How outputs are scored: one label per sample, or one per token."""
 
     CLASSIFICATION = "classification"

@@ -6,10 +6,10 @@ the slot (`esper.model.slot`) holds one `SeedState` and asks. Both controllers a
 
 A seed's life::
 
-    DORMANT ─germinate─> GERMINATED ─G1─> TRAINING ─G2─> BLENDING ─G3─> PROBATIONARY ─G5─> FOSSILIZED
-                             │               │              │               │
-                             └───────────────┴─────cull─────┴───────────────┴──> CULLED
-    CULLED ─> EMBARGOED ─(embargo_epochs)─> RESETTING ─> DORMANT
+    DORMANT -germinate-> GERMINATED -G1-> TRAINING -G2-> BLENDING -G3-> PROBATIONARY
+    PROBATIONARY -fossilize (G5)-> FOSSILIZED
+      any live stage (GERMINATED .. PROBATIONARY) -cull or probation failure-> CULLED
+    CULLED -> EMBARGOED -(embargo_epochs)-> RESETTING -> DORMANT
 
 Units: accuracies and contributions are percentage points (0–100 scale); epochs count
 whole training epochs spent in a stage.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 
 __all__ = [
     "ACTIVE_STAGES",
@@ -38,11 +38,11 @@ __all__ = [
     "StepOutcome",
     "alpha_for_step",
     "can_transition",
+    "gate_end_blending",
     "gate_fossilize",
     "gate_germinate",
     "gate_start_blending",
     "gate_start_training",
-    "gate_end_blending",
     "legal_ops",
     "probation_verdict",
     "step_epoch",
@@ -98,7 +98,7 @@ class LifecycleOp(IntEnum):
     CULL = 3
 
 
-class BlendAlgorithm(str, Enum):
+class BlendAlgorithm(StrEnum):
     """How alpha rises during BLENDING (see `alpha_for_step`)."""
 
     LINEAR = "linear"
@@ -106,7 +106,7 @@ class BlendAlgorithm(str, Enum):
     GATED = "gated"
 
 
-class Gate(str, Enum):
+class Gate(StrEnum):
     """Quality gates, named by the transition they guard."""
 
     G0_GERMINATE = "G0"
@@ -285,7 +285,10 @@ def can_transition(current: SeedStage, target: SeedStage) -> str | None:
     if target in TRANSITIONS[current]:
         return None
     allowed = ", ".join(s.name for s in sorted(TRANSITIONS[current])) or "nothing"
-    return f"{current.name} -> {target.name} is not a lifecycle transition ({current.name} may go to {allowed})"
+    return (
+        f"{current.name} -> {target.name} is not a lifecycle transition "
+        f"({current.name} may go to {allowed})"
+    )
 
 
 def transition(state: SeedState, target: SeedStage) -> SeedState:

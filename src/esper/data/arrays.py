@@ -1,0 +1,197 @@
+"""Shared pieces of the data layer: errors, the `SplitData` result, image tensor helpers.
+
+Every loader returns a `SplitData`. Image loaders turn ``uint8`` arrays shaped
+``[N, C, H, W]`` into float32 tensors normalised per channel with statistics of the
+train split (`normalised_images`); `AugmentedImages` adds the usual CIFAR training
+augmentation on top of such a dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch.utils.data import Dataset, TensorDataset
+
+from esper.contracts import TaskType
+
+if TYPE_CHECKING:
+    from esper.data.text import CharVocab
+
+__all__ = [
+    "AugmentedImages",
+    "DataFormatError",
+    "DataUnavailableError",
+    "SplitData",
+    "channel_stats",
+    "image_split",
+    "normalised_images",
+    "random_crop_flip",
+]
+
+
+class DataUnavailableError(Exception):
+    """The data set is not where Esper looked, or an optional package it needs is missing.
+
+    The message says what was looked for and where, where to get it, and how to point
+    Esper at it. Loaders raise this instead of ever falling back to synthetic data.
+    """
+
+
+class DataFormatError(ValueError):
+    """The data is there but unusable: wrong magic number, shape, encoding or size."""
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """A train and a validation split with what a model needs to be built for them.
+
+    Classification data sets set ``num_classes`` (and ``input_shape``, ``(C, H, W)``, for
+    images); their samples are ``(image float32 [C, H, W], label int64 scalar)``.
+    Language-modelling data sets set ``vocab_size``, ``block_size`` and ``vocab``; their
+    samples are ``(x, y)``, two int64 vectors of ``block_size`` with ``y`` = ``x`` shifted
+    by one character. ``mean``/``std`` are the per-channel statistics (on the 0..1 pixel
+    scale) that image tensors were normalised with, empty for text.
+    """
+
+    name: str
+    train: Dataset[tuple[torch.Tensor, torch.Tensor]]
+    val: Dataset[tuple[torch.Tensor, torch.Tensor]]
+    num_classes: int | None = None
+    vocab_size: int | None = None
+    input_shape: tuple[int, int, int] | None = None
+    class_names: tuple[str, ...] = ()
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    block_size: int | None = None
+    vocab: CharVocab | None = None
+
+    def __post_init__(self) -> None:
+        if (self.num_classes is None) == (self.vocab_size is None):
+            raise ValueError(f"{self.name}: set exactly one of num_classes and vocab_size")
+
+    @property
+    def task(self) -> TaskType:
+        """Classification when ``num_classes`` is set, language modelling otherwise."""
+        return TaskType.CLASSIFICATION if self.num_classes is not None else TaskType.LANGUAGE_MODEL
+
+
+def channel_stats(images: NDArray[np.uint8], scale: float) -> tuple[NDArray[np.float64], ...]:
+    """Per-channel (mean, std) of ``[N, C, H, W]`` pixels divided by ``scale``.
+
+    Works in chunks so a 50,000-image split never needs a float64 copy of itself.
+    """
+    channels = images.shape[1]
+    total = np.zeros(channels, dtype=np.float64)
+    total_sq = np.zeros(channels, dtype=np.float64)
+    for start in range(0, images.shape[0], 4096):
+        chunk = images[start : start + 4096].astype(np.float64) / scale
+        total += chunk.sum(axis=(0, 2, 3))
+        total_sq += np.square(chunk).sum(axis=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    return mean, np.maximum(std, 1e-6)
+
+
+def normalised_images(
+    images: NDArray[np.uint8],
+    mean: NDArray[np.float64],
+    std: NDArray[np.float64],
+    scale: float,
+) -> torch.Tensor:
+    """Float32 ``[N, C, H, W]`` tensor of ``(images / scale - mean) / std``, per channel."""
+    out = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32)
+    out.div_(scale)
+    out.sub_(torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+    out.div_(torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+    return out
+
+
+def image_split(
+    name: str,
+    train_images: NDArray[np.uint8],
+    train_labels: NDArray[np.integer],
+    val_images: NDArray[np.uint8],
+    val_labels: NDArray[np.integer],
+    class_names: tuple[str, ...],
+    scale: float = 255.0,
+) -> SplitData:
+    """`SplitData` from ``uint8 [N, C, H, W]`` images and integer labels of both splits.
+
+    Normalises both splits with the train split's per-channel mean and std.
+    """
+    mean, std = channel_stats(train_images, scale)
+    shape = train_images.shape[1:]
+    return SplitData(
+        name=name,
+        train=TensorDataset(
+            normalised_images(train_images, mean, std, scale),
+            torch.from_numpy(np.asarray(train_labels, dtype=np.int64)),
+        ),
+        val=TensorDataset(
+            normalised_images(val_images, mean, std, scale),
+            torch.from_numpy(np.asarray(val_labels, dtype=np.int64)),
+        ),
+        num_classes=len(class_names),
+        input_shape=(int(shape[0]), int(shape[1]), int(shape[2])),
+        class_names=class_names,
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+    )
+
+
+def random_crop_flip(
+    images: torch.Tensor, generator: torch.Generator, padding: int = 4, flip: bool = True
+) -> torch.Tensor:
+    """Random ``padding``-pixel-shift crop and horizontal flip of a ``[N, C, H, W]`` batch.
+
+    Each image is zero-padded by ``padding`` on every side (zero is the channel mean once
+    normalised), cropped back to ``H x W`` at a random offset, then mirrored with
+    probability 1/2. All randomness comes from ``generator``.
+    """
+    n, _, h, w = images.shape
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
+    mirror = torch.rand(n, generator=generator) < 0.5
+    if padding > 0:
+        padded = torch.nn.functional.pad(images, (padding,) * 4)
+        rows = (offsets[0][:, None] + torch.arange(h))[:, None, :, None]
+        cols = (offsets[1][:, None] + torch.arange(w))[:, None, None, :]
+        batch = torch.arange(n)[:, None, None, None]
+        chans = torch.arange(images.shape[1])[None, :, None, None]
+        images = padded[batch, chans, rows, cols]
+    if flip:
+        images = torch.where(mirror[:, None, None, None], images.flip(-1), images)
+    return images
+
+
+class AugmentedImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Training view of an image dataset with random crop (4-pixel padding) and flip.
+
+    ``dataset`` yields ``(image [C, H, W], label)``. The same ``generator`` seed gives the
+    same augmented samples for the same sequence of indices, so keep ``num_workers=0`` in
+    the DataLoader (workers would each copy the generator) when exact replay matters.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset[tuple[torch.Tensor, torch.Tensor]],
+        generator: torch.Generator,
+        padding: int = 4,
+        flip: bool = True,
+    ) -> None:
+        self.dataset = dataset
+        self.generator = generator
+        self.padding = padding
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = self.dataset[index]
+        out = random_crop_flip(image.unsqueeze(0), self.generator, self.padding, self.flip)
+        return out[0], label

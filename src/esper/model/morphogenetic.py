@@ -1,0 +1,158 @@
+"""MorphogeneticModel: a host with a `SeedSlot` at each enabled injection point."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+from torch import Tensor, nn
+
+from esper.lifecycle import (
+    BlendAlgorithm,
+    GateResult,
+    LifecycleConfig,
+    SeedStage,
+    StepOutcome,
+)
+from esper.model.hosts import Host
+from esper.model.slot import SeedSlot
+from esper.registry import UnknownNameError
+
+__all__ = ["MorphogeneticModel"]
+
+
+class MorphogeneticModel(nn.Module):
+    """A host network that can grow seeds in its enabled slots.
+
+    ``slots`` picks which of the host's injection points get a slot (default: all), in
+    the host's depth order whatever order they are given in. Forward threads the
+    features through each segment of the host and the slot after it.
+    """
+
+    def __init__(
+        self,
+        host: Host,
+        slots: Sequence[str] | None = None,
+        lifecycle: LifecycleConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.host = host
+        self.lifecycle = lifecycle or LifecycleConfig()
+        points = host.injection_points()
+        valid = [p.slot_id for p in points]
+        wanted = list(valid if slots is None else slots)
+        if len(set(wanted)) != len(wanted):
+            raise ValueError(f"duplicate slot ids in {wanted}")
+        for sid in wanted:
+            if sid not in valid:
+                raise UnknownNameError("slot", sid, valid)
+        self._segment_slots = [p.slot_id if p.slot_id in wanted else None for p in points]
+        self.seed_slots = nn.ModuleDict(
+            {
+                p.slot_id: SeedSlot(p.slot_id, p.channels, host.topology, self.lifecycle)
+                for p in points
+                if p.slot_id in wanted
+            }
+        )
+
+    # ------------------------------------------------------------ forward
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x
+        for index, sid in enumerate(self._segment_slots):
+            h = self.host.forward_segment(index, h)
+            if sid is not None:
+                h = self.seed_slots[sid](h)
+        return self.host.forward_head(h)
+
+    @contextmanager
+    def forced_alpha(self, overrides: Mapping[str, float]) -> Iterator[None]:
+        """Within the block, the named slots blend at the given alpha (0 = seed removed).
+
+        Used for counterfactual evaluation: accuracy with a seed minus accuracy with its
+        alpha forced to 0 is the seed's measured contribution.
+        """
+        slots = [self.slot(sid) for sid in overrides]
+        previous: list[float | None] = [s.alpha_override for s in slots]
+        try:
+            for s, forced in zip(slots, overrides.values(), strict=True):
+                s.alpha_override = forced
+            yield
+        finally:
+            for s, old in zip(slots, previous, strict=True):
+                s.alpha_override = old
+
+    # ------------------------------------------------------------ slots
+
+    def slot(self, slot_id: str) -> SeedSlot:
+        """The slot ``slot_id``; unknown ids raise an error listing the enabled slots."""
+        if slot_id not in self.seed_slots:
+            raise UnknownNameError("slot", slot_id, list(self.seed_slots))
+        return self.seed_slots[slot_id]  # type: ignore[return-value]
+
+    def slots(self) -> list[SeedSlot]:
+        """Enabled slots in depth order."""
+        return [self.seed_slots[sid] for sid in self.seed_slots]  # type: ignore[misc]
+
+    @property
+    def slot_ids(self) -> list[str]:
+        return list(self.seed_slots)
+
+    def germinate_seed(
+        self,
+        blueprint_id: str,
+        seed_id: str,
+        slot: str,
+        blend: BlendAlgorithm = BlendAlgorithm.LINEAR,
+    ) -> None:
+        """Grow ``blueprint_id`` in ``slot``; it starts in GERMINATED."""
+        self.slot(slot).germinate(blueprint_id, seed_id, blend)
+
+    def cull_seed(self, slot: str) -> None:
+        """Remove the live seed in ``slot``; its parameters leave the model at once."""
+        self.slot(slot).cull()
+
+    def fossilize_seed(self, slot: str) -> GateResult:
+        """Keep the seed in ``slot`` for good if G5 passes; returns the gate's verdict."""
+        return self.slot(slot).fossilize()
+
+    def step_epoch(self) -> dict[str, StepOutcome]:
+        """Tick every slot's lifecycle clock once (after this epoch's measurements)."""
+        return {s.slot_id: s.step_epoch() for s in self.slots()}
+
+    @property
+    def has_active_seed(self) -> bool:
+        """Some slot holds a live (not yet fossilized) seed."""
+        return any(s.state.live for s in self.slots())
+
+    def has_active_seed_in_slot(self, slot_id: str) -> bool:
+        return self.slot(slot_id).state.live
+
+    def stages(self) -> dict[str, SeedStage]:
+        return {s.slot_id: s.stage for s in self.slots()}
+
+    # ------------------------------------------------------------ parameters
+
+    def get_host_parameters(self) -> list[nn.Parameter]:
+        """The host's trainable parameters (shared weights once), without any seed."""
+        return [p for p in self.host.parameters() if p.requires_grad]
+
+    def get_seed_parameters(self, slot: str | None = None) -> list[nn.Parameter]:
+        """Trainable parameters of the seed (and gate) in ``slot``, or of every seed,
+        live and fossilized, when ``slot`` is None."""
+        if slot is not None:
+            return self.slot(slot).seed_parameters()
+        return [p for s in self.slots() for p in s.seed_parameters()]
+
+    @property
+    def active_seed_params(self) -> int:
+        """Parameters added by seeds (live and fossilized)."""
+        return sum(p.numel() for p in self.get_seed_parameters())
+
+    @property
+    def host_params(self) -> int:
+        return sum(p.numel() for p in self.get_host_parameters())
+
+    @property
+    def total_params(self) -> int:
+        return self.host_params + self.active_seed_params

@@ -1,0 +1,213 @@
+"""SeedSlot: one injection point of the host, holding at most one seed and its lifecycle.
+
+Forward, per stage, with ``h`` the host's features at the slot and ``s = seed(.)``:
+
+* no seed / GERMINATED / CULLED / EMBARGOED / RESETTING: ``h``.
+* TRAINING (incubator): ``h + (s - s.detach())`` with ``s = seed(h.detach())``. The value
+  is exactly ``h``, the seed receives the task-loss gradient as if fully blended
+  (straight-through), and nothing flows back into the host through the seed, so the
+  host's gradients are exactly those of a model without the seed.
+* BLENDING: ``h + alpha * (s - h)`` with ``s = seed(h)``: the host's identity path
+  always carries gradient, and since every blueprint is residual this is
+  ``h + alpha * gamma * f(h)``.
+* PROBATIONARY / FOSSILIZED: alpha = 1, i.e. ``s`` itself (still residual, so the host
+  upstream keeps learning through ``h``).
+
+A counterfactual forward (`alpha_override`) forces alpha for one slot, e.g. to 0 to
+measure what the seed contributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from esper.contracts import Topology
+from esper.lifecycle import (
+    ACTIVE_STAGES,
+    BlendAlgorithm,
+    GateResult,
+    LifecycleConfig,
+    LifecycleError,
+    SeedStage,
+    SeedState,
+    StepOutcome,
+    alpha_for_step,
+    gate_fossilize,
+    gate_germinate,
+    step_epoch,
+    transition,
+)
+from esper.model.blending import GatedBlend
+from esper.model.blueprints import get_blueprint
+
+__all__ = ["SeedSlot"]
+
+
+class SeedSlot(nn.Module):
+    """Holds one seed module, its optional gate, and its `SeedState`."""
+
+    def __init__(
+        self, slot_id: str, channels: int, topology: Topology, lifecycle: LifecycleConfig
+    ) -> None:
+        super().__init__()
+        self.slot_id = slot_id
+        self.channels = channels
+        self.topology = topology
+        self.lifecycle = lifecycle
+        self.state = SeedState()
+        self.seed: nn.Module | None = None
+        self.gate: GatedBlend | None = None
+        self.alpha_override: float | None = None
+        # Moves with .to()/.half(): tells germinate which device and dtype to build on.
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+    # ------------------------------------------------------------ queries
+
+    @property
+    def stage(self) -> SeedStage:
+        return self.state.stage
+
+    @property
+    def alpha(self) -> float:
+        """Lifecycle alpha: 0 until BLENDING, the ramp during it, 1 after."""
+        stage = self.state.stage
+        if stage is SeedStage.BLENDING:
+            return alpha_for_step(
+                self.state.blend, self.state.blend_step, self.lifecycle.blending_steps
+            )
+        return 1.0 if stage in (SeedStage.PROBATIONARY, SeedStage.FOSSILIZED) else 0.0
+
+    def seed_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters of the seed and its gate (empty when no seed)."""
+        modules = [m for m in (self.seed, self.gate) if m is not None]
+        return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+    def seed_param_count(self) -> int:
+        return sum(p.numel() for p in self.seed_parameters())
+
+    # ------------------------------------------------------------ operations
+
+    def germinate(
+        self, blueprint_id: str, seed_id: str, blend: BlendAlgorithm = BlendAlgorithm.LINEAR
+    ) -> None:
+        """Build the blueprint here and enter GERMINATED; raises if G0 refuses."""
+        spec = get_blueprint(self.topology, blueprint_id)  # unknown names raise first
+        result = gate_germinate(self.state, seed_id, blueprint_id)
+        if not result.passed:
+            raise LifecycleError(f"cannot germinate in slot {self.slot_id}: {result.reason}")
+        self._build(spec.build, blend)
+        self._check_shape(blueprint_id)
+        state = SeedState(
+            seed_id=seed_id, blueprint_id=blueprint_id, blend=blend, history=self.state.history
+        )
+        self.state = transition(state, SeedStage.GERMINATED)
+
+    def fossilize(self) -> GateResult:
+        """Keep the seed for good if G5 passes; returns the gate's verdict either way."""
+        result = gate_fossilize(self.state, self.lifecycle)
+        if result.passed:
+            self.state = transition(self.state, SeedStage.FOSSILIZED)
+        return result
+
+    def cull(self) -> None:
+        """Remove a live seed at once; the slot then goes through embargo."""
+        if not self.state.live:
+            raise LifecycleError(
+                f"cannot cull slot {self.slot_id}: it holds no live seed (stage {self.stage.name})"
+            )
+        self.state = transition(self.state, SeedStage.CULLED)
+        self._drop_modules()
+
+    def record(
+        self, *, gradient_ratio: float | None = None, contribution: float | None = None
+    ) -> None:
+        """Store this epoch's measurements for the gates."""
+        self.state = self.state.with_measurements(
+            gradient_ratio=gradient_ratio, contribution=contribution
+        )
+
+    def step_epoch(self) -> StepOutcome:
+        """Tick the lifecycle clock once; drops the modules if the tick culled the seed."""
+        outcome = step_epoch(self.state, self.lifecycle)
+        self.state = outcome.state
+        if outcome.cull_reason is not None:
+            self._drop_modules()
+        return outcome
+
+    # ------------------------------------------------------------ forward
+
+    def forward(self, h: Tensor) -> Tensor:
+        stage = self.state.stage
+        if self.seed is None or stage not in ACTIVE_STAGES:
+            return h
+        if self.alpha_override is not None and stage is not SeedStage.TRAINING:
+            return self._blend(h, self.alpha_override)
+        if stage is SeedStage.TRAINING:
+            s: Tensor = self.seed(h.detach())
+            return h + (s - s.detach())
+        return self._blend(h, self.alpha)
+
+    def _blend(self, h: Tensor, alpha: float) -> Tensor:
+        if alpha == 0.0:
+            return h
+        s: Tensor = self.seed(h) if self.seed is not None else h
+        if alpha == 1.0:
+            return s
+        if self.gate is not None and self.state.stage is SeedStage.BLENDING:
+            return h + self.gate.alpha(h, alpha) * (s - h)
+        return h + alpha * (s - h)
+
+    # ------------------------------------------------------------ internals
+
+    @property
+    def _anchor_tensor(self) -> Tensor:
+        anchor = self._anchor
+        assert isinstance(anchor, Tensor)
+        return anchor
+
+    def _build(self, build: Callable[[int], nn.Module], blend: BlendAlgorithm) -> None:
+        anchor = self._anchor_tensor
+        self.seed = build(self.channels).to(device=anchor.device, dtype=anchor.dtype)
+        self.gate = None
+        if blend is BlendAlgorithm.GATED:
+            self.gate = GatedBlend(self.channels, self.topology).to(
+                device=anchor.device, dtype=anchor.dtype
+            )
+
+    def _drop_modules(self) -> None:
+        self.seed = None
+        self.gate = None
+
+    def _check_shape(self, blueprint_id: str) -> None:
+        assert self.seed is not None
+        shape = (1, self.channels, 4, 4) if self.topology is Topology.CNN else (1, 4, self.channels)
+        anchor = self._anchor_tensor
+        probe = torch.zeros(shape, device=anchor.device, dtype=anchor.dtype)
+        with torch.no_grad():
+            out = self.seed(probe)
+        if out.shape != probe.shape:
+            self._drop_modules()
+            raise ValueError(
+                f"blueprint {blueprint_id!r} maps {tuple(probe.shape)} to {tuple(out.shape)}; "
+                "a seed must preserve the shape of the features at its slot"
+            )
+
+    # ------------------------------------------------------------ checkpointing
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"state": self.state.to_dict()}
+
+    def set_extra_state(self, extra: dict[str, Any]) -> None:
+        # PyTorch calls this before loading this module's children, so rebuilding the
+        # seed here lets a freshly built model load a checkpoint that holds seeds.
+        state = SeedState.from_dict(extra["state"])
+        if state.occupied:
+            assert state.blueprint_id is not None
+            self._build(get_blueprint(self.topology, state.blueprint_id).build, state.blend)
+        else:
+            self._drop_modules()
+        self.state = state

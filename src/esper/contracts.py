@@ -1,11 +1,25 @@
-"""Small shared types that several packages need: topologies, task types, slot ids."""
+"""Small shared types that several packages need: topologies, task types, slot ids,
+the signals a controller reads and the `Controller` protocol."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
-__all__ = ["TaskType", "Topology", "parse_slot_id", "slot_id"]
+from esper.lifecycle import FactoredAction, LifecycleOp, SeedState
+
+__all__ = [
+    "Controller",
+    "SlotReport",
+    "TaskType",
+    "Topology",
+    "TrainingSignals",
+    "parse_slot_id",
+    "slot_id",
+]
 
 
 class Topology(StrEnum):
@@ -36,3 +50,51 @@ def parse_slot_id(text: str) -> tuple[int, int]:
     if match is None:
         raise ValueError(f"bad slot id {text!r}: slot ids look like r0c0, r0c1, ...")
     return int(match.group(1)), int(match.group(2))
+
+
+@dataclass(frozen=True)
+class TrainingSignals:
+    """What a controller sees of the whole run after an epoch's measurements.
+
+    Deltas follow one convention: positive means better (``loss_delta`` = previous loss
+    minus this loss; ``accuracy_delta`` = this accuracy minus the previous). Accuracies
+    in percentage points. Epochs are 1-based.
+    """
+
+    epoch: int
+    max_epochs: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    loss_delta: float
+    accuracy_delta: float
+    plateau_epochs: int
+    host_stabilized: bool
+    best_val_accuracy: float
+    best_val_loss: float
+    loss_history: tuple[float, ...]
+    accuracy_history: tuple[float, ...]
+    host_params: int
+    seed_params: int
+
+
+@dataclass(frozen=True)
+class SlotReport:
+    """One slot as a controller sees it: its lifecycle record and what it may do now."""
+
+    slot_id: str
+    state: SeedState
+    alpha: float
+    seed_params: int
+    legal: frozenset[LifecycleOp]
+    accuracy_at_germination: float | None
+    """Validation accuracy when the seed was germinated (None when the slot is empty)."""
+    accuracy_at_stage_start: float | None
+    """Validation accuracy when the seed entered its current stage (None when empty)."""
+
+
+class Controller(Protocol):
+    """Decides one action per epoch from the run's signals and the slots' reports."""
+
+    def decide(self, signals: TrainingSignals, slots: Sequence[SlotReport]) -> FactoredAction: ...

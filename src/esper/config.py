@@ -1,0 +1,197 @@
+"""Configuration: nested frozen dataclasses with defaults and help on every field.
+
+`from_dict` builds any config class from plain data (a parsed JSON file) and rejects
+unknown keys with the list of valid ones; `to_dict` gives the resolved form that every
+run saves next to its results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Literal, TypeVar
+
+from esper.lifecycle import LifecycleConfig
+
+__all__ = [
+    "ConfigError",
+    "GovernorConfig",
+    "OptimConfig",
+    "RewardConfig",
+    "SignalConfig",
+    "TrainingConfig",
+    "from_dict",
+    "to_dict",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that cannot be used; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """How host and seeds are optimised."""
+
+    kind: Literal["sgd", "adamw"] = "sgd"
+    """Optimizer family for host and seeds."""
+    host_lr: float = 0.05
+    """Learning rate of the host (and of fossilized seeds, which join it)."""
+    seed_lr: float = 0.05
+    """Learning rate of live seeds."""
+    momentum: float = 0.9
+    """SGD momentum (ignored by AdamW)."""
+    weight_decay: float = 5e-4
+    """Weight decay of every group."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The batch loop's settings."""
+
+    max_batches: int | None = None
+    """Train on at most this many batches per epoch (None: the whole training set)."""
+    max_val_batches: int | None = None
+    """Validate on at most this many batches (None: the whole validation set)."""
+    max_grad_norm: float = 1.0
+    """Clip the host's and each seed's gradient norm to this, separately."""
+    compile: bool = False
+    """Compile the forward + loss with torch.compile (slower to start; see README)."""
+
+
+@dataclass(frozen=True)
+class SignalConfig:
+    """Thresholds for plateau and host-stabilisation detection."""
+
+    plateau_threshold: float = 0.5
+    """An epoch whose validation accuracy rises by less than this (pp) extends a plateau."""
+    stabilization_threshold: float = 0.03
+    """An epoch is stable if validation loss improves by less than this fraction..."""
+    stabilization_epochs: int = 3
+    """...and this many consecutive stable epochs latch ``host_stabilized`` for the run."""
+    history: int = 5
+    """Length of the loss and accuracy histories in the signals."""
+
+
+@dataclass(frozen=True)
+class GovernorConfig:
+    """When the governor rolls a run back."""
+
+    enabled: bool = True
+    """Turn the watchdog off entirely (not recommended)."""
+    loss_multiplier: float = 3.0
+    """Fail when validation loss exceeds this many times the random-guess loss."""
+    collapse_drop: float = 30.0
+    """Fail when validation accuracy falls this many pp below the best so far."""
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Weights of the three reward terms (see `esper.training.reward`)."""
+
+    contribution_weight: float = 0.1
+    """Reward per pp of contribution realised by FOSSILIZE (charged by CULL)."""
+    rent_weight: float = 0.5
+    """Scale of the log-parameter rent charged every epoch."""
+    terminal_weight: float = 0.01
+    """Reward per pp of final validation accuracy, paid on the last epoch."""
+
+
+@dataclass(frozen=True)
+class EpisodeConfig:
+    """Everything one episode needs besides its data, model and controller."""
+
+    epochs: int = 30
+    """Epochs in the episode (1-based: epoch 1 .. epochs)."""
+    seed: int = 0
+    """Seed for torch, data order and every other source of randomness."""
+    max_seeds: int | None = None
+    """At most this many seeds germinated in the episode (None: unlimited)."""
+    max_live_seeds: int = 1
+    """At most this many seeds alive (not fossilized) at once."""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+    signals: SignalConfig = field(default_factory=SignalConfig)
+    governor: GovernorConfig = field(default_factory=GovernorConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+
+C = TypeVar("C")
+
+
+def to_dict(config: Any) -> Any:
+    """Plain-data form of a config (dataclasses to dicts, enums to values, tuples to lists)."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, Enum):
+        return config.value
+    if isinstance(config, list | tuple):
+        return [to_dict(v) for v in config]
+    return config
+
+
+def from_dict(cls: type[C], data: Any, path: str = "") -> C:
+    """Build ``cls`` from plain data, strictly: unknown keys and wrong types are errors."""
+    where = path or cls.__name__
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    values = {
+        name: _convert(hints[name], value, f"{path + '.' if path else ''}{name}")
+        for name, value in data.items()
+    }
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return from_dict(hint, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(option, value, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        converted = [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(converted) if origin is tuple else converted
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            valid = ", ".join(str(m.value) for m in hint)
+            raise ConfigError(f"{where}: {value!r} is not one of {valid}") from None
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is Any or (isinstance(hint, type) and isinstance(value, hint)):
+        if hint is int and isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{where}: expected {name}, got {value!r}")

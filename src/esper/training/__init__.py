@@ -1,0 +1,1 @@
+"""Training: the one batch loop, optimizer ownership, signals, governor and episodes."""

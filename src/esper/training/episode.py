@@ -1,0 +1,542 @@
+"""One episode: a fresh host trained for ``epochs`` epochs while a controller grows it.
+
+Every epoch is one transaction in one fixed order, whatever the controller::
+
+    observe():  train one epoch -> evaluate -> governor check (rollback if needed)
+                -> counterfactual for every seed with alpha > 0 -> signals
+    controller.decide(signals, slots)
+    apply(action): apply the action -> lifecycle tick (gates) -> reward -> telemetry
+
+`run_episode` is that loop; `run_heuristic_episode` is the reviewed entry point for a
+rule-based (or scripted) controller. The RL environment steps the same `EpisodeRunner`.
+Epochs are 1-based everywhere; the terminal reward falls on epoch ``epochs``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from esper import telemetry as ev
+from esper.config import EpisodeConfig
+from esper.contracts import Controller, SlotReport, TaskType, TrainingSignals
+from esper.lifecycle import (
+    FactoredAction,
+    LifecycleError,
+    LifecycleOp,
+    SeedStage,
+    legal_ops,
+)
+from esper.model.morphogenetic import MorphogeneticModel
+from esper.training.governor import Governor
+from esper.training.loop import (
+    Batch,
+    EpochMetrics,
+    EvalMetrics,
+    TrainStep,
+    evaluate,
+    train_one_epoch,
+)
+from esper.training.optim import OptimizerSet
+from esper.training.reward import RewardTerms, epoch_reward
+from esper.training.signals import SignalTracker
+
+__all__ = [
+    "EpisodeData",
+    "EpisodeResult",
+    "EpisodeRunner",
+    "EpochRecord",
+    "Observation",
+    "ScriptedController",
+    "run_episode",
+    "run_heuristic_episode",
+]
+
+
+class EpisodeData(Protocol):
+    """Where an episode's batches come from. ``train_batches(epoch)`` must be a pure
+    function of the epoch number (seeded order), so a resumed run sees the same data."""
+
+    task_type: TaskType
+    random_guess_loss: float
+    """Loss of a uniform prediction, ln(classes) or ln(vocab): the governor's scale."""
+
+    def train_batches(self, epoch: int) -> Iterable[Batch]: ...
+
+    def val_batches(self) -> Iterable[Batch]: ...
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the controller sees after an epoch's measurements."""
+
+    signals: TrainingSignals
+    slots: tuple[SlotReport, ...]
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """Everything that happened in one epoch, in the order it happened."""
+
+    epoch: int
+    train: EpochMetrics
+    val: EvalMetrics
+    rollback: str | None
+    contributions: Mapping[str, float]
+    action: FactoredAction
+    outcome: str
+    """"applied", or why the action was refused."""
+    reward: RewardTerms
+    stages: Mapping[str, SeedStage]
+    alphas: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    """The outcome of one episode. ``action_counts`` are keyed by op, named only when
+    serialised (`to_json`)."""
+
+    final_accuracy: float
+    best_accuracy: float
+    action_counts: Mapping[LifecycleOp, int]
+    rewards: tuple[float, ...]
+    """Per epoch, epoch 1 first; the last holds the terminal bonus."""
+    history: tuple[EpochRecord, ...]
+    seeds_germinated: int
+    seeds_fossilized: int
+    seeds_culled: int
+    host_params: int
+    seed_params: int
+    wall_seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "final_accuracy": self.final_accuracy,
+            "best_accuracy": self.best_accuracy,
+            "action_counts": {op.name: n for op, n in self.action_counts.items()},
+            "total_reward": sum(self.rewards),
+            "rewards": list(self.rewards),
+            "seeds_germinated": self.seeds_germinated,
+            "seeds_fossilized": self.seeds_fossilized,
+            "seeds_culled": self.seeds_culled,
+            "host_params": self.host_params,
+            "seed_params": self.seed_params,
+            "wall_seconds": self.wall_seconds,
+        }
+
+
+@dataclass
+class _SeedBook:
+    """Per-slot accuracies the reports need but the lifecycle record does not keep."""
+
+    at_germination: dict[str, float] = field(default_factory=dict)
+    at_stage_start: dict[str, float] = field(default_factory=dict)
+
+
+class EpisodeRunner:
+    """Runs one episode epoch by epoch: `observe`, then `apply` the controller's action."""
+
+    def __init__(
+        self,
+        model: MorphogeneticModel,
+        data: EpisodeData,
+        config: EpisodeConfig,
+        telemetry: ev.Telemetry | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.model = model
+        self.data = data
+        self.config = config
+        self.telemetry = telemetry or ev.Telemetry.off()
+        self.device = torch.device(device)
+        self.criterion = nn.CrossEntropyLoss()
+        self.optimizers = OptimizerSet(model, config.optim)
+        self.step_fn = TrainStep(compile=config.training.compile)
+        self.tracker = SignalTracker(config.epochs, config.signals)
+        self.governor = Governor(config.governor, data.random_guess_loss)
+        self.epoch = 0
+        self.records: list[EpochRecord] = []
+        self.counts: Counter[LifecycleOp] = Counter()
+        self.germinated = self.fossilized = self.culled = 0
+        self.book = _SeedBook()
+        self._pending: tuple[EpochMetrics, EvalMetrics, str | None, dict[str, float]] | None = None
+        self._started = time.perf_counter()
+        self.governor.passed(0, 0.0, model.state_dict(), self.optimizers.state_dict())
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.config.epochs and self._pending is None
+
+    # ------------------------------------------------------------ phase 1
+
+    def observe(self) -> Observation:
+        """Train and measure epoch ``self.epoch + 1``; return what the controller sees."""
+        if self._pending is not None:
+            raise RuntimeError("observe() called twice without apply()")
+        if self.epoch >= self.config.epochs:
+            raise RuntimeError("the episode is over")
+        self.epoch += 1
+        cfg = self.config.training
+        train = train_one_epoch(
+            self.model,
+            self.data.train_batches(self.epoch),
+            self.optimizers,
+            self.criterion,
+            self.data.task_type,
+            self.device,
+            max_batches=cfg.max_batches,
+            max_grad_norm=cfg.max_grad_norm,
+            step=self.step_fn,
+        )
+        for sid, stats in train.seed_gradients.items():
+            self.model.slot(sid).record(gradient_ratio=stats.ratio)
+            self.telemetry.emit(
+                ev.GradientStats(
+                    self.epoch,
+                    sid,
+                    stats.mean_norm,
+                    stats.max_norm,
+                    stats.min_norm,
+                    stats.vanishing_batches,
+                    stats.exploding_batches,
+                    stats.ratio,
+                )
+            )
+        val = self._evaluate()
+        rollback = self.governor.check(val.loss, val.accuracy)
+        if rollback is not None:
+            self._roll_back(rollback, val.loss)
+            val = self._evaluate()
+        else:
+            self.governor.passed(
+                self.epoch, val.accuracy, self.model.state_dict(), self.optimizers.state_dict()
+            )
+        contributions = self._counterfactuals(val)
+        self._pending = (train, val, rollback, contributions)
+        signals = self.tracker.update(
+            self.epoch,
+            train.loss,
+            train.accuracy,
+            val.loss,
+            val.accuracy,
+            self.model.host_params,
+            self.model.active_seed_params,
+        )
+        self._signals = signals
+        return Observation(signals, self.reports())
+
+    def _evaluate(self, alpha_override: Mapping[str, float] | None = None) -> EvalMetrics:
+        return evaluate(
+            self.model,
+            self.data.val_batches(),
+            self.criterion,
+            self.data.task_type,
+            self.device,
+            max_batches=self.config.training.max_val_batches,
+            alpha_override=alpha_override,
+        )
+
+    def _counterfactuals(self, val: EvalMetrics) -> dict[str, float]:
+        contributions = {}
+        for slot in self.model.slots():
+            if slot.alpha > 0.0 and slot.seed is not None:
+                without = self._evaluate({slot.slot_id: 0.0})
+                contributions[slot.slot_id] = val.accuracy - without.accuracy
+                slot.record(contribution=contributions[slot.slot_id])
+        return contributions
+
+    def _roll_back(self, reason: str, val_loss: float) -> None:
+        snapshot = self.governor.snapshot
+        assert snapshot is not None  # taken at construction
+        self.model.load_state_dict(snapshot.model)
+        self.optimizers = OptimizerSet.restore(self.model, self.config.optim, snapshot.optimizers)
+        culled = [s.slot_id for s in self.model.slots() if s.state.live]
+        for sid in culled:
+            self._cull(sid, "governor rollback", automatic=True)
+        self.optimizers.sync(self.model)
+        self.telemetry.emit(
+            ev.GovernorRollback(self.epoch, reason, val_loss, snapshot.epoch, tuple(culled))
+        )
+
+    def reports(self) -> tuple[SlotReport, ...]:
+        live = sum(1 for s in self.model.slots() if s.state.live)
+        budget = self.config.max_seeds is None or self.germinated < self.config.max_seeds
+        budget = budget and live < self.config.max_live_seeds
+        return tuple(
+            SlotReport(
+                slot_id=s.slot_id,
+                state=s.state,
+                alpha=s.alpha,
+                seed_params=s.seed_param_count(),
+                legal=legal_ops(s.state, seed_budget_left=budget),
+                accuracy_at_germination=self.book.at_germination.get(s.slot_id),
+                accuracy_at_stage_start=self.book.at_stage_start.get(s.slot_id),
+            )
+            for s in self.model.slots()
+        )
+
+    # ------------------------------------------------------------ phase 2
+
+    def apply(self, action: FactoredAction) -> EpochRecord:
+        """Apply the controller's action, tick the lifecycle, pay the reward."""
+        if self._pending is None:
+            raise RuntimeError("apply() called before observe()")
+        train, val, rollback, contributions = self._pending
+        self._pending = None
+        self.counts[action.op] += 1
+        acted_on = contributions.get(action.slot) if action.slot is not None else None
+        outcome = self._execute(action, val.accuracy)
+        self._tick(val.accuracy)
+        self.optimizers.sync(self.model)
+        self.optimizers.check_ownership(self.model)
+        reward = epoch_reward(
+            action.op if outcome == "applied" else LifecycleOp.WAIT,
+            acted_on,
+            self.model.active_seed_params,
+            self.model.host_params,
+            val.accuracy,
+            self.epoch == self.config.epochs,
+            self.config.reward,
+        )
+        record = EpochRecord(
+            epoch=self.epoch,
+            train=train,
+            val=val,
+            rollback=rollback,
+            contributions=contributions,
+            action=action,
+            outcome=outcome,
+            reward=reward,
+            stages=self.model.stages(),
+            alphas={s.slot_id: s.alpha for s in self.model.slots()},
+        )
+        self.records.append(record)
+        self._emit_epoch(record)
+        return record
+
+    def _execute(self, action: FactoredAction, accuracy: float) -> str:
+        if action.op is LifecycleOp.WAIT:
+            return "applied"
+        reports = {r.slot_id: r for r in self.reports()}
+        if action.slot not in reports:
+            return f"refused: no slot {action.slot!r} (enabled: {', '.join(reports)})"
+        report = reports[action.slot]
+        if action.op not in report.legal:
+            stage = report.state.stage.name
+            return f"refused: {action.op.name} is not legal in {action.slot} ({stage})"
+        sid = action.slot
+        if action.op is LifecycleOp.GERMINATE:
+            return self._germinate(sid, action, accuracy)
+        if action.op is LifecycleOp.CULL:
+            self._cull(sid, "controller", automatic=False)
+            return "applied"
+        slot = self.model.slot(sid)
+        seed_id, blueprint = slot.state.seed_id or "", slot.state.blueprint_id or ""
+        params = slot.seed_param_count()
+        result = self.model.fossilize_seed(sid)
+        self._emit_gate(sid, seed_id, result)
+        if not result.passed:
+            return f"refused: {result.reason}"
+        self.fossilized += 1
+        self._stage_changed(
+            sid, seed_id, SeedStage.PROBATIONARY, SeedStage.FOSSILIZED, "G5 passed", accuracy
+        )
+        self.telemetry.emit(
+            ev.SeedFossilized(
+                self.epoch, sid, seed_id, blueprint, slot.state.contribution or 0.0, params
+            )
+        )
+        return "applied"
+
+    def _germinate(self, sid: str, action: FactoredAction, accuracy: float) -> str:
+        if action.blueprint is None:
+            return "refused: GERMINATE needs a blueprint"
+        seed_id = f"seed{self.germinated + 1}"
+        try:
+            self.model.germinate_seed(action.blueprint, seed_id, slot=sid, blend=action.blend)
+        except (LifecycleError, KeyError, ValueError) as error:
+            return f"refused: {error}"
+        self.germinated += 1
+        self.book.at_germination[sid] = accuracy
+        self.book.at_stage_start[sid] = accuracy
+        slot = self.model.slot(sid)
+        self.telemetry.emit(
+            ev.SeedGerminated(
+                self.epoch,
+                sid,
+                seed_id,
+                action.blueprint,
+                action.blend.value,
+                slot.seed_param_count(),
+            )
+        )
+        return "applied"
+
+    def _cull(self, sid: str, reason: str, *, automatic: bool) -> None:
+        slot = self.model.slot(sid)
+        state = slot.state
+        if slot.stage is not SeedStage.CULLED:  # a probation tick has already culled it
+            self.model.cull_seed(sid)
+        self.culled += 1
+        self.book.at_germination.pop(sid, None)
+        self.book.at_stage_start.pop(sid, None)
+        self.telemetry.emit(
+            ev.SeedStageChanged(
+                self.epoch, sid, state.seed_id or "", state.stage, SeedStage.CULLED, reason
+            )
+        )
+        self.telemetry.emit(
+            ev.SeedCulled(
+                self.epoch,
+                sid,
+                state.seed_id or "",
+                state.blueprint_id or "",
+                reason,
+                automatic,
+                state.contribution,
+            )
+        )
+
+    def _tick(self, accuracy: float) -> None:
+        before = {s.slot_id: s.state for s in self.model.slots()}
+        for sid, outcome in self.model.step_epoch().items():
+            seed_id = before[sid].seed_id or ""
+            if outcome.gate is not None:
+                self._emit_gate(sid, seed_id, outcome.gate)
+            if outcome.cull_reason is not None:
+                self.culled += 1
+                self.book.at_germination.pop(sid, None)
+                self.book.at_stage_start.pop(sid, None)
+                self._stage_changed(
+                    sid, seed_id, before[sid].stage, SeedStage.CULLED, outcome.cull_reason, accuracy
+                )
+                self.telemetry.emit(
+                    ev.SeedCulled(
+                        self.epoch,
+                        sid,
+                        seed_id,
+                        before[sid].blueprint_id or "",
+                        outcome.cull_reason,
+                        True,
+                        before[sid].contribution,
+                    )
+                )
+                continue
+            for old, new in outcome.transitions:
+                reason = outcome.gate.reason if outcome.gate is not None else "clock"
+                self._stage_changed(sid, seed_id, old, new, reason, accuracy)
+
+    def _stage_changed(
+        self, sid: str, seed_id: str, old: SeedStage, new: SeedStage, reason: str, accuracy: float
+    ) -> None:
+        if self.model.slot(sid).state.live:
+            self.book.at_stage_start[sid] = accuracy
+        self.telemetry.emit(ev.SeedStageChanged(self.epoch, sid, seed_id, old, new, reason))
+
+    def _emit_gate(self, sid: str, seed_id: str, result: Any) -> None:
+        self.telemetry.emit(
+            ev.GateEvaluated(
+                self.epoch,
+                sid,
+                seed_id,
+                result.gate,
+                result.passed,
+                result.checks_passed,
+                result.checks_failed,
+            )
+        )
+
+    def _emit_epoch(self, record: EpochRecord) -> None:
+        seeds = tuple(
+            ev.SlotSnapshot(
+                s.slot_id,
+                s.stage,
+                s.state.blueprint_id,
+                s.alpha,
+                s.state.contribution,
+                s.state.gradient_ratio,
+            )
+            for s in self.model.slots()
+        )
+        action = record.action.op.name + (f" {record.action.slot}" if record.action.slot else "")
+        self.telemetry.emit(
+            ev.EpochCompleted(
+                record.epoch,
+                record.train.loss,
+                record.train.accuracy,
+                record.val.loss,
+                record.val.accuracy,
+                action,
+                record.reward.total,
+                seeds,
+            )
+        )
+
+    # ------------------------------------------------------------ result
+
+    def result(self) -> EpisodeResult:
+        accuracies = [r.val.accuracy for r in self.records]
+        return EpisodeResult(
+            final_accuracy=accuracies[-1] if accuracies else 0.0,
+            best_accuracy=max(accuracies, default=0.0),
+            action_counts={op: self.counts[op] for op in LifecycleOp},
+            rewards=tuple(r.reward.total for r in self.records),
+            history=tuple(self.records),
+            seeds_germinated=self.germinated,
+            seeds_fossilized=self.fossilized,
+            seeds_culled=self.culled,
+            host_params=self.model.host_params,
+            seed_params=self.model.active_seed_params,
+            wall_seconds=time.perf_counter() - self._started,
+        )
+
+
+class ScriptedController:
+    """Plays a fixed schedule: ``{epoch: action}``; WAIT on every other epoch."""
+
+    def __init__(self, schedule: Mapping[int, FactoredAction]) -> None:
+        self.schedule = dict(schedule)
+
+    def decide(self, signals: TrainingSignals, slots: Iterable[SlotReport]) -> FactoredAction:
+        return self.schedule.get(signals.epoch, FactoredAction.wait())
+
+
+def run_episode(runner: EpisodeRunner, controller: Controller) -> EpisodeResult:
+    """Drive ``runner`` to the end: observe, let ``controller`` decide, apply."""
+    while not runner.done:
+        observation = runner.observe()
+        runner.apply(controller.decide(observation.signals, observation.slots))
+    return runner.result()
+
+
+def run_heuristic_episode(
+    controller: Controller,
+    model: MorphogeneticModel,
+    data: EpisodeData,
+    config: EpisodeConfig,
+    telemetry: ev.Telemetry | None = None,
+    device: torch.device | str = "cpu",
+) -> EpisodeResult:
+    """Run one episode of ``model`` on ``data`` under a rule-based ``controller``.
+
+    Args:
+        controller: decides one action per epoch (`HeuristicController`,
+            `ScriptedController`, or anything with ``decide(signals, slots)``).
+        model: a freshly built model; it is trained in place.
+        data: training batches per epoch and the validation batches.
+        config: epochs, limits, optimizer, lifecycle gates, governor and reward.
+        telemetry: where events go (default: nowhere). It only observes.
+        device: where to train.
+
+    Returns:
+        The episode's `EpisodeResult`: final and best accuracy, action counts by op,
+        per-epoch rewards and the per-epoch history.
+    """
+    runner = EpisodeRunner(model, data, config, telemetry, device)
+    return run_episode(runner, controller)

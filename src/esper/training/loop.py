@@ -1,0 +1,299 @@
+"""The only batch loop in Esper: `train_one_epoch` and `evaluate`.
+
+Stage differences (incubation, blending, probation) live in `SeedSlot.forward`; which
+parameters move lives in `OptimizerSet`. Nothing here branches on a seed's stage
+except to decide which seeds' gradient statistics to record.
+
+Metrics are accumulated as device tensors and read back once per epoch: a ``.item()``
+per batch would force a host-device sync on every step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from esper.contracts import TaskType
+from esper.lifecycle import SeedStage
+from esper.model.morphogenetic import MorphogeneticModel
+from esper.training.optim import OptimizerSet
+
+__all__ = [
+    "EPS",
+    "EXPLODING_NORM",
+    "VANISHING_NORM",
+    "Batch",
+    "EpochMetrics",
+    "EvalMetrics",
+    "GradientStats",
+    "TrainStep",
+    "compiled_train_step",
+    "compute_task_loss_with_metrics",
+    "evaluate",
+    "train_one_epoch",
+]
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[Tensor, Tensor]
+VANISHING_NORM = 1e-7
+"""A batch whose seed gradient norm (pre-clip) is below this counts as vanishing."""
+EXPLODING_NORM = 100.0
+"""A batch whose seed gradient norm (pre-clip) is above this counts as exploding."""
+EPS = 1e-12
+
+
+def compute_task_loss_with_metrics(
+    outputs: Tensor, targets: Tensor, criterion: nn.Module, task_type: TaskType
+) -> tuple[Tensor, Tensor, int]:
+    """Mean loss, number of correct predictions (a device tensor) and number scored.
+
+    Classification scores one label per sample (``outputs [B, K]``, ``targets [B]``);
+    language modelling scores every token (``outputs [B, T, V]``, ``targets [B, T]``).
+    """
+    if task_type is TaskType.LANGUAGE_MODEL:
+        outputs = outputs.reshape(-1, outputs.shape[-1])
+        targets = targets.reshape(-1)
+    loss: Tensor = criterion(outputs, targets)
+    correct = (outputs.argmax(dim=-1) == targets).sum()
+    return loss, correct, targets.numel()
+
+
+StepFn = Callable[[nn.Module, Tensor, Tensor, nn.Module, TaskType], tuple[Tensor, Tensor, int]]
+
+
+def _forward_loss(
+    model: nn.Module, inputs: Tensor, targets: Tensor, criterion: nn.Module, task_type: TaskType
+) -> tuple[Tensor, Tensor, int]:
+    return compute_task_loss_with_metrics(model(inputs), targets, criterion, task_type)
+
+
+class TrainStep:
+    """Forward + loss, compiled with ``torch.compile`` when asked.
+
+    If compilation (which happens lazily, on the first call) fails, one warning is
+    logged and every later call runs eagerly. Lifecycle events change the slot's
+    Python branches, so Dynamo recompiles once per stage change, not per batch;
+    ``recompile_limit`` bounds that, after which PyTorch itself falls back to eager.
+    """
+
+    def __init__(self, compile: bool = False, recompile_limit: int = 64) -> None:
+        self.compiled = compile
+        self._fn: StepFn = _forward_loss
+        if compile:
+            import torch._dynamo  # the config lives in a private module
+
+            torch._dynamo.config.cache_size_limit = max(
+                torch._dynamo.config.cache_size_limit, recompile_limit
+            )
+            self._fn = torch.compile(_forward_loss, dynamic=False)
+
+    def __call__(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        targets: Tensor,
+        criterion: nn.Module,
+        task_type: TaskType,
+    ) -> tuple[Tensor, Tensor, int]:
+        if not self.compiled:
+            return _forward_loss(model, inputs, targets, criterion, task_type)
+        try:
+            return self._fn(model, inputs, targets, criterion, task_type)
+        except Exception as error:  # any backend failure: same maths, eagerly
+            log.warning("torch.compile failed (%s); training continues eagerly", error)
+            self.compiled = False
+            self._fn = _forward_loss
+            return _forward_loss(model, inputs, targets, criterion, task_type)
+
+
+def compiled_train_step(
+    step: TrainStep,
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    criterion: nn.Module,
+    task_type: TaskType,
+) -> tuple[Tensor, Tensor, int]:
+    """One forward + loss through ``step`` (compiled or eager): (loss, correct, count)."""
+    return step(model, inputs, targets, criterion, task_type)
+
+
+@dataclass(frozen=True)
+class GradientStats:
+    """One seed's gradients over every batch of an epoch (pre-clip L2 norms)."""
+
+    batches: int
+    mean_norm: float
+    max_norm: float
+    min_norm: float
+    vanishing_batches: int
+    exploding_batches: int
+    ratio: float
+    """Mean over batches of (seed norm / host norm) * sqrt(host params / seed params):
+    per-parameter gradient intensity of the seed relative to the host. Gate G2 reads it."""
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """What one training epoch measured. Loss is sample- (or token-) weighted."""
+
+    loss: float
+    accuracy: float
+    batches: int
+    samples: int
+    host_grad_norm: float
+    """Mean pre-clip gradient norm of the host group over the epoch."""
+    seed_gradients: Mapping[str, GradientStats]
+    """Per slot, for every seed that trained this epoch (TRAINING, BLENDING, PROBATIONARY)."""
+
+
+@dataclass(frozen=True)
+class EvalMetrics:
+    loss: float
+    accuracy: float
+    samples: int
+
+
+class _SeedAccumulator:
+    """Device-side running sums for one seed's gradient statistics."""
+
+    def __init__(self, device: torch.device, host_count: int, seed_count: int) -> None:
+        zero = torch.zeros((), device=device)
+        self.sum, self.ratio_sum = zero.clone(), zero.clone()
+        self.max = zero.clone()
+        self.min = torch.full((), math.inf, device=device)
+        self.vanishing, self.exploding = zero.clone(), zero.clone()
+        self.batches = 0
+        self.scale = math.sqrt(host_count / max(seed_count, 1))
+
+    def add(self, seed_norm: Tensor, host_norm: Tensor) -> None:
+        self.sum += seed_norm
+        self.max = torch.maximum(self.max, seed_norm)
+        self.min = torch.minimum(self.min, seed_norm)
+        self.vanishing += (seed_norm < VANISHING_NORM).float()
+        self.exploding += (seed_norm > EXPLODING_NORM).float()
+        self.ratio_sum += seed_norm / host_norm.clamp_min(EPS) * self.scale
+        self.batches += 1
+
+    def result(self) -> GradientStats:
+        n = max(self.batches, 1)
+        return GradientStats(
+            batches=self.batches,
+            mean_norm=self.sum.item() / n,
+            max_norm=self.max.item(),
+            min_norm=self.min.item() if self.batches else 0.0,
+            vanishing_batches=int(self.vanishing.item()),
+            exploding_batches=int(self.exploding.item()),
+            ratio=self.ratio_sum.item() / n,
+        )
+
+
+_TRAINED_STAGES = (SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.PROBATIONARY)
+
+
+def train_one_epoch(
+    model: MorphogeneticModel,
+    loader: Iterable[Batch],
+    optimizers: OptimizerSet,
+    criterion: nn.Module,
+    task_type: TaskType,
+    device: torch.device,
+    *,
+    max_batches: int | None = None,
+    max_grad_norm: float = 1.0,
+    step: TrainStep | None = None,
+) -> EpochMetrics:
+    """Train every live parameter for one pass over ``loader`` (at most ``max_batches``).
+
+    Per batch: zero grads, forward + loss, backward, clip the host group and each seed
+    separately to ``max_grad_norm`` (pre-clip norms are recorded), step every optimizer.
+    """
+    step = step or TrainStep()
+    model.train()
+    groups = optimizers.clip_groups()
+    host_params = groups.pop("host")
+    host_count = sum(p.numel() for p in host_params)
+    trained = [
+        sid for sid, params in groups.items() if params and model.slot(sid).stage in _TRAINED_STAGES
+    ]
+    seed_stats = {
+        sid: _SeedAccumulator(device, host_count, sum(p.numel() for p in groups[sid]))
+        for sid in trained
+    }
+    loss_sum = torch.zeros((), device=device)
+    correct_sum = torch.zeros((), device=device, dtype=torch.long)
+    host_norm_sum = torch.zeros((), device=device)
+    samples = batches = 0
+    for inputs, targets in loader:
+        if max_batches is not None and batches >= max_batches:
+            break
+        inputs = inputs.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        optimizers.zero_grad()
+        loss, correct, count = step(model, inputs, targets, criterion, task_type)
+        loss.backward()  # type: ignore[no-untyped-call]
+        host_norm = nn.utils.clip_grad_norm_(host_params, max_grad_norm)
+        for sid, stats in seed_stats.items():
+            stats.add(nn.utils.clip_grad_norm_(groups[sid], max_grad_norm), host_norm)
+        optimizers.step()
+        loss_sum += loss.detach() * count
+        correct_sum += correct
+        host_norm_sum += host_norm
+        samples += count
+        batches += 1
+    if batches == 0:
+        raise ValueError("the training loader yielded no batches: check the dataset and batch size")
+    # The one host sync of the epoch.
+    return EpochMetrics(
+        loss=loss_sum.item() / samples,
+        accuracy=100.0 * correct_sum.item() / samples,
+        batches=batches,
+        samples=samples,
+        host_grad_norm=host_norm_sum.item() / batches,
+        seed_gradients={sid: stats.result() for sid, stats in seed_stats.items()},
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: MorphogeneticModel,
+    loader: Iterable[Batch],
+    criterion: nn.Module,
+    task_type: TaskType,
+    device: torch.device,
+    *,
+    max_batches: int | None = None,
+    alpha_override: Mapping[str, float] | None = None,
+) -> EvalMetrics:
+    """Loss and accuracy (0-100) over the whole ``loader`` unless ``max_batches`` is set.
+
+    ``alpha_override`` forces the named slots' alpha (e.g. ``{"r0c1": 0.0}``) for the
+    pass: the counterfactual model without that seed, on the same batches.
+    """
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct_sum = torch.zeros((), device=device, dtype=torch.long)
+    samples = batches = 0
+    with model.forced_alpha(alpha_override or {}):
+        for inputs, targets in loader:
+            if max_batches is not None and batches >= max_batches:
+                break
+            inputs, targets = inputs.to(device), targets.to(device)
+            loss, correct, count = _forward_loss(model, inputs, targets, criterion, task_type)
+            loss_sum += loss * count
+            correct_sum += correct
+            samples += count
+            batches += 1
+    if batches == 0:
+        raise ValueError("the validation loader yielded no batches: check the dataset")
+    return EvalMetrics(
+        loss=loss_sum.item() / samples,
+        accuracy=100.0 * correct_sum.item() / samples,
+        samples=samples,
+    )

@@ -1,0 +1,164 @@
+"""Optimizer ownership: one host optimizer, one optimizer per live seed.
+
+`OptimizerSet.sync(model)` reconciles the optimizers with the model after any lifecycle
+event (germinate, cull, auto-cull, fossilize, rollback):
+
+* a newly germinated seed gets its own optimizer; no other optimizer is touched, so no
+  other seed loses its momentum;
+* a culled seed's optimizer is dropped at once: nothing can step a parameter that is
+  no longer in the model;
+* a fossilized seed's parameters join the host optimizer as a new param group and take
+  their optimizer state (momentum) with them.
+
+Invariant (`check_ownership`): every trainable parameter of the model is owned by
+exactly one optimizer, and every parameter an optimizer owns is in the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from esper.config import OptimConfig
+from esper.lifecycle import SeedStage
+from esper.model.morphogenetic import MorphogeneticModel
+
+__all__ = ["OptimizerSet", "OwnershipError", "make_optimizer"]
+
+
+class OwnershipError(AssertionError):
+    """The optimizer-ownership invariant is broken; the message lists the parameters."""
+
+
+def make_optimizer(
+    config: OptimConfig, params: list[nn.Parameter], lr: float
+) -> torch.optim.Optimizer:
+    """A fresh optimizer of ``config.kind`` over ``params``."""
+    if config.kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+class OptimizerSet:
+    """The host optimizer plus one optimizer per live seed, kept in step with a model."""
+
+    def __init__(self, model: MorphogeneticModel, config: OptimConfig) -> None:
+        self.config = config
+        self.host = make_optimizer(config, model.get_host_parameters(), config.host_lr)
+        self.seeds: dict[str, torch.optim.Optimizer] = {}
+        self.fossils: list[str] = []
+        """Fossilized slots whose parameters joined the host optimizer, in join order."""
+        self.sync(model)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def sync(self, model: MorphogeneticModel) -> None:
+        """Bring the optimizers in line with the model's slots (idempotent)."""
+        for slot in model.slots():
+            sid, stage = slot.slot_id, slot.stage
+            if stage is SeedStage.FOSSILIZED and sid not in self.fossils:
+                self._join_host(sid, slot.seed_parameters())
+            elif slot.state.live and not self._owns(sid, slot.seed_parameters()):
+                # New seed (or its modules were rebuilt, e.g. by a checkpoint load).
+                self.seeds[sid] = make_optimizer(
+                    self.config, slot.seed_parameters(), self.config.seed_lr
+                )
+            elif not slot.state.live and sid in self.seeds:
+                del self.seeds[sid]  # culled: its parameters left the model with it
+
+    def _owns(self, slot_id: str, params: list[nn.Parameter]) -> bool:
+        opt = self.seeds.get(slot_id)
+        if opt is None:
+            return False
+        owned = {id(p) for group in opt.param_groups for p in group["params"]}
+        return owned == {id(p) for p in params}
+
+    def _join_host(self, slot_id: str, params: list[nn.Parameter]) -> None:
+        seed_opt = self.seeds.pop(slot_id, None)
+        self.host.add_param_group({"params": params, "lr": self.config.host_lr})
+        if seed_opt is not None:
+            for p in params:
+                if p in seed_opt.state:
+                    self.host.state[p] = seed_opt.state[p]
+        self.fossils.append(slot_id)
+
+    # ------------------------------------------------------------ the batch loop's API
+
+    def zero_grad(self) -> None:
+        self.host.zero_grad(set_to_none=True)
+        for opt in self.seeds.values():
+            opt.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.host.step()
+        for opt in self.seeds.values():
+            opt.step()
+
+    def clip_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters clipped together: ``"host"`` (host and fossils), then each live seed."""
+        host = [p for group in self.host.param_groups for p in group["params"]]
+        groups = {"host": host}
+        for sid, opt in self.seeds.items():
+            groups[sid] = [p for group in opt.param_groups for p in group["params"]]
+        return groups
+
+    # ------------------------------------------------------------ invariant
+
+    def check_ownership(self, model: MorphogeneticModel) -> None:
+        """Raise `OwnershipError` unless each trainable parameter has exactly one owner."""
+        owners: dict[int, list[str]] = {}
+        for name, params in self.clip_groups().items():
+            for p in params:
+                owners.setdefault(id(p), []).append(name)
+        names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+        problems = [
+            f"{n}: owned by {owners.get(i, [])}"
+            for i, n in names.items()
+            if len(owners.get(i, [])) != 1
+        ]
+        problems += [
+            f"parameter owned by {o} is not in the model"
+            for i, o in owners.items()
+            if i not in names
+        ]
+        if problems:
+            raise OwnershipError("optimizer ownership broken: " + "; ".join(problems))
+
+    # ------------------------------------------------------------ checkpointing
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host.state_dict(),
+            "fossils": list(self.fossils),
+            "seeds": {sid: opt.state_dict() for sid, opt in self.seeds.items()},
+        }
+
+    @classmethod
+    def restore(
+        cls, model: MorphogeneticModel, config: OptimConfig, state: dict[str, Any]
+    ) -> OptimizerSet:
+        """Rebuild the optimizers for ``model`` (already loaded) and load their state.
+
+        The host's param groups are rebuilt in the saved fossil order, so PyTorch's
+        index-based optimizer state lines up with the same parameters.
+        """
+        new = cls.__new__(cls)
+        new.config = config
+        new.host = make_optimizer(config, model.get_host_parameters(), config.host_lr)
+        new.seeds, new.fossils = {}, []
+        for sid in state["fossils"]:
+            new.host.add_param_group(
+                {"params": model.slot(sid).seed_parameters(), "lr": config.host_lr}
+            )
+            new.fossils.append(sid)
+        new.host.load_state_dict(state["host"])
+        for sid, opt_state in state["seeds"].items():
+            opt = make_optimizer(config, model.slot(sid).seed_parameters(), config.seed_lr)
+            opt.load_state_dict(opt_state)
+            new.seeds[sid] = opt
+        new.sync(model)
+        return new

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal, TypeVar
 
-from esper.lifecycle import LifecycleConfig
+from esper.lifecycle import BlendAlgorithm, LifecycleConfig
 
 __all__ = [
     "ConfigError",
+    "EpisodeConfig",
     "GovernorConfig",
+    "HeuristicConfig",
     "OptimConfig",
     "RewardConfig",
     "SignalConfig",
@@ -98,6 +100,36 @@ class RewardConfig:
     """Scale of the log-parameter rent charged every epoch."""
     terminal_weight: float = 0.01
     """Reward per pp of final validation accuracy, paid on the last epoch."""
+
+
+@dataclass(frozen=True)
+class HeuristicConfig:
+    """The rule-based controller's thresholds (see `esper.controller.heuristic`)."""
+
+    min_epoch_to_germinate: int = 3
+    """Never germinate before this epoch."""
+    plateau_epochs: int = 2
+    """Germinate once validation accuracy has risen by less than the plateau threshold
+    for this many consecutive epochs."""
+    require_stable_host: bool = False
+    """Also wait until the host's validation loss has stabilised (see SignalConfig)."""
+    cull_after_epochs: int = 5
+    """A training or blending seed is judged only after this many epochs in its stage..."""
+    cull_accuracy_drop: float = 2.0
+    """...and culled if validation accuracy fell by more than this (pp) since the stage began."""
+    probation_patience: int = 2
+    """Epochs on probation to wait for the contribution to clear G5 before culling."""
+    blend: BlendAlgorithm = BlendAlgorithm.LINEAR
+    """Blend algorithm for every germination."""
+    blueprints: tuple[str, ...] = ()
+    """Rotation of blueprints to try, in order; empty = every blueprint registered for the
+    host's topology, in registration order."""
+    cull_penalty: float = 2.0
+    """Added to a blueprint's penalty each time one of its seeds is culled..."""
+    penalty_decay: float = 0.8
+    """...multiplied by this every epoch..."""
+    penalty_threshold: float = 1.5
+    """...and blueprints at or above this penalty are skipped while others are available."""
 
 
 @dataclass(frozen=True)

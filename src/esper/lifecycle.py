@@ -172,6 +172,11 @@ class LifecycleConfig:
                 raise ValueError(f"LifecycleConfig.{name} must be >= 0")
         if self.blending_steps < 1:
             raise ValueError("LifecycleConfig.blending_steps must be >= 1")
+        if self.min_fossilize_contribution <= 0.0:
+            # Probation culls at contribution <= 0; G5 must demand more than that.
+            raise ValueError("LifecycleConfig.min_fossilize_contribution must be > 0")
+        if self.min_gradient_ratio < 0.0:
+            raise ValueError("LifecycleConfig.min_gradient_ratio must be >= 0")
         if not 0.0 < self.alpha_complete <= 1.0:
             raise ValueError("LifecycleConfig.alpha_complete must be in (0, 1]")
 
@@ -297,6 +302,7 @@ def transition(state: SeedState, target: SeedStage) -> SeedState:
     Resets the per-stage clock and appends the stage left to the history. Leaving the
     lifecycle for DORMANT (after RESETTING) clears the seed's identity and measurements.
     """
+    target = SeedStage(target)
     reason = can_transition(state.stage, target)
     if reason is not None:
         raise LifecycleError(reason)

@@ -87,3 +87,14 @@ def test_host_upstream_of_a_blended_seed_keeps_learning(
         upstream = host_net.layers[0]
     for name, p in upstream.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_incubating_norm_seed_on_channels_last_features_trains() -> None:
+    # One-channel images have ambiguous strides, so the host's convs emit channels_last
+    # features; GroupNorm's backward on a detached channels_last input used to segfault.
+    model = MorphogeneticModel(build_host("cnn_digits", widths=(2, 4, 8)))
+    model.germinate_seed("norm", "s", slot="r0c0")
+    model.step_epoch()
+    x = torch.randn(16, 8, 8, 1).permute(0, 3, 1, 2)  # stride (64, 1, 8, 1)
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.get_seed_parameters("r0c0"))

@@ -108,7 +108,7 @@ def test_host_with_every_blueprint_in_every_slot(host_name: str, blend: BlendAlg
 
 
 def test_unknown_names_list_the_valid_ones() -> None:
-    with pytest.raises(UnknownNameError, match="valid cnn blueprints: norm, attention"):
+    with pytest.raises(UnknownNameError, match="valid cnn blueprints: conv_light, conv_heavy"):
         get_blueprint(Topology.CNN, "resnet50")
     with pytest.raises(UnknownNameError, match="valid hosts: cnn"):
         build_host("vgg")

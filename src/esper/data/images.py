@@ -137,6 +137,8 @@ def load_cifar10(data_dir: PathLike | None) -> SplitData:
                 train_x, train_y, val_x, val_y, names = _read_image_folder(candidate, (32, 32))
                 return image_split("cifar10", train_x, train_y, val_x, val_y, names)
     where = ", ".join(str(p) for p in dict.fromkeys(tried)) or "nowhere (no data directory given)"
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        where += f" ({Path(data_dir).expanduser()} is not a directory)"
     raise DataUnavailableError(
         "CIFAR-10 not found. Looked for the python-pickle distribution "
         "(cifar-10-batches-py/ with data_batch_1..5, test_batch, batches.meta) or an "
@@ -173,9 +175,12 @@ def load_fashion_mnist(data_dir: PathLike | None = None) -> SplitData:
                 val_labels,
                 FASHION_MNIST_CLASSES,
             )
+    where = ", ".join(str(c) for c in candidates)
+    if not candidates[0].is_dir():
+        where += f" ({candidates[0]} is not a directory)"
     raise DataUnavailableError(
         f"Fashion-MNIST not found. Looked for {', '.join(_FASHION_FILES)} (each raw or .gz) "
-        f"in: {', '.join(str(c) for c in candidates)}. Install them with "
+        f"in: {where}. Install them with "
         "'apt-get install dataset-fashion-mnist' (Debian/Ubuntu, puts them in "
         f"{FASHION_MNIST_SYSTEM_DIR}) or download them from "
         "https://github.com/zalandoresearch/fashion-mnist, then pass --data-dir DIR "
@@ -300,7 +305,7 @@ def _list_split(directory: Path) -> dict[str, list[os.DirEntry[str]]]:
             files = [
                 f
                 for f in os.scandir(entry.path)
-                if f.is_file() and Path(f.name).suffix.lower() in _IMAGE_SUFFIXES
+                if os.path.splitext(f.name)[1].lower() in _IMAGE_SUFFIXES and f.is_file()
             ]
             classes[entry.name] = sorted(files, key=lambda f: f.name)
     return classes
@@ -377,7 +382,15 @@ def _write_cache(path: Path, key: str, arrays: dict[str, NDArray[Any]]) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         with tmp.open("wb") as handle:
-            np.savez(handle, key=np.array(key), **arrays)
+            np.savez(
+                handle,
+                allow_pickle=False,
+                key=np.array(key),
+                train_images=arrays["train_images"],
+                train_labels=arrays["train_labels"],
+                test_images=arrays["test_images"],
+                test_labels=arrays["test_labels"],
+            )
         os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError):

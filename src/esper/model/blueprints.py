@@ -155,9 +155,19 @@ def _bottleneck_width(channels: int) -> int:
     return max(4, channels // 4)
 
 
-@register_blueprint(Topology.CNN, "norm", params=lambda c: 3 * c, help="GroupNorm pull")
-def _cnn_norm(c: int) -> nn.Module:
-    return Residual(_NormDelta(nn.GroupNorm(group_count(c), c)), c, Topology.CNN)
+@register_blueprint(
+    Topology.CNN, "conv_light", params=lambda c: 9 * c * c + 3 * c, help="one 3x3 conv block"
+)
+def _cnn_conv_light(c: int) -> nn.Module:
+    return Residual(nn.Sequential(*_conv_norm_relu(c)), c, Topology.CNN)
+
+
+@register_blueprint(
+    Topology.CNN, "conv_heavy", params=lambda c: 18 * c * c + 5 * c, help="two 3x3 conv blocks"
+)
+def _cnn_conv_heavy(c: int) -> nn.Module:
+    branch = nn.Sequential(*_conv_norm_relu(c), *_conv_norm_relu(c))
+    return Residual(branch, c, Topology.CNN)
 
 
 @register_blueprint(
@@ -201,19 +211,9 @@ def _cnn_bottleneck(c: int) -> nn.Module:
     return Residual(branch, c, Topology.CNN)
 
 
-@register_blueprint(
-    Topology.CNN, "conv_light", params=lambda c: 9 * c * c + 3 * c, help="one 3x3 conv block"
-)
-def _cnn_conv_light(c: int) -> nn.Module:
-    return Residual(nn.Sequential(*_conv_norm_relu(c)), c, Topology.CNN)
-
-
-@register_blueprint(
-    Topology.CNN, "conv_heavy", params=lambda c: 18 * c * c + 5 * c, help="two 3x3 conv blocks"
-)
-def _cnn_conv_heavy(c: int) -> nn.Module:
-    branch = nn.Sequential(*_conv_norm_relu(c), *_conv_norm_relu(c))
-    return Residual(branch, c, Topology.CNN)
+@register_blueprint(Topology.CNN, "norm", params=lambda c: 3 * c, help="GroupNorm pull")
+def _cnn_norm(c: int) -> nn.Module:
+    return Residual(_NormDelta(nn.GroupNorm(group_count(c), c)), c, Topology.CNN)
 
 
 # ---------------------------------------------------------------- transformer branches
@@ -248,20 +248,11 @@ def _lora_rank(c: int) -> int:
     return max(1, min(8, c // 4))
 
 
-@register_blueprint(Topology.TRANSFORMER, "norm", params=lambda c: 3 * c, help="LayerNorm pull")
-def _tf_norm(c: int) -> nn.Module:
-    return Residual(_NormDelta(nn.LayerNorm(c)), c, Topology.TRANSFORMER)
-
-
 @register_blueprint(
-    Topology.TRANSFORMER,
-    "lora",
-    params=lambda c: 2 * c * _lora_rank(c) + c,
-    help="low-rank linear update (rank 8)",
+    Topology.TRANSFORMER, "mlp", params=lambda c: 8 * c * c + 8 * c, help="pre-norm 4x MLP"
 )
-def _tf_lora(c: int) -> nn.Module:
-    r = _lora_rank(c)
-    branch = nn.Sequential(nn.Linear(c, r, bias=False), nn.Linear(r, c, bias=False))
+def _tf_mlp(c: int) -> nn.Module:
+    branch = nn.Sequential(nn.LayerNorm(c), nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c))
     return Residual(branch, c, Topology.TRANSFORMER)
 
 
@@ -276,8 +267,17 @@ def _tf_attention(c: int) -> nn.Module:
 
 
 @register_blueprint(
-    Topology.TRANSFORMER, "mlp", params=lambda c: 8 * c * c + 8 * c, help="pre-norm 4x MLP"
+    Topology.TRANSFORMER,
+    "lora",
+    params=lambda c: 2 * c * _lora_rank(c) + c,
+    help="low-rank linear update (rank 8)",
 )
-def _tf_mlp(c: int) -> nn.Module:
-    branch = nn.Sequential(nn.LayerNorm(c), nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c))
+def _tf_lora(c: int) -> nn.Module:
+    r = _lora_rank(c)
+    branch = nn.Sequential(nn.Linear(c, r, bias=False), nn.Linear(r, c, bias=False))
     return Residual(branch, c, Topology.TRANSFORMER)
+
+
+@register_blueprint(Topology.TRANSFORMER, "norm", params=lambda c: 3 * c, help="LayerNorm pull")
+def _tf_norm(c: int) -> nn.Module:
+    return Residual(_NormDelta(nn.LayerNorm(c)), c, Topology.TRANSFORMER)

@@ -147,7 +147,10 @@ class SeedSlot(nn.Module):
         if self.alpha_override is not None and stage is not SeedStage.TRAINING:
             return self._blend(h, self.alpha_override)
         if stage is SeedStage.TRAINING:
-            s: Tensor = self.seed(h.detach())
+            # .contiguous(): PyTorch's CPU GroupNorm backward segfaults on a channels_last
+            # input that does not require grad (seen with torch 2.13); conv outputs are
+            # channels_last whenever their input's strides are ambiguous (1 channel).
+            s: Tensor = self.seed(h.detach().contiguous())
             return h + (s - s.detach())
         return self._blend(h, self.alpha)
 

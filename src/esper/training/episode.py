@@ -7,8 +7,8 @@ Every epoch is one transaction in one fixed order, whatever the controller::
     controller.decide(signals, slots)
     apply(action): apply the action -> lifecycle tick (gates) -> reward -> telemetry
 
-`run_episode` is that loop; `run_heuristic_episode` is the reviewed entry point for a
-rule-based (or scripted) controller. The RL environment steps the same `EpisodeRunner`.
+`run_episode` is that loop (`esper.training.heuristic` builds on it). The RL
+environment steps the same `EpisodeRunner`.
 Epochs are 1-based everywhere; the terminal reward falls on epoch ``epochs``.
 """
 
@@ -55,7 +55,6 @@ __all__ = [
     "Observation",
     "ScriptedController",
     "run_episode",
-    "run_heuristic_episode",
 ]
 
 
@@ -513,30 +512,3 @@ def run_episode(runner: EpisodeRunner, controller: Controller) -> EpisodeResult:
         observation = runner.observe()
         runner.apply(controller.decide(observation.signals, observation.slots))
     return runner.result()
-
-
-def run_heuristic_episode(
-    controller: Controller,
-    model: MorphogeneticModel,
-    data: EpisodeData,
-    config: EpisodeConfig,
-    telemetry: ev.Telemetry | None = None,
-    device: torch.device | str = "cpu",
-) -> EpisodeResult:
-    """Run one episode of ``model`` on ``data`` under a rule-based ``controller``.
-
-    Args:
-        controller: decides one action per epoch (`HeuristicController`,
-            `ScriptedController`, or anything with ``decide(signals, slots)``).
-        model: a freshly built model; it is trained in place.
-        data: training batches per epoch and the validation batches.
-        config: epochs, limits, optimizer, lifecycle gates, governor and reward.
-        telemetry: where events go (default: nowhere). It only observes.
-        device: where to train.
-
-    Returns:
-        The episode's `EpisodeResult`: final and best accuracy, action counts by op,
-        per-epoch rewards and the per-epoch history.
-    """
-    runner = EpisodeRunner(model, data, config, telemetry, device)
-    return run_episode(runner, controller)

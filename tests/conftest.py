@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# Tiny models run no faster on two threads, and a second thread makes every op crawl
+# whenever another process shares the machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

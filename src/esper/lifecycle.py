@@ -25,6 +25,7 @@ from enum import IntEnum, StrEnum
 __all__ = [
     "ACTIVE_STAGES",
     "LIVE_STAGES",
+    "OCCUPIED_STAGES",
     "TRANSITIONS",
     "BlendAlgorithm",
     "FactoredAction",

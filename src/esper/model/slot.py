@@ -46,6 +46,9 @@ from esper.model.blueprints import get_blueprint
 
 __all__ = ["SeedSlot"]
 
+_ACTIVE = frozenset(int(s) for s in ACTIVE_STAGES)
+_TRAINING, _BLENDING = int(SeedStage.TRAINING), int(SeedStage.BLENDING)
+
 
 class SeedSlot(nn.Module):
     """Holds one seed module, its optional gate, and its `SeedState`."""
@@ -58,7 +61,9 @@ class SeedSlot(nn.Module):
         self.channels = channels
         self.topology = topology
         self.lifecycle = lifecycle
-        self.state = SeedState()
+        self._state = SeedState()
+        self._forward_stage = int(SeedStage.DORMANT)
+        self._forward_alpha = 0.0
         self.seed: nn.Module | None = None
         self.gate: GatedBlend | None = None
         self.alpha_override: float | None = None
@@ -66,6 +71,19 @@ class SeedSlot(nn.Module):
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
     # ------------------------------------------------------------ queries
+
+    @property
+    def state(self) -> SeedState:
+        return self._state
+
+    @state.setter
+    def state(self, state: SeedState) -> None:
+        self._state = state
+        # forward() reads these plain attributes, not the dataclass: torch.compile (2.13)
+        # guards a frozen dataclass only by type, so a compiled forward would keep using
+        # the stage it was traced at. Ints and floats on a module are guarded by value.
+        self._forward_stage = int(state.stage)
+        self._forward_alpha = self.alpha
 
     @property
     def stage(self) -> SeedStage:
@@ -141,18 +159,18 @@ class SeedSlot(nn.Module):
     # ------------------------------------------------------------ forward
 
     def forward(self, h: Tensor) -> Tensor:
-        stage = self.state.stage
-        if self.seed is None or stage not in ACTIVE_STAGES:
+        stage = self._forward_stage
+        if self.seed is None or stage not in _ACTIVE:
             return h
-        if self.alpha_override is not None and stage is not SeedStage.TRAINING:
+        if self.alpha_override is not None and stage != _TRAINING:
             return self._blend(h, self.alpha_override)
-        if stage is SeedStage.TRAINING:
+        if stage == _TRAINING:
             # .contiguous(): PyTorch's CPU GroupNorm backward segfaults on a channels_last
             # input that does not require grad (seen with torch 2.13); conv outputs are
             # channels_last whenever their input's strides are ambiguous (1 channel).
             s: Tensor = self.seed(h.detach().contiguous())
             return h + (s - s.detach())
-        return self._blend(h, self.alpha)
+        return self._blend(h, self._forward_alpha)
 
     def _blend(self, h: Tensor, alpha: float) -> Tensor:
         if alpha == 0.0:
@@ -160,7 +178,7 @@ class SeedSlot(nn.Module):
         s: Tensor = self.seed(h) if self.seed is not None else h
         if alpha == 1.0:
             return s
-        if self.gate is not None and self.state.stage is SeedStage.BLENDING:
+        if self.gate is not None and self._forward_stage == _BLENDING:
             return h + self.gate.alpha(h, alpha) * (s - h)
         return h + alpha * (s - h)
 

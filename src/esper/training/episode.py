@@ -149,6 +149,11 @@ class EpisodeRunner:
         telemetry: ev.Telemetry | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
+        if model.lifecycle != config.lifecycle:
+            raise ValueError(
+                "the model's LifecycleConfig differs from config.lifecycle; build the model "
+                "with lifecycle=config.lifecycle so the gates use the settings you saved"
+            )
         self.model = model
         self.data = data
         self.config = config

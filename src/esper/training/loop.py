@@ -14,8 +14,10 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch._dynamo  # recompile limit; Dynamo's config lives in a private module
 from torch import Tensor, nn
 
 from esper.contracts import TaskType
@@ -77,21 +79,22 @@ class TrainStep:
     """Forward + loss, compiled with ``torch.compile`` when asked.
 
     If compilation (which happens lazily, on the first call) fails, one warning is
-    logged and every later call runs eagerly. Lifecycle events change the slot's
-    Python branches, so Dynamo recompiles once per stage change, not per batch;
-    ``recompile_limit`` bounds that, after which PyTorch itself falls back to eager.
+    logged and every later call runs eagerly. A lifecycle event changes the slot's
+    Python branches (stage, alpha), so Dynamo recompiles once per event, never per
+    batch; ``recompile_limit`` bounds the cached graphs, after which PyTorch itself
+    falls back to eager for new ones. ``backend`` is passed to ``torch.compile``.
     """
 
-    def __init__(self, compile: bool = False, recompile_limit: int = 64) -> None:
+    def __init__(
+        self, compile: bool = False, recompile_limit: int = 64, backend: Any = "inductor"
+    ) -> None:
         self.compiled = compile
         self._fn: StepFn = _forward_loss
         if compile:
-            import torch._dynamo  # the config lives in a private module
-
             torch._dynamo.config.cache_size_limit = max(
                 torch._dynamo.config.cache_size_limit, recompile_limit
             )
-            self._fn = torch.compile(_forward_loss, dynamic=False)
+            self._fn = torch.compile(_forward_loss, dynamic=False, backend=backend)
 
     def __call__(
         self,

@@ -1,0 +1,37 @@
+"""Golden values: a fixed-seed digits episode must keep producing these numbers.
+
+If a refactor changes them, it changed the maths (or the order of random draws): find
+out which before updating the values. Tolerance covers float summation order only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from esper.data import load_digits
+from esper.lifecycle import FactoredAction, LifecycleOp, SeedStage
+from esper.training.batches import SplitBatches
+from esper.training.episode import ScriptedController
+from esper.training.heuristic import run_heuristic_episode
+from esper.training.tasks import get_task
+
+TRAIN_LOSS = [2.1564153, 1.7057963, 1.0783776, 0.6875296, 0.4713699, 0.3981749]
+VAL_LOSS = [2.0595081, 1.4026437, 0.8470439, 0.5897526, 0.5493273, 0.5758912]
+STAGES = ["DORMANT", "TRAINING", "TRAINING", "TRAINING", "BLENDING", "BLENDING"]
+
+
+def test_golden_digits_episode() -> None:
+    task = get_task("digits")
+    split = load_digits()
+    torch.manual_seed(0)
+    config = dataclasses.replace(task.default_config(), seed=0, epochs=6)
+    model = task.build_model(split, lifecycle=config.lifecycle)
+    data = SplitBatches(split, task.batch_size, seed=0)
+    schedule = {2: FactoredAction(LifecycleOp.GERMINATE, "r0c1", "conv_heavy")}
+    result = run_heuristic_episode(ScriptedController(schedule), model, data, config)
+    assert [r.train.loss for r in result.history] == pytest.approx(TRAIN_LOSS, rel=1e-4)
+    assert [r.val.loss for r in result.history] == pytest.approx(VAL_LOSS, rel=1e-4)
+    assert [r.stages["r0c1"] for r in result.history] == [SeedStage[s] for s in STAGES]

@@ -1,0 +1,72 @@
+"""Imports point downward only: the layers of STYLE.md, checked on the source."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "esper"
+
+# Which top-level parts of esper each part may import (besides itself).
+BOTTOM = {"lifecycle", "contracts", "config", "registry"}
+ALLOWED: dict[str, set[str]] = {
+    "lifecycle": set(),
+    "registry": set(),
+    "contracts": {"lifecycle"},
+    "config": {"lifecycle"},
+    "data": {"contracts"},
+    "model": BOTTOM,
+    "controller": BOTTOM,
+    "telemetry": BOTTOM,
+    "training": BOTTOM | {"data", "model", "controller", "telemetry"},
+    "rl": BOTTOM | {"data", "model", "controller", "telemetry", "training"},
+    "report": BOTTOM | {"telemetry"},
+    "cli": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "report"},
+}
+
+
+def _part(path: Path) -> str:
+    rel = path.relative_to(SRC)
+    return rel.parts[0].removesuffix(".py")
+
+
+def _imported_parts(path: Path) -> set[str]:
+    parts = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            if name.startswith("esper."):
+                parts.add(name.split(".")[1])
+    return parts
+
+
+def test_imports_point_downward() -> None:
+    wrong = []
+    for path in sorted(SRC.rglob("*.py")):
+        part = _part(path)
+        if part == "__init__":
+            continue
+        assert part in ALLOWED, f"new top-level part {part!r}: add it to ALLOWED"
+        for imported in _imported_parts(path) - {part}:
+            if imported not in ALLOWED[part]:
+                wrong.append(f"{path.relative_to(SRC)} imports esper.{imported}")
+    assert not wrong, "upward or sideways imports:\n" + "\n".join(wrong)
+
+
+def test_no_import_inside_functions() -> None:
+    # Lazy imports hide cycles; the only allowed ones load optional extras.
+    lazy = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                for inner in ast.walk(node):
+                    if isinstance(inner, ast.Import | ast.ImportFrom):
+                        mod = inner.module if isinstance(inner, ast.ImportFrom) else None
+                        names = [a.name for a in inner.names]
+                        if (mod or names[0]).startswith("esper"):
+                            lazy.append(f"{path.relative_to(SRC)}:{inner.lineno}")
+    assert not lazy, f"esper imported inside a function: {lazy}"

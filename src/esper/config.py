@@ -23,6 +23,7 @@ __all__ = [
     "HeuristicConfig",
     "OptimConfig",
     "RewardConfig",
+    "RunConfig",
     "SignalConfig",
     "TrainingConfig",
     "from_dict",
@@ -227,3 +228,29 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return value
     name = getattr(hint, "__name__", str(hint))
     raise ConfigError(f"{where}: expected {name}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run of the ``esper`` command, as saved to ``config.json`` in the run directory."""
+
+    task: str = "digits"
+    """Registered task (``esper --help`` lists them)."""
+    controller: Literal["heuristic", "baseline"] = "heuristic"
+    """Who decides: the rule-based heuristic, or the static baseline that never grows."""
+    slots: tuple[str, ...] | None = None
+    """Enabled slot ids (None: every injection point of the host)."""
+    width_multiplier: float = 1.0
+    """Scale the host's widths (baseline: a static host of the grown size)."""
+    batch_size: int = 64
+    """Training batch size (the task's default unless set)."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N."""
+    telemetry_level: Literal["off", "lifecycle", "normal", "debug"] = "normal"
+    """How much goes to events.jsonl and the console."""
+    data_dir: str | None = None
+    """Directory with a downloadable data set (cifar10, fashion_mnist)."""
+    text_file: str | None = None
+    """UTF-8 text file for the text task."""
+    episode: EpisodeConfig = field(default_factory=EpisodeConfig)
+    heuristic: HeuristicConfig = field(default_factory=HeuristicConfig)

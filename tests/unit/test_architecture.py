@@ -20,8 +20,8 @@ ALLOWED: dict[str, set[str]] = {
     "telemetry": BOTTOM,
     "training": BOTTOM | {"data", "model", "controller", "telemetry"},
     "rl": BOTTOM | {"data", "model", "controller", "telemetry", "training"},
-    "report": BOTTOM | {"telemetry"},
-    "cli": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "report"},
+    "run": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl"},
+    "cli": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "run"},
 }
 
 

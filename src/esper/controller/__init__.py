@@ -1,5 +1,6 @@
 """Controllers: who decides, epoch by epoch, when, where and what to grow."""
 
 from esper.controller.heuristic import HeuristicController
+from esper.controller.static import StaticController
 
-__all__ = ["HeuristicController"]
+__all__ = ["HeuristicController", "StaticController"]

@@ -22,6 +22,7 @@ transformer hosts alike.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from esper.config import HeuristicConfig
 from esper.contracts import SlotReport, TrainingSignals
@@ -129,6 +130,20 @@ class HeuristicController:
                 name = report.state.blueprint_id
                 self.penalties[name] = self.penalties.get(name, 0.0) + self.config.cull_penalty
             self._seen[report.slot_id] = stage
+
+    # ------------------------------------------------------------ checkpointing
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "penalties": dict(self.penalties),
+            "next_index": self.next_index,
+            "seen": {sid: int(stage) for sid, stage in self._seen.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.penalties = dict(state["penalties"])
+        self.next_index = int(state["next_index"])
+        self._seen = {sid: SeedStage(stage) for sid, stage in state["seen"].items()}
 
     @staticmethod
     def _op(op: LifecycleOp, report: SlotReport) -> FactoredAction:

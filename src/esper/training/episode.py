@@ -171,6 +171,7 @@ class EpisodeRunner:
         self.book = _SeedBook()
         self._pending: tuple[EpochMetrics, EvalMetrics, str | None, dict[str, float]] | None = None
         self._started = time.perf_counter()
+        self._elapsed_before = 0.0  # wall time of earlier processes, for resumed runs
         self.governor.passed(0, 0.0, model.state_dict(), self.optimizers.state_dict())
 
     @property
@@ -482,6 +483,50 @@ class EpisodeRunner:
             )
         )
 
+    # ------------------------------------------------------------ checkpointing
+
+    @property
+    def wall_seconds(self) -> float:
+        return self._elapsed_before + time.perf_counter() - self._started
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this episode exactly, between two epochs.
+
+        Holds Python objects (the per-epoch records), so save it with ``torch.save`` and
+        load it with ``weights_only=False``: only load checkpoints you wrote.
+        """
+        if self._pending is not None:
+            raise RuntimeError("checkpoint between epochs: after apply(), before observe()")
+        snapshot = self.governor.snapshot
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizers": self.optimizers.state_dict(),
+            "records": list(self.records),
+            "counts": dict(self.counts),
+            "seeds": (self.germinated, self.fossilized, self.culled),
+            "book": (dict(self.book.at_germination), dict(self.book.at_stage_start)),
+            "tracker": self.tracker.state_dict(),
+            "governor": (self.governor.best_accuracy, snapshot),
+            "torch_rng": torch.get_rng_state(),
+            "wall_seconds": self.wall_seconds,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict` output; the runner must be freshly built."""
+        self.model.load_state_dict(state["model"])
+        self.optimizers = OptimizerSet.restore(self.model, self.config.optim, state["optimizers"])
+        self.epoch = state["epoch"]
+        self.records = list(state["records"])
+        self.counts = Counter(state["counts"])
+        self.germinated, self.fossilized, self.culled = state["seeds"]
+        self.book = _SeedBook(*(dict(d) for d in state["book"]))
+        self.tracker.load_state_dict(state["tracker"])
+        self.governor.best_accuracy, self.governor.snapshot = state["governor"]
+        torch.set_rng_state(state["torch_rng"])
+        self._elapsed_before = state["wall_seconds"]
+        self._started = time.perf_counter()
+
     # ------------------------------------------------------------ result
 
     def result(self) -> EpisodeResult:
@@ -497,7 +542,7 @@ class EpisodeRunner:
             seeds_culled=self.culled,
             host_params=self.model.host_params,
             seed_params=self.model.active_seed_params,
-            wall_seconds=time.perf_counter() - self._started,
+            wall_seconds=self.wall_seconds,
         )
 
 

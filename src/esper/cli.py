@@ -1,0 +1,312 @@
+"""The ``esper`` command: grow a network, train the static baseline, rebuild reports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from esper import __version__
+from esper.config import ConfigError, RunConfig, from_dict, to_dict
+from esper.data import DataFormatError, DataUnavailableError
+from esper.lifecycle import LifecycleError
+from esper.registry import UnknownNameError
+from esper.run import RunError, finish_report, prepare_run_dir, read_config, run
+from esper.telemetry import ConsoleSink, SinkError
+from esper.telemetry.report import EpochRow
+from esper.training.tasks import TASKS, get_task
+
+__all__ = ["build_parser", "main"]
+
+EXPECTED_ERRORS = (
+    ConfigError,
+    DataFormatError,
+    DataUnavailableError,
+    LifecycleError,
+    RunError,
+    SinkError,
+    UnknownNameError,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    tasks = "\n".join(f"  {name:<14} {spec.help}" for name, spec in TASKS.items())
+    parser = argparse.ArgumentParser(
+        prog="esper",
+        description="Morphogenetic training: a host network grows seeds while it trains.",
+        epilog=f"tasks:\n{tasks}\n\nrun 'esper COMMAND --help' for each command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"esper {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    heuristic = commands.add_parser(
+        "heuristic",
+        help="grow the network with the rule-based heuristic controller",
+        description="Train the task's host while the heuristic controller germinates, "
+        "blends, fossilizes and culls seeds. Writes a run directory (see --out).",
+    )
+    _run_options(heuristic)
+    baseline = commands.add_parser(
+        "baseline",
+        help="train the same task, budget and seed with no growth (the static comparison)",
+        description="Train the task's host as a fixed network: same data, epochs, seed and "
+        "optimizer as 'esper heuristic', but no seed is ever germinated.",
+    )
+    _run_options(baseline)
+    baseline.add_argument(
+        "--width-multiplier",
+        type=float,
+        metavar="X",
+        help="scale every host width by X, e.g. to train a static host of the grown size "
+        "(default: 1)",
+    )
+    report = commands.add_parser(
+        "report",
+        help="rebuild summary.json and timeline.png from a run directory",
+        description="Read RUN_DIR/history.jsonl and config.json, rewrite summary.json and "
+        "timeline.png, and print the summary. Works on interrupted runs too.",
+    )
+    report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory")
+    return parser
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--task", help=f"task to train: {', '.join(TASKS.names())} (default: digits)")
+    add("--epochs", type=int, metavar="N", help="epochs to train (default: the task's)")
+    add("--max-batches", type=int, metavar="N", help="train on at most N batches per epoch")
+    add(
+        "--max-val-batches",
+        type=int,
+        metavar="N",
+        help="validate on at most N batches (default: the whole validation set)",
+    )
+    add(
+        "--seed",
+        type=int,
+        metavar="N",
+        help="random seed for init, data order, everything (default: 0)",
+    )
+    add("--slots", nargs="+", metavar="ID", help="enabled slots, e.g. r0c0 r0c2 (default: all)")
+    add("--max-seeds", type=int, metavar="N", help="germinate at most N seeds in the run")
+    add("--batch-size", type=int, metavar="N", help="training batch size (default: the task's)")
+    add("--device", help="cpu, cuda or cuda:N (default: cpu)")
+    add(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="compile forward + loss with torch.compile (slow start on CPU)",
+    )
+    add(
+        "--telemetry-level",
+        choices=["off", "lifecycle", "normal", "debug"],
+        help="what goes to events.jsonl and the console (default: normal)",
+    )
+    add("--data-dir", metavar="DIR", help="data directory for cifar10 / fashion_mnist")
+    add("--text-file", metavar="PATH", help="UTF-8 text file for the text task")
+    add(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="JSON run configuration (unknown keys are errors); flags override it",
+    )
+    add(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="run directory (default: runs/<command>-<task>-<time>)",
+    )
+    add(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last checkpoint",
+    )
+    add("--quiet", action="store_true", help="no progress bar or event lines, only the summary")
+
+
+# Flag -> path in the RunConfig dictionary.
+_FLAG_PATHS: dict[str, tuple[str, ...]] = {
+    "task": ("task",),
+    "epochs": ("episode", "epochs"),
+    "max_batches": ("episode", "training", "max_batches"),
+    "max_val_batches": ("episode", "training", "max_val_batches"),
+    "seed": ("episode", "seed"),
+    "slots": ("slots",),
+    "max_seeds": ("episode", "max_seeds"),
+    "batch_size": ("batch_size",),
+    "device": ("device",),
+    "compile": ("episode", "training", "compile"),
+    "telemetry_level": ("telemetry_level",),
+    "data_dir": ("data_dir",),
+    "text_file": ("text_file",),
+    "width_multiplier": ("width_multiplier",),
+}
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    """Task defaults, then the --config file, then flags; strictly validated."""
+    file_data: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            file_data = json.loads(args.config.read_text())
+        except OSError as error:
+            raise RunError(f"cannot read --config {args.config} ({error.strerror})") from None
+        except json.JSONDecodeError as error:
+            raise RunError(f"--config {args.config} is not valid JSON: {error}") from None
+        if not isinstance(file_data, dict):
+            raise RunError(f"--config {args.config} must hold a JSON object")
+    flags: dict[str, Any] = {}
+    for name, path in _FLAG_PATHS.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        node = flags
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = str(value) if isinstance(value, Path) else value
+    task_name = flags.get("task") or file_data.get("task") or "digits"
+    spec = get_task(str(task_name))
+    defaults = RunConfig(task=spec.name, batch_size=spec.batch_size, episode=spec.default_config())
+    controller = {"controller": "baseline" if args.command == "baseline" else "heuristic"}
+    merged = _merge(_merge(_merge(to_dict(defaults), file_data), flags), controller)
+    config = from_dict(RunConfig, merged)
+    if config.episode.epochs < 1:
+        raise ConfigError("epochs must be at least 1")
+    return config
+
+
+def _status(row: EpochRow, best: float) -> str:
+    seeds = "  ".join(
+        f"{sid} {slot.stage.lower()}" + (f" {slot.blueprint}" if slot.blueprint else "")
+        for sid, slot in row.slots.items()
+        if slot.stage != "DORMANT"
+    )
+    return f"val {row.val_accuracy:5.2f}% (best {best:.2f}%)  {seeds or 'no seeds'}"
+
+
+def _summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
+    table = Table(title=f"{summary['controller']} on {summary['task']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    rows = [
+        ("final accuracy", f"{summary['final_accuracy']:.2f}%"),
+        ("best accuracy", f"{summary['best_accuracy']:.2f}% (epoch {summary['best_epoch']})"),
+        ("epochs", f"{summary['epochs']} of {summary['epochs_planned']}"),
+        ("host parameters", f"{summary['host_params']:,}"),
+        ("added parameters", f"{summary['added_params']:,}"),
+        (
+            "seeds germinated / fossilized / culled",
+            " / ".join(
+                str(summary[k]) for k in ("seeds_germinated", "seeds_fossilized", "seeds_culled")
+            ),
+        ),
+        ("governor rollbacks", str(summary["rollbacks"])),
+        ("wall time", f"{summary['wall_seconds']:.1f} s"),
+        ("run directory", str(run_dir)),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _train(args: argparse.Namespace, console: Console) -> int:
+    if args.resume is not None:
+        given = [
+            f"--{n.replace('_', '-')}" for n in _FLAG_PATHS if getattr(args, n, None) is not None
+        ]
+        if args.config is not None or args.out is not None:
+            given += ["--config" if args.config else "", "--out" if args.out else ""]
+        given = [g for g in given if g]
+        if given:
+            raise RunError(
+                f"--resume continues a run with its saved configuration; drop {', '.join(given)}"
+            )
+        run_dir: Path = args.resume
+        config: RunConfig | None = None
+        epochs = read_config(run_dir).episode.epochs
+    else:
+        config = resolve_config(args)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = prepare_run_dir(
+            args.out or Path("runs") / f"{args.command}-{config.task}-{stamp}"
+        )
+        epochs = config.episode.epochs
+    if not args.quiet:
+        console.print(f"run directory: {run_dir}")
+    progress = Progress(
+        TextColumn("epoch"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        disable=args.quiet,
+    )
+    best = 0.0
+    with progress:
+        task = progress.add_task("train", total=epochs, status="starting")
+
+        def on_epoch(row: EpochRow) -> None:
+            nonlocal best
+            best = max(best, row.val_accuracy)
+            progress.update(task, completed=row.epoch, status=_status(row, best))
+            if not console.is_terminal and not args.quiet:
+                console.print(f"epoch {row.epoch}/{epochs}  {_status(row, best)}")
+
+        sinks = [] if args.quiet else [ConsoleSink(progress.console, show_epochs=False)]
+        try:
+            summary = run(run_dir, config, sinks, on_epoch)
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print(f"interrupted; continue with: esper {args.command} --resume {run_dir}")
+            return 130
+    console.print(_summary_table(summary, run_dir))
+    console.print(f"timeline: {run_dir / 'timeline.png'}")
+    return 0
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    summary = finish_report(args.run_dir)
+    console.print(_summary_table(summary, args.run_dir))
+    console.print(f"timeline: {args.run_dir / 'timeline.png'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``esper`` command; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        if args.command == "report":
+            return _report(args, console)
+        return _train(args, console)
+    except EXPECTED_ERRORS as error:
+        # One line that names the fix; no traceback for input the user can correct.
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        Console(stderr=True).print(
+            f"esper: error: {message}", style="bold red", markup=False, highlight=False
+        )
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Run reports: the per-epoch history file, the summary and the timeline plot.
+
+Every run writes ``history.jsonl``, one `EpochRow` per epoch, flushed as it goes, at
+every telemetry level (it is the run's result, not telemetry). `summarize` and
+`plot_timeline` rebuild ``summary.json`` and ``timeline.png`` from it, so
+``esper report RUN_DIR`` works on finished and interrupted runs alike.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+__all__ = [
+    "STAGE_COLOURS",
+    "EpochRow",
+    "SlotRow",
+    "append_row",
+    "plot_timeline",
+    "read_history",
+    "summarize",
+]
+
+
+@dataclass(frozen=True)
+class SlotRow:
+    """One slot at the end of an epoch."""
+
+    stage: str
+    blueprint: str | None
+    alpha: float
+    contribution: float | None
+    params: int
+
+
+@dataclass(frozen=True)
+class EpochRow:
+    """One epoch of a run, as written to ``history.jsonl``."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    action: str
+    """The controller's op and slot, e.g. ``GERMINATE r0c1 conv_light``."""
+    outcome: str
+    reason: str
+    """Why the controller chose the action."""
+    reward: float
+    rollback: str | None
+    host_params: int
+    seed_params: int
+    seconds: float
+    """Wall time since the run started (across resumes)."""
+    germinated: int
+    fossilized: int
+    culled: int
+    """Seeds germinated, fossilized and culled so far (cumulative)."""
+    slots: Mapping[str, SlotRow]
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        return json.dumps({k: _finite(v) for k, v in data.items()})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EpochRow:
+        slots = {sid: SlotRow(**row) for sid, row in data["slots"].items()}
+        return cls(**{**data, "slots": slots})
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def append_row(path: Path, row: EpochRow) -> None:
+    """Append one epoch to ``history.jsonl`` and flush it to the OS."""
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(row.to_json() + "\n")
+
+
+def read_history(path: Path) -> list[EpochRow]:
+    """All epochs of a ``history.jsonl``; a malformed line is named in the error."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+            for key in ("train_loss", "val_loss"):
+                data[key] = float(data[key])
+            rows.append(EpochRow.from_dict(data))
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}:{number}: not a history row ({error})") from None
+    return rows
+
+
+def summarize(rows: Sequence[EpochRow]) -> dict[str, Any]:
+    """Final and best accuracy, parameters, seed counts and wall time of a run."""
+    if not rows:
+        raise ValueError("the run has no completed epoch yet")
+    last = rows[-1]
+    return {
+        "epochs": last.epoch,
+        "final_accuracy": last.val_accuracy,
+        "best_accuracy": max(r.val_accuracy for r in rows),
+        "best_epoch": max(rows, key=lambda r: r.val_accuracy).epoch,
+        "final_val_loss": last.val_loss,
+        "host_params": last.host_params,
+        "added_params": last.seed_params,
+        "seeds_germinated": last.germinated,
+        "seeds_fossilized": last.fossilized,
+        "seeds_culled": last.culled,
+        "rollbacks": sum(1 for r in rows if r.rollback),
+        "total_reward": sum(r.reward for r in rows),
+        "wall_seconds": last.seconds,
+    }
+
+
+_ACTION_STYLE = {
+    "GERMINATE": ("^", "#d35400", "germinate"),
+    "FOSSILIZE": ("*", "#1e8449", "fossilize"),
+    "CULL": ("X", "#c0392b", "cull"),
+}
+
+STAGE_COLOURS: Mapping[str, str] = {
+    "GERMINATED": "#f6e58d",
+    "TRAINING": "#f0932b",
+    "BLENDING": "#4a90d9",
+    "PROBATIONARY": "#9b59b6",
+    "FOSSILIZED": "#27ae60",
+    "CULLED": "#c0392b",
+    "EMBARGOED": "#e8a0a0",
+    "RESETTING": "#bdc3c7",
+}
+
+
+def plot_timeline(rows: Sequence[EpochRow], path: Path, title: str) -> None:
+    """Validation accuracy over epochs above one band per slot showing its stages
+    (coloured spans) and alpha (the black curve inside the band, 0 at the bottom)."""
+    slot_ids = sorted({sid for r in rows for sid in r.slots}, reverse=True)
+    epochs = [r.epoch for r in rows]
+    fig = Figure(figsize=(10, 4 + 0.6 * len(slot_ids)))
+    acc_ax, slot_ax = fig.subplots(
+        2,
+        1,
+        sharex=True,
+        gridspec_kw={"height_ratios": [3, max(1.0, 0.6 * len(slot_ids))]},
+    )
+    acc_ax.plot(epochs, [r.val_accuracy for r in rows], color="black", label="validation")
+    acc_ax.plot(
+        epochs, [r.train_accuracy for r in rows], color="grey", ls="--", lw=1, label="train"
+    )
+    acted = [r for r in rows if r.outcome == "applied" and r.action != "WAIT"]
+    for n, r in enumerate(acted):
+        op, _, rest = r.action.partition(" ")
+        style = _ACTION_STYLE.get(op, ("o", "grey", op.lower()))
+        marker, colour, verb = style
+        acc_ax.scatter([r.epoch], [r.val_accuracy], marker=marker, s=90, color=colour, zorder=3)
+        label = f"{verb} {rest.replace(' ', ' ')}".strip()
+        offset = -16 if n % 2 == 0 else 10  # alternate below/above so neighbours don't collide
+        acc_ax.annotate(
+            label,
+            (r.epoch, r.val_accuracy),
+            textcoords="offset points",
+            xytext=(0, offset),
+            ha="center",
+            fontsize=7,
+            color=colour,
+        )
+    for r in rows:
+        if r.rollback:
+            acc_ax.axvline(r.epoch, color="#c0392b", ls=":", lw=1)
+    acc_ax.set_ylabel("accuracy (%)")
+    acc_ax.set_title(title)
+    acc_ax.grid(alpha=0.3)
+    acc_ax.legend(loc="lower right", fontsize=8)
+    for index, sid in enumerate(slot_ids):
+        _slot_band(slot_ax, rows, sid, index)
+    slot_ax.set_yticks(range(len(slot_ids)), slot_ids)
+    slot_ax.set_ylim(-0.6, len(slot_ids) - 0.4)
+    slot_ax.set_xlabel("epoch")
+    slot_ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    used = {s.stage for r in rows for s in r.slots.values()} & set(STAGE_COLOURS)
+    handles: list[Any] = [
+        Patch(color=c, label=name.lower()) for name, c in STAGE_COLOURS.items() if name in used
+    ]
+    handles.append(Line2D([], [], color="black", lw=1.2, label="alpha (0-1)"))
+    if handles:
+        slot_ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def _slot_band(ax: Any, rows: Sequence[EpochRow], slot_id: str, index: int) -> None:
+    for r in rows:
+        slot = r.slots.get(slot_id)
+        if slot is None or slot.stage not in STAGE_COLOURS:
+            continue
+        ax.broken_barh([(r.epoch - 0.5, 1.0)], (index - 0.4, 0.8), color=STAGE_COLOURS[slot.stage])
+    alphas = [
+        (r.epoch, r.slots[slot_id].alpha)
+        for r in rows
+        if slot_id in r.slots and r.slots[slot_id].stage in STAGE_COLOURS
+    ]
+    if alphas:
+        xs, ys = zip(*alphas, strict=True)
+        ax.plot(xs, [index - 0.4 + 0.8 * a for a in ys], color="black", lw=1.2)
+    previous = "DORMANT"
+    for r in rows:
+        slot = r.slots.get(slot_id)
+        stage = slot.stage if slot is not None else "DORMANT"
+        if slot is not None and slot.blueprint and stage == "TRAINING" and previous != "TRAINING":
+            ax.text(r.epoch - 0.45, index + 0.22, slot.blueprint, fontsize=7, va="center")
+        previous = stage

@@ -24,7 +24,7 @@ from esper.telemetry import ConsoleSink, SinkError
 from esper.telemetry.report import EpochRow
 from esper.training.tasks import TASKS, get_task
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "resolve_config"]
 
 EXPECTED_ERRORS = (
     ConfigError,

@@ -132,7 +132,7 @@ TASKS.add(
         load=lambda options: load_digits(),
         host_kwargs=_image_host((2, 4, 8)),
         batch_size=64,
-        epochs=30,
+        epochs=40,
         optim=OptimConfig(host_lr=0.05, seed_lr=0.05),
     ),
 )

@@ -49,6 +49,9 @@ class OptimConfig:
     """SGD momentum (ignored by AdamW)."""
     weight_decay: float = 5e-4
     """Weight decay of every group."""
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    """Learning-rate schedule over the episode's epochs, applied to host and seeds alike:
+    cosine decays from the base rate at epoch 1 towards 0 at the last epoch."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,9 @@ class HeuristicConfig:
 
     min_epoch_to_germinate: int = 3
     """Never germinate before this epoch."""
+    min_epochs_left: int = 10
+    """Never germinate when fewer epochs than this remain: with the default gates a seed
+    needs 3 epochs of training and 5 of blending before it can be judged."""
     plateau_epochs: int = 2
     """Germinate once validation accuracy has risen by less than the plateau threshold
     for this many consecutive epochs."""

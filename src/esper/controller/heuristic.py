@@ -8,7 +8,8 @@ Rules, in order of precedence, each epoch:
    epochs; in training or blending, CULL if validation accuracy has fallen by more than
    ``cull_accuracy_drop`` since the stage began (judged after ``cull_after_epochs``).
 2. **Germinate** when some slot may take a seed (`legal_ops` says so: empty, not
-   embargoed, within the seed budgets), the run is past ``min_epoch_to_germinate``,
+   embargoed, within the seed budgets), the run is past ``min_epoch_to_germinate`` with
+   at least ``min_epochs_left`` epochs to go,
    accuracy has plateaued for ``plateau_epochs`` and (optionally) the host has
    stabilised. The blueprint is the next one in the rotation whose cull penalty is
    below the threshold (else the least penalised); the slot is the first that may
@@ -98,6 +99,9 @@ class HeuristicController:
             return FactoredAction.wait(), "no slot may take a seed"
         if signals.epoch < cfg.min_epoch_to_germinate:
             return FactoredAction.wait(), f"before epoch {cfg.min_epoch_to_germinate}"
+        left = signals.max_epochs - signals.epoch
+        if left < cfg.min_epochs_left:
+            return FactoredAction.wait(), f"only {left} epochs left"
         if cfg.require_stable_host and not signals.host_stabilized:
             return FactoredAction.wait(), "host not yet stable"
         if signals.plateau_epochs < cfg.plateau_epochs:

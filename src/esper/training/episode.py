@@ -43,7 +43,7 @@ from esper.training.loop import (
     evaluate,
     train_one_epoch,
 )
-from esper.training.optim import OptimizerSet
+from esper.training.optim import OptimizerSet, lr_factor
 from esper.training.reward import RewardTerms, epoch_reward
 from esper.training.signals import SignalTracker
 
@@ -187,6 +187,8 @@ class EpisodeRunner:
         if self.epoch >= self.config.epochs:
             raise RuntimeError("the episode is over")
         self.epoch += 1
+        optim = self.config.optim
+        self.optimizers.set_lr_scale(lr_factor(optim.lr_schedule, self.epoch, self.config.epochs))
         cfg = self.config.training
         train = train_one_epoch(
             self.model,

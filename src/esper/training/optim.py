@@ -16,6 +16,7 @@ exactly one optimizer, and every parameter an optimizer owns is in the model.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from esper.config import OptimConfig
 from esper.lifecycle import SeedStage
 from esper.model.morphogenetic import MorphogeneticModel
 
-__all__ = ["OptimizerSet", "OwnershipError", "make_optimizer"]
+__all__ = ["OptimizerSet", "OwnershipError", "lr_factor", "make_optimizer"]
 
 
 class OwnershipError(AssertionError):
@@ -43,6 +44,13 @@ def make_optimizer(
     )
 
 
+def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """Multiplier of the base learning rates in ``epoch`` (1-based) of ``epochs``."""
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / max(epochs, 1)))
+    return 1.0
+
+
 class OptimizerSet:
     """The host optimizer plus one optimizer per live seed, kept in step with a model."""
 
@@ -50,6 +58,7 @@ class OptimizerSet:
         self.config = config
         self.host = make_optimizer(config, model.get_host_parameters(), config.host_lr)
         self.seeds: dict[str, torch.optim.Optimizer] = {}
+        self.lr_scale = 1.0
         self.fossils: list[str] = []
         """Fossilized slots whose parameters joined the host optimizer, in join order."""
         self.sync(model)
@@ -65,7 +74,7 @@ class OptimizerSet:
             elif slot.state.live and not self._owns(sid, slot.seed_parameters()):
                 # New seed (or its modules were rebuilt, e.g. by a checkpoint load).
                 self.seeds[sid] = make_optimizer(
-                    self.config, slot.seed_parameters(), self.config.seed_lr
+                    self.config, slot.seed_parameters(), self.config.seed_lr * self.lr_scale
                 )
             elif not slot.state.live and sid in self.seeds:
                 del self.seeds[sid]  # culled: its parameters left the model with it
@@ -79,12 +88,21 @@ class OptimizerSet:
 
     def _join_host(self, slot_id: str, params: list[nn.Parameter]) -> None:
         seed_opt = self.seeds.pop(slot_id, None)
-        self.host.add_param_group({"params": params, "lr": self.config.host_lr})
+        self.host.add_param_group({"params": params, "lr": self.config.host_lr * self.lr_scale})
         if seed_opt is not None:
             for p in params:
                 if p in seed_opt.state:
                     self.host.state[p] = seed_opt.state[p]
         self.fossils.append(slot_id)
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Scale every group's learning rate to ``scale`` times its base rate."""
+        self.lr_scale = scale
+        for group in self.host.param_groups:
+            group["lr"] = self.config.host_lr * scale
+        for opt in self.seeds.values():
+            for group in opt.param_groups:
+                group["lr"] = self.config.seed_lr * scale
 
     # ------------------------------------------------------------ the batch loop's API
 
@@ -149,7 +167,7 @@ class OptimizerSet:
         new = cls.__new__(cls)
         new.config = config
         new.host = make_optimizer(config, model.get_host_parameters(), config.host_lr)
-        new.seeds, new.fossils = {}, []
+        new.seeds, new.fossils, new.lr_scale = {}, [], 1.0
         for sid in state["fossils"]:
             new.host.add_param_group(
                 {"params": model.slot(sid).seed_parameters(), "lr": config.host_lr}

@@ -206,7 +206,7 @@ def _status(row: EpochRow, best: float) -> str:
 def _summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
     table = Table(title=f"{summary['controller']} on {summary['task']}", show_header=False)
     table.add_column(style="bold")
-    table.add_column(justify="right")
+    table.add_column(justify="right", overflow="fold")
     rows = [
         ("final accuracy", f"{summary['final_accuracy']:.2f}%"),
         ("best accuracy", f"{summary['best_accuracy']:.2f}% (epoch {summary['best_epoch']})"),
@@ -277,7 +277,10 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             summary = run(run_dir, config, sinks, on_epoch)
         except KeyboardInterrupt:
             progress.stop()
-            console.print(f"interrupted; continue with: esper {args.command} --resume {run_dir}")
+            console.print(
+                f"interrupted; continue with: esper {args.command} --resume {run_dir}",
+                soft_wrap=True,
+            )
             return 130
     console.print(_summary_table(summary, run_dir))
     console.print(f"timeline: {run_dir / 'timeline.png'}")
@@ -303,7 +306,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One line that names the fix; no traceback for input the user can correct.
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         Console(stderr=True).print(
-            f"esper: error: {message}", style="bold red", markup=False, highlight=False
+            f"esper: error: {message}",
+            style="bold red",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
         return 2
 

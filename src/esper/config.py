@@ -67,6 +67,12 @@ class TrainingConfig:
     compile: bool = False
     """Compile the forward + loss with torch.compile (slower to start; see README)."""
 
+    def __post_init__(self) -> None:
+        _at_least(self, "max_batches", 1)
+        _at_least(self, "max_val_batches", 1)
+        if self.max_grad_norm <= 0:
+            raise ValueError("max_grad_norm must be > 0")
+
 
 @dataclass(frozen=True)
 class SignalConfig:
@@ -158,8 +164,19 @@ class EpisodeConfig:
     governor: GovernorConfig = field(default_factory=GovernorConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
 
+    def __post_init__(self) -> None:
+        _at_least(self, "epochs", 1)
+        _at_least(self, "max_seeds", 0)
+        _at_least(self, "max_live_seeds", 1)
+
 
 C = TypeVar("C")
+
+
+def _at_least(config: object, name: str, low: int) -> None:
+    value = getattr(config, name)
+    if value is not None and value < low:
+        raise ValueError(f"{name} must be at least {low}, got {value}")
 
 
 def to_dict(config: Any) -> Any:
@@ -260,3 +277,10 @@ class RunConfig:
     """UTF-8 text file for the text task."""
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
     heuristic: HeuristicConfig = field(default_factory=HeuristicConfig)
+
+    def __post_init__(self) -> None:
+        _at_least(self, "batch_size", 1)
+        if self.width_multiplier <= 0:
+            raise ValueError(f"width_multiplier must be > 0, got {self.width_multiplier}")
+        if self.slots is not None and len(set(self.slots)) != len(self.slots):
+            raise ValueError(f"slots lists a slot twice: {' '.join(self.slots)}")

@@ -134,11 +134,14 @@ def _build(config: RunConfig, telemetry: Telemetry) -> _Run:
     if config.controller == "baseline":
         controller = StaticController()
     else:
-        controller = HeuristicController(
-            blueprint_names(spec.topology),
-            config.heuristic,
-            fossilize_threshold=episode.lifecycle.min_fossilize_contribution,
-        )
+        try:
+            controller = HeuristicController(
+                blueprint_names(spec.topology),
+                config.heuristic,
+                fossilize_threshold=episode.lifecycle.min_fossilize_contribution,
+            )
+        except ValueError as error:
+            raise RunError(f"heuristic.blueprints: {error}") from None
     return _Run(config, runner, controller)
 
 
@@ -229,8 +232,6 @@ def run(
             raise RunError(
                 f"{run_dir} has no {CHECKPOINT} to resume from (it stopped before epoch 1 ended)"
             )
-    else:
-        (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
     level = TelemetryLevel.parse(config.telemetry_level)
     sinks: list[Sink] = [JsonlSink(run_dir / "events.jsonl"), *extra_sinks]
     history = run_dir / "history.jsonl"
@@ -239,11 +240,19 @@ def run(
         runner, controller = built.runner, built.controller
         if resuming:
             state = torch.load(run_dir / CHECKPOINT, weights_only=False, map_location=runner.device)
+            if state["epoch"] >= config.episode.epochs:
+                raise RunError(
+                    f"{run_dir} finished all {config.episode.epochs} epochs; "
+                    f"see its results with: esper report {run_dir}"
+                )
             runner.load_state_dict(state["runner"])
             controller.load_state_dict(state["controller"])
             _truncate_jsonl(history, state["epoch"])
             _truncate_jsonl(run_dir / "events.jsonl", state["epoch"])
         else:
+            # Written only once the data and model are built, so a run that cannot start
+            # leaves no config.json behind to block the corrected command.
+            (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
             history.write_text("")
             telemetry.emit(
                 RunStarted(run_dir.name, config.task, config.controller, to_dict(config))

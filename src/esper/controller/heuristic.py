@@ -101,11 +101,12 @@ class HeuristicController:
             return FactoredAction.wait(), f"before epoch {cfg.min_epoch_to_germinate}"
         left = signals.max_epochs - signals.epoch
         if left < cfg.min_epochs_left:
-            return FactoredAction.wait(), f"only {left} epochs left"
+            return FactoredAction.wait(), f"{left} epoch(s) left, fewer than {cfg.min_epochs_left}"
         if cfg.require_stable_host and not signals.host_stabilized:
             return FactoredAction.wait(), "host not yet stable"
         if signals.plateau_epochs < cfg.plateau_epochs:
-            return FactoredAction.wait(), f"no plateau ({signals.plateau_epochs} epochs)"
+            waiting = f"plateau of {signals.plateau_epochs} epoch(s), needs {cfg.plateau_epochs}"
+            return FactoredAction.wait(), waiting
         blueprint = self._next_blueprint()
         action = FactoredAction(LifecycleOp.GERMINATE, open_slots[0].slot_id, blueprint, cfg.blend)
         return action, f"plateau of {signals.plateau_epochs} epochs"

@@ -37,7 +37,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-def commit() -> str:
+def _commit() -> str:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
@@ -53,8 +53,15 @@ def commit() -> str:
         return "unknown"
 
 
+COMMIT = _commit()
+"""The commit at start-up: the code that ran, even if HEAD moves while a benchmark runs."""
+
+
 def command() -> str:
-    return " ".join([Path(sys.executable).name, *sys.argv])
+    """The command line, as the module invocation a reader can paste."""
+    script = Path(sys.argv[0])
+    module = f"benchmarks.{script.stem}" if script.parent.name == "benchmarks" else str(script)
+    return " ".join([".venv/bin/python", "-m", module, *sys.argv[1:]])
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
@@ -72,7 +79,7 @@ def write_result(name: str, payload: dict[str, Any], markdown: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {
         "command": command(),
-        "commit": commit(),
+        "commit": COMMIT,
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }

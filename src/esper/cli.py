@@ -100,6 +100,12 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     add("--batch-size", type=int, metavar="N", help="training batch size (default: the task's)")
     add("--device", help="cpu, cuda or cuda:N (default: cpu)")
     add(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for torch (default: one per core; use 1 when runs share a machine)",
+    )
+    add(
         "--compile",
         action="store_true",
         default=None,
@@ -144,6 +150,7 @@ _FLAG_PATHS: dict[str, tuple[str, ...]] = {
     "max_seeds": ("episode", "max_seeds"),
     "batch_size": ("batch_size",),
     "device": ("device",),
+    "threads": ("threads",),
     "compile": ("episode", "training", "compile"),
     "telemetry_level": ("telemetry_level",),
     "data_dir": ("data_dir",),
@@ -259,7 +266,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"),
         console=console,
-        disable=args.quiet,
+        # Not a terminal (CI, a log file): one plain line per epoch instead of a bar.
+        disable=args.quiet or not console.is_terminal,
     )
     best = 0.0
     with progress:
@@ -270,7 +278,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             best = max(best, row.val_accuracy)
             progress.update(task, completed=row.epoch, status=_status(row, best))
             if not console.is_terminal and not args.quiet:
-                console.print(f"epoch {row.epoch}/{epochs}  {_status(row, best)}")
+                console.print(f"epoch {row.epoch}/{epochs}  {_status(row, best)}", soft_wrap=True)
 
         sinks = [] if args.quiet else [ConsoleSink(progress.console, show_epochs=False)]
         try:

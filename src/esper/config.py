@@ -269,6 +269,9 @@ class RunConfig:
     """Training batch size (the task's default unless set)."""
     device: str = "cpu"
     """cpu, cuda or cuda:N."""
+    threads: int | None = None
+    """CPU threads for torch (None: torch's default, one per core). Use 1 when several
+    runs share a machine: oversubscribed threads slow every run down many times over."""
     telemetry_level: Literal["off", "lifecycle", "normal", "debug"] = "normal"
     """How much goes to events.jsonl and the console."""
     data_dir: str | None = None
@@ -280,6 +283,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _at_least(self, "batch_size", 1)
+        _at_least(self, "threads", 1)
         if self.width_multiplier <= 0:
             raise ValueError(f"width_multiplier must be > 0, got {self.width_multiplier}")
         if self.slots is not None and len(set(self.slots)) != len(self.slots):

@@ -123,6 +123,8 @@ def _build(config: RunConfig, telemetry: Telemetry) -> _Run:
         text_file=Path(config.text_file) if config.text_file else None,
     )
     device = _device(config.device)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     split = spec.load(options)
     episode = config.episode
     torch.manual_seed(episode.seed)

@@ -161,9 +161,15 @@ def plot_timeline(rows: Sequence[EpochRow], path: Path, title: str) -> None:
     acc_ax.plot(
         epochs, [r.train_accuracy for r in rows], color="grey", ls="--", lw=1, label="train"
     )
-    acted = [r for r in rows if r.outcome == "applied" and r.action != "WAIT"]
-    for n, r in enumerate(acted):
-        op, _, rest = r.action.partition(" ")
+    acted = [(r, r.action) for r in rows if r.outcome == "applied" and r.action != "WAIT"]
+    # A seed culled by the lifecycle itself (probation) shows CULLED for one epoch; a
+    # controller's cull is already in the actions.
+    acted += [
+        (r, f"CULL {sid} (auto)") for r in rows for sid, s in r.slots.items() if s.stage == "CULLED"
+    ]
+    acted.sort(key=lambda pair: pair[0].epoch)
+    for n, (r, action) in enumerate(acted):
+        op, _, rest = action.partition(" ")
         style = _ACTION_STYLE.get(op, ("o", "grey", op.lower()))
         marker, colour, verb = style
         acc_ax.scatter([r.epoch], [r.val_accuracy], marker=marker, s=90, color=colour, zorder=3)

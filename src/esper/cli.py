@@ -221,14 +221,13 @@ def _summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
         ("host parameters", f"{summary['host_params']:,}"),
         ("added parameters", f"{summary['added_params']:,}"),
         (
-            "seeds germinated / fossilized / culled",
-            " / ".join(
+            "seeds germinated/fossilized/culled",
+            "/".join(
                 str(summary[k]) for k in ("seeds_germinated", "seeds_fossilized", "seeds_culled")
             ),
         ),
         ("governor rollbacks", str(summary["rollbacks"])),
         ("wall time", f"{summary['wall_seconds']:.1f} s"),
-        ("run directory", str(run_dir)),
     ]
     for name, value in rows:
         table.add_row(name, value)
@@ -291,14 +290,14 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             )
             return 130
     console.print(_summary_table(summary, run_dir))
-    console.print(f"timeline: {run_dir / 'timeline.png'}")
+    console.print(f"results in {run_dir}, timeline: {run_dir / 'timeline.png'}", soft_wrap=True)
     return 0
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:
     summary = finish_report(args.run_dir)
     console.print(_summary_table(summary, args.run_dir))
-    console.print(f"timeline: {args.run_dir / 'timeline.png'}")
+    console.print(f"timeline: {args.run_dir / 'timeline.png'}", soft_wrap=True)
     return 0
 
 

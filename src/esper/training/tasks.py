@@ -167,50 +167,41 @@ TASKS.add(
         optim=OptimConfig(host_lr=0.05, seed_lr=0.05),
     ),
 )
-TASKS.add(
-    "text",
-    TaskSpec(
-        name="text",
-        help="character-level language model on any UTF-8 file given with --text-file",
+
+
+def _language_task(name: str, help: str, load: Callable[[TaskOptions], SplitData]) -> TaskSpec:
+    """Character-level language modelling on a small GPT-style host (AdamW, 10 epochs)."""
+    return TaskSpec(
+        name=name,
+        help=help,
         task_type=TaskType.LANGUAGE_MODEL,
         topology=Topology.TRANSFORMER,
         host="transformer",
-        load=lambda options: load_text_file(
+        load=load,
+        host_kwargs=_lm_host(64, 3, 4, LM_BLOCK),
+        batch_size=32,
+        epochs=10,
+        optim=OptimConfig(kind="adamw", host_lr=3e-3, seed_lr=3e-3, weight_decay=0.01),
+    )
+
+
+for _spec in (
+    _language_task(
+        "text",
+        "character-level language model on any UTF-8 file given with --text-file",
+        lambda options: load_text_file(
             _require(options.text_file, "--text-file", "text"), LM_BLOCK
         ),
-        host_kwargs=_lm_host(64, 3, 4, LM_BLOCK),
-        batch_size=32,
-        epochs=10,
-        optim=OptimConfig(kind="adamw", host_lr=3e-3, seed_lr=3e-3, weight_decay=0.01),
     ),
-)
-TASKS.add(
-    "shakespeare",
-    TaskSpec(
-        name="shakespeare",
-        help="character-level language model on 38 Shakespeare plays (extra: shakespeare)",
-        task_type=TaskType.LANGUAGE_MODEL,
-        topology=Topology.TRANSFORMER,
-        host="transformer",
-        load=lambda options: load_shakespeare(LM_BLOCK),
-        host_kwargs=_lm_host(64, 3, 4, LM_BLOCK),
-        batch_size=32,
-        epochs=10,
-        optim=OptimConfig(kind="adamw", host_lr=3e-3, seed_lr=3e-3, weight_decay=0.01),
+    _language_task(
+        "shakespeare",
+        "character-level language model on 38 Shakespeare plays (extra: shakespeare)",
+        lambda options: load_shakespeare(LM_BLOCK),
     ),
-)
-TASKS.add(
-    "tinystories",
-    TaskSpec(
-        name="tinystories",
-        help="character-level TinyStories through Hugging Face datasets (extra: tinystories)",
-        task_type=TaskType.LANGUAGE_MODEL,
-        topology=Topology.TRANSFORMER,
-        host="transformer",
-        load=lambda options: load_tinystories(LM_BLOCK),
-        host_kwargs=_lm_host(64, 3, 4, LM_BLOCK),
-        batch_size=32,
-        epochs=10,
-        optim=OptimConfig(kind="adamw", host_lr=3e-3, seed_lr=3e-3, weight_decay=0.01),
+    _language_task(
+        "tinystories",
+        "character-level TinyStories through Hugging Face datasets (extra: tinystories)",
+        lambda options: load_tinystories(LM_BLOCK),
     ),
-)
+):
+    TASKS.add(_spec.name, _spec)

@@ -235,7 +235,6 @@ class EpisodeRunner:
             self.model.host_params,
             self.model.active_seed_params,
         )
-        self._signals = signals
         return Observation(signals, self.reports())
 
     def _evaluate(self, alpha_override: Mapping[str, float] | None = None) -> EvalMetrics:

@@ -81,7 +81,8 @@ class SignalConfig:
     plateau_threshold: float = 0.5
     """An epoch whose validation accuracy rises by less than this (pp) extends a plateau."""
     stabilization_threshold: float = 0.03
-    """An epoch is stable if validation loss improves by less than this fraction..."""
+    """An epoch is stable if it does not beat the best validation loss so far by more
+    than this fraction..."""
     stabilization_epochs: int = 3
     """...and this many consecutive stable epochs latch ``host_stabilized`` for the run."""
     history: int = 5
@@ -124,7 +125,7 @@ class HeuristicConfig:
     plateau_epochs: int = 2
     """Germinate once validation accuracy has risen by less than the plateau threshold
     for this many consecutive epochs."""
-    require_stable_host: bool = False
+    require_stable_host: bool = True
     """Also wait until the host's validation loss has stabilised (see SignalConfig)."""
     cull_after_epochs: int = 5
     """A training or blending seed is judged only after this many epochs in its stage..."""

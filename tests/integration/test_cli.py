@@ -39,7 +39,14 @@ RUN_FILES = (
     "timeline.png",
 )
 # Heuristic thresholds that germinate on epoch 2, so short runs hold a live seed.
-EARLY = {"heuristic": {"min_epoch_to_germinate": 2, "min_epochs_left": 0, "plateau_epochs": 0}}
+EARLY = {
+    "heuristic": {
+        "min_epoch_to_germinate": 2,
+        "min_epochs_left": 0,
+        "plateau_epochs": 0,
+        "require_stable_host": False,
+    }
+}
 RESUME_EPOCHS = 12
 
 

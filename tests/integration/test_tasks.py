@@ -181,7 +181,12 @@ def test_a_missing_data_path_exits_2_and_says_what_was_looked_for(
 def test_a_transformer_task_germinates_a_transformer_blueprint(tmp_path: Path) -> None:
     text = _text_file(tmp_path / "corpus.txt")
     config = tmp_path / "early.json"
-    early = {"min_epoch_to_germinate": 1, "min_epochs_left": 0, "plateau_epochs": 0}
+    early = {
+        "min_epoch_to_germinate": 1,
+        "min_epochs_left": 0,
+        "plateau_epochs": 0,
+        "require_stable_host": False,
+    }
     config.write_text(json.dumps({"heuristic": early}))
     out = tmp_path / "run"
     flags = ["--task", "text", "--text-file", str(text), "--config", str(config)]

@@ -127,11 +127,13 @@ def test_does_not_germinate_too_close_to_the_end() -> None:
     assert controller.decide(_signals(20), _empty()).op is LifecycleOp.GERMINATE
 
 
-def test_waits_for_a_stable_host_only_when_asked() -> None:
-    assert _controller().decide(_signals(stable=False), _empty()).op is LifecycleOp.GERMINATE
-    strict = _controller(require_stable_host=True)
+def test_waits_for_a_stable_host_unless_told_not_to() -> None:
+    strict = _controller()  # require_stable_host is the default
     assert strict.decide(_signals(stable=False), _empty()) == WAIT
+    assert "stable" in strict.last_reason
     assert strict.decide(_signals(stable=True), _empty()).op is LifecycleOp.GERMINATE
+    relaxed = _controller(require_stable_host=False)
+    assert relaxed.decide(_signals(stable=False), _empty()).op is LifecycleOp.GERMINATE
 
 
 def test_germination_uses_the_configured_blend() -> None:
@@ -363,7 +365,11 @@ FAST = LifecycleConfig(
     embargo_epochs=0,
 )
 EAGER = HeuristicConfig(
-    min_epoch_to_germinate=1, min_epochs_left=0, plateau_epochs=0, probation_patience=1
+    min_epoch_to_germinate=1,
+    min_epochs_left=0,
+    plateau_epochs=0,
+    probation_patience=1,
+    require_stable_host=False,
 )
 
 

@@ -1,8 +1,10 @@
 """SignalTracker: turns each epoch's metrics into the `TrainingSignals` controllers read.
 
 Corrected from the original: one sign convention for deltas (positive = better), the
-first epoch has deltas of 0 instead of infinities, and best values are over the whole
-run rather than a sliding window.
+first epoch has deltas of 0 instead of infinities, best values are over the whole run
+rather than a sliding window, and the host counts as stabilised after
+``stabilization_epochs`` epochs in a row without a new best validation loss by more than
+``stabilization_threshold`` (relative), so one noisy epoch does not restart the count.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ class SignalTracker:
         if prev_acc is not None:
             self._plateau = self._plateau + 1 if acc_delta < cfg.plateau_threshold else 0
         if not self._stabilized and prev_loss is not None and math.isfinite(val_loss):
-            relative = loss_delta / max(abs(prev_loss), 1e-12)
-            stable = 0.0 <= relative < cfg.stabilization_threshold
+            # Stable = no new best loss by a clear margin. Judged against the best rather
+            # than the previous epoch, so a noisy rise does not restart the count.
+            stable = val_loss > self._best_loss * (1.0 - cfg.stabilization_threshold)
             self._stable_run = self._stable_run + 1 if stable else 0
             self._stabilized = self._stable_run >= cfg.stabilization_epochs
         self._best_acc = max(self._best_acc, val_accuracy)

@@ -1,13 +1,17 @@
 """What torch.compile costs and gains on CPU, and whether lifecycle events recompile.
 
-Run by hand: ``.venv/bin/python -m benchmarks.compile_cost``. Measures, on the CIFAR
-host (batch 128, 32x32x3): time of the first compiled step, median step time eager vs
-compiled, and the number of Dynamo compilations triggered by germinating a seed, by each
-stage change, and by culling it, then whether later steps in the same stage recompile.
+Run by hand: ``.venv/bin/python -m benchmarks.compile_cost [--threads N]``; clear the
+Inductor cache first (``rm -rf /tmp/torchinductor_$USER``) to measure a cold compile.
+
+Measures, on the CIFAR host (batch 128, 32x32x3): time of the first compiled step,
+median step time eager vs compiled, and the number of Dynamo compilations triggered by
+germinating a seed, by each stage change, and by culling it, then whether later steps
+in the same stage recompile.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from dataclasses import replace
@@ -58,6 +62,11 @@ def _median(step: TrainStep, model: MorphogeneticModel, opt: OptimizerSet, n: in
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
     eager_model = MorphogeneticModel(build_host("cnn"))

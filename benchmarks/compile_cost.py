@@ -125,7 +125,7 @@ def main() -> None:
             for n, a, b, t in events
         ],
     }
-    path = write_result("compile_cost", payload, "\n".join(lines))
+    path = write_result(f"compile_cost-threads{torch.get_num_threads()}", payload, "\n".join(lines))
     print(path.read_text())
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,6 +197,16 @@ class _SeedAccumulator:
         )
 
 
+def _batches(
+    loader: Iterable[Batch], max_batches: int | None, device: torch.device
+) -> Iterator[Batch]:
+    """The first ``max_batches`` batches of ``loader`` (all if None), moved to ``device``."""
+    for index, (inputs, targets) in enumerate(loader):
+        if max_batches is not None and index >= max_batches:
+            return
+        yield inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+
+
 _TRAINED_STAGES = (SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.PROBATIONARY)
 
 
@@ -233,11 +243,7 @@ def train_one_epoch(
     correct_sum = torch.zeros((), device=device, dtype=torch.long)
     host_norm_sum = torch.zeros((), device=device)
     samples = batches = 0
-    for inputs, targets in loader:
-        if max_batches is not None and batches >= max_batches:
-            break
-        inputs = inputs.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
+    for inputs, targets in _batches(loader, max_batches, device):
         optimizers.zero_grad()
         loss, correct, count = step(model, inputs, targets, criterion, task_type)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -284,10 +290,7 @@ def evaluate(
     correct_sum = torch.zeros((), device=device, dtype=torch.long)
     samples = batches = 0
     with model.forced_alpha(alpha_override or {}):
-        for inputs, targets in loader:
-            if max_batches is not None and batches >= max_batches:
-                break
-            inputs, targets = inputs.to(device), targets.to(device)
+        for inputs, targets in _batches(loader, max_batches, device):
             loss, correct, count = _forward_loss(model, inputs, targets, criterion, task_type)
             loss_sum += loss * count
             correct_sum += correct

@@ -121,52 +121,32 @@ def _require(path: Path | None, flag: str, task: str) -> Path:
 
 LM_BLOCK = 64
 
-TASKS.add(
-    "digits",
-    TaskSpec(
-        name="digits",
-        help="sklearn's 8x8 handwritten digits (ships with scikit-learn; works offline)",
+
+def _image_task(
+    name: str,
+    help: str,
+    host: str,
+    widths: tuple[int, ...],
+    load: Callable[[TaskOptions], SplitData],
+    *,
+    batch_size: int,
+    epochs: int,
+    augment: bool = False,
+) -> TaskSpec:
+    """Image classification on a small CNN host (SGD at 0.05 for host and seeds)."""
+    return TaskSpec(
+        name=name,
+        help=help,
         task_type=TaskType.CLASSIFICATION,
         topology=Topology.CNN,
-        host="cnn_digits",
-        load=lambda options: load_digits(),
-        host_kwargs=_image_host((2, 4, 8)),
-        batch_size=64,
-        epochs=40,
+        host=host,
+        load=load,
+        host_kwargs=_image_host(widths),
+        batch_size=batch_size,
+        epochs=epochs,
         optim=OptimConfig(host_lr=0.05, seed_lr=0.05),
-    ),
-)
-TASKS.add(
-    "cifar10",
-    TaskSpec(
-        name="cifar10",
-        help="CIFAR-10 from --data-dir (python-pickle or image-folder tree)",
-        task_type=TaskType.CLASSIFICATION,
-        topology=Topology.CNN,
-        host="cnn",
-        load=lambda options: load_cifar10(options.data_dir),
-        host_kwargs=_image_host((8, 16, 32)),
-        batch_size=128,
-        epochs=25,
-        optim=OptimConfig(host_lr=0.05, seed_lr=0.05),
-        augment=True,
-    ),
-)
-TASKS.add(
-    "fashion_mnist",
-    TaskSpec(
-        name="fashion_mnist",
-        help="Fashion-MNIST IDX files from --data-dir or /usr/share/datasets/fashion-mnist",
-        task_type=TaskType.CLASSIFICATION,
-        topology=Topology.CNN,
-        host="cnn_28",
-        load=lambda options: load_fashion_mnist(options.data_dir),
-        host_kwargs=_image_host((4, 8, 16)),
-        batch_size=128,
-        epochs=15,
-        optim=OptimConfig(host_lr=0.05, seed_lr=0.05),
-    ),
-)
+        augment=augment,
+    )
 
 
 def _language_task(name: str, help: str, load: Callable[[TaskOptions], SplitData]) -> TaskSpec:
@@ -186,6 +166,34 @@ def _language_task(name: str, help: str, load: Callable[[TaskOptions], SplitData
 
 
 for _spec in (
+    _image_task(
+        "digits",
+        "sklearn's 8x8 handwritten digits (ships with scikit-learn; works offline)",
+        "cnn_digits",
+        (2, 4, 8),
+        lambda options: load_digits(),
+        batch_size=64,
+        epochs=40,
+    ),
+    _image_task(
+        "cifar10",
+        "CIFAR-10 from --data-dir (python-pickle or image-folder tree)",
+        "cnn",
+        (8, 16, 32),
+        lambda options: load_cifar10(options.data_dir),
+        batch_size=128,
+        epochs=25,
+        augment=True,
+    ),
+    _image_task(
+        "fashion_mnist",
+        "Fashion-MNIST IDX files from --data-dir or /usr/share/datasets/fashion-mnist",
+        "cnn_28",
+        (4, 8, 16),
+        lambda options: load_fashion_mnist(options.data_dir),
+        batch_size=128,
+        epochs=15,
+    ),
     _language_task(
         "text",
         "character-level language model on any UTF-8 file given with --text-file",

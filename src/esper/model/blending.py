@@ -41,6 +41,6 @@ class GatedBlend(nn.Module):
         # Per token, never pooled over time: pooling would leak future tokens.
         return torch.sigmoid(self.fc2(torch.relu(self.fc1(h))))  # [B, T, 1]
 
-    def alpha(self, h: Tensor, progress: float) -> Tensor:
+    def alpha(self, h: Tensor, progress: float | Tensor) -> Tensor:
         g = self.gate(h)
         return progress * (g + progress * (1.0 - g))

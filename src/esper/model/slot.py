@@ -61,14 +61,15 @@ class SeedSlot(nn.Module):
         self.channels = channels
         self.topology = topology
         self.lifecycle = lifecycle
-        self._state = SeedState()
-        self._forward_stage = int(SeedStage.DORMANT)
-        self._forward_alpha = 0.0
         self.seed: nn.Module | None = None
         self.gate: GatedBlend | None = None
         self.alpha_override: float | None = None
         # Moves with .to()/.half(): tells germinate which device and dtype to build on.
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+        # The blending alpha as a tensor, so a compiled forward reads each new ramp step
+        # as an input instead of recompiling for it. Derived from the state: not saved.
+        self.register_buffer("_ramp", torch.zeros(()), persistent=False)
+        self.state = SeedState()
 
     # ------------------------------------------------------------ queries
 
@@ -79,11 +80,12 @@ class SeedSlot(nn.Module):
     @state.setter
     def state(self, state: SeedState) -> None:
         self._state = state
-        # forward() reads these plain attributes, not the dataclass: torch.compile (2.13)
-        # guards a frozen dataclass only by type, so a compiled forward would keep using
-        # the stage it was traced at. Ints and floats on a module are guarded by value.
+        # forward() reads these, not the dataclass: torch.compile (2.13) guards a frozen
+        # dataclass only by type, so a compiled forward would keep using the stage it was
+        # traced at. An int on a module is guarded by value; the ramp is a graph input.
         self._forward_stage = int(state.stage)
-        self._forward_alpha = self.alpha
+        with torch.no_grad():
+            self._tensor("_ramp").fill_(self.alpha)
 
     @property
     def stage(self) -> SeedStage:
@@ -170,28 +172,35 @@ class SeedSlot(nn.Module):
             # channels_last whenever their input's strides are ambiguous (1 channel).
             s: Tensor = self.seed(h.detach().contiguous())
             return h + (s - s.detach())
-        return self._blend(h, self._forward_alpha)
+        if stage == _BLENDING:
+            return self._mix(h, self._tensor("_ramp"))
+        seeded: Tensor = self.seed(h)  # PROBATIONARY, FOSSILIZED: alpha = 1
+        return seeded
 
     def _blend(self, h: Tensor, alpha: float) -> Tensor:
+        """Forward at a forced alpha (0 = without the seed, as in the counterfactual)."""
         if alpha == 0.0:
             return h
-        s: Tensor = self.seed(h) if self.seed is not None else h
         if alpha == 1.0:
-            return s
+            seeded: Tensor = self.seed(h) if self.seed is not None else h
+            return seeded
+        return self._mix(h, alpha)
+
+    def _mix(self, h: Tensor, alpha: float | Tensor) -> Tensor:
+        s: Tensor = self.seed(h) if self.seed is not None else h
         if self.gate is not None and self._forward_stage == _BLENDING:
-            return h + self.gate.alpha(h, alpha) * (s - h)
+            alpha = self.gate.alpha(h, alpha)
         return h + alpha * (s - h)
 
     # ------------------------------------------------------------ internals
 
-    @property
-    def _anchor_tensor(self) -> Tensor:
-        anchor = self._anchor
-        assert isinstance(anchor, Tensor)
-        return anchor
+    def _tensor(self, name: str) -> Tensor:
+        buffer = getattr(self, name)
+        assert isinstance(buffer, Tensor)
+        return buffer
 
     def _build(self, build: Callable[[int], nn.Module], blend: BlendAlgorithm) -> None:
-        anchor = self._anchor_tensor
+        anchor = self._tensor("_anchor")
         self.seed = build(self.channels).to(device=anchor.device, dtype=anchor.dtype)
         self.gate = None
         if blend is BlendAlgorithm.GATED:
@@ -206,7 +215,7 @@ class SeedSlot(nn.Module):
     def _check_shape(self, blueprint_id: str) -> None:
         assert self.seed is not None
         shape = (1, self.channels, 4, 4) if self.topology is Topology.CNN else (1, 4, self.channels)
-        anchor = self._anchor_tensor
+        anchor = self._tensor("_anchor")
         probe = torch.zeros(shape, device=anchor.device, dtype=anchor.dtype)
         with torch.no_grad():
             out = self.seed(probe)

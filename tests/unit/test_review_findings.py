@@ -48,7 +48,7 @@ from esper.telemetry import (
 )
 from esper.training.batches import SplitBatches
 from esper.training.episode import EpisodeResult, EpisodeRunner, ScriptedController, run_episode
-from esper.training.heuristic import run_heuristic_episode
+from esper.training.heuristic import run_heuristic_episode, train_heuristic
 from esper.training.loop import (
     EXPLODING_NORM,
     VANISHING_NORM,
@@ -623,9 +623,12 @@ def _documented_args(function: Callable[..., Any]) -> list[str]:
     return re.findall(r"^    (\w+)\b.*?:", section.group(1), re.MULTILINE)
 
 
-def test_l3_docstrings_document_every_parameter() -> None:
-    parameters = list(inspect.signature(run_heuristic_episode).parameters)
-    assert _documented_args(run_heuristic_episode) == parameters
+@pytest.mark.parametrize(
+    "function", [run_heuristic_episode, train_heuristic], ids=lambda f: f.__name__
+)
+def test_l3_docstrings_document_every_parameter(function: Callable[..., Any]) -> None:
+    parameters = list(inspect.signature(function).parameters)
+    assert _documented_args(function) == parameters
 
 
 # ---------------------------------------------------------------- L4

@@ -161,12 +161,41 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> N
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--text-file", type=Path)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--static-width",
+        type=float,
+        metavar="X",
+        help="only train static hosts with widths scaled by X (e.g. the size of the grown runs "
+        "that kept a seed) and write growth-<task>-static-xX",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = get_task(args.task)
     split = spec.load(TaskOptions(data_dir=args.data_dir, text_file=args.text_file))
     epochs = args.epochs or spec.epochs
+    if args.static_width is not None:
+        name = f"static x{args.static_width:.2f}"
+        runs = []
+        for seed in range(args.seeds):
+            runs.append(
+                run_arm(spec, split, seed, epochs, "static", args.static_width, args.max_batches)
+            )
+            log(f"{args.task} seed {seed} {name}: {runs[-1]}")
+        table = _table(args.task, {name: runs}, epochs)
+        path = write_result(
+            f"growth-{args.task}-static-x{args.static_width:.2f}",
+            {
+                "task": args.task,
+                "epochs": epochs,
+                "seeds": args.seeds,
+                "width": args.static_width,
+                "runs": {name: runs},
+            },
+            table,
+        )
+        log(path.read_text())
+        return
     arms: dict[str, list[dict[str, float]]] = {"heuristic": [], "static": []}
     for seed in range(args.seeds):
         for arm in ("heuristic", "static"):

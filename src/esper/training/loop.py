@@ -197,6 +197,29 @@ class _SeedAccumulator:
         )
 
 
+class _Totals:
+    """Sample-weighted loss and correct counts, kept on the device until `read`."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.samples = self.batches = 0
+
+    def add(self, loss: Tensor, correct: Tensor, count: int) -> None:
+        self.loss += loss.detach() * count
+        self.correct += correct
+        self.samples += count
+        self.batches += 1
+
+    def read(self, split: str) -> tuple[float, float]:
+        """(mean loss, accuracy in %); reading them is the host sync."""
+        if self.batches == 0:
+            raise ValueError(
+                f"the {split} data yielded no batches: check the dataset and batch size"
+            )
+        return self.loss.item() / self.samples, 100.0 * self.correct.item() / self.samples
+
+
 def _batches(
     loader: Iterable[Batch], max_batches: int | None, device: torch.device
 ) -> Iterator[Batch]:
@@ -239,10 +262,8 @@ def train_one_epoch(
         sid: _SeedAccumulator(device, host_count, sum(p.numel() for p in groups[sid]))
         for sid in trained
     }
-    loss_sum = torch.zeros((), device=device)
-    correct_sum = torch.zeros((), device=device, dtype=torch.long)
+    totals = _Totals(device)
     host_norm_sum = torch.zeros((), device=device)
-    samples = batches = 0
     for inputs, targets in _batches(loader, max_batches, device):
         optimizers.zero_grad()
         loss, correct, count = step(model, inputs, targets, criterion, task_type)
@@ -251,20 +272,15 @@ def train_one_epoch(
         for sid, stats in seed_stats.items():
             stats.add(nn.utils.clip_grad_norm_(groups[sid], max_grad_norm), host_norm)
         optimizers.step()
-        loss_sum += loss.detach() * count
-        correct_sum += correct
+        totals.add(loss, correct, count)
         host_norm_sum += host_norm
-        samples += count
-        batches += 1
-    if batches == 0:
-        raise ValueError("the training loader yielded no batches: check the dataset and batch size")
-    # The one host sync of the epoch.
+    loss_mean, accuracy = totals.read("training")  # the one host sync of the epoch
     return EpochMetrics(
-        loss=loss_sum.item() / samples,
-        accuracy=100.0 * correct_sum.item() / samples,
-        batches=batches,
-        samples=samples,
-        host_grad_norm=host_norm_sum.item() / batches,
+        loss=loss_mean,
+        accuracy=accuracy,
+        batches=totals.batches,
+        samples=totals.samples,
+        host_grad_norm=host_norm_sum.item() / totals.batches,
         seed_gradients={sid: stats.result() for sid, stats in seed_stats.items()},
     )
 
@@ -286,20 +302,9 @@ def evaluate(
     pass: the counterfactual model without that seed, on the same batches.
     """
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct_sum = torch.zeros((), device=device, dtype=torch.long)
-    samples = batches = 0
+    totals = _Totals(device)
     with model.forced_alpha(alpha_override or {}):
         for inputs, targets in _batches(loader, max_batches, device):
-            loss, correct, count = _forward_loss(model, inputs, targets, criterion, task_type)
-            loss_sum += loss * count
-            correct_sum += correct
-            samples += count
-            batches += 1
-    if batches == 0:
-        raise ValueError("the validation loader yielded no batches: check the dataset")
-    return EvalMetrics(
-        loss=loss_sum.item() / samples,
-        accuracy=100.0 * correct_sum.item() / samples,
-        samples=samples,
-    )
+            totals.add(*_forward_loss(model, inputs, targets, criterion, task_type))
+    loss_mean, accuracy = totals.read("validation")
+    return EvalMetrics(loss=loss_mean, accuracy=accuracy, samples=totals.samples)

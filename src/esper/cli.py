@@ -236,12 +236,8 @@ def _summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
 
 def _train(args: argparse.Namespace, console: Console) -> int:
     if args.resume is not None:
-        given = [
-            f"--{n.replace('_', '-')}" for n in _FLAG_PATHS if getattr(args, n, None) is not None
-        ]
-        if args.config is not None or args.out is not None:
-            given += ["--config" if args.config else "", "--out" if args.out else ""]
-        given = [g for g in given if g]
+        names = [*_FLAG_PATHS, "config", "out"]
+        given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n, None) is not None]
         if given:
             raise RunError(
                 f"--resume continues a run with its saved configuration; drop {', '.join(given)}"

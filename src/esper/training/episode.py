@@ -31,6 +31,7 @@ from esper.lifecycle import (
     LifecycleError,
     LifecycleOp,
     SeedStage,
+    SeedState,
     legal_ops,
 )
 from esper.model.morphogenetic import MorphogeneticModel
@@ -385,23 +386,24 @@ class EpisodeRunner:
         return "applied"
 
     def _cull(self, sid: str, reason: str, *, automatic: bool) -> None:
-        slot = self.model.slot(sid)
-        state = slot.state
-        if slot.stage is not SeedStage.CULLED:  # a probation tick has already culled it
-            self.model.cull_seed(sid)
+        state = self.model.slot(sid).state
+        self.model.cull_seed(sid)
+        self._record_cull(sid, state, reason, automatic=automatic)
+
+    def _record_cull(self, sid: str, state: SeedState, reason: str, *, automatic: bool) -> None:
+        """Book-keeping and events for a seed that was just culled (``state``: before)."""
         self.culled += 1
         self.book.at_germination.pop(sid, None)
         self.book.at_stage_start.pop(sid, None)
+        seed_id = state.seed_id or ""
         self.telemetry.emit(
-            ev.SeedStageChanged(
-                self.epoch, sid, state.seed_id or "", state.stage, SeedStage.CULLED, reason
-            )
+            ev.SeedStageChanged(self.epoch, sid, seed_id, state.stage, SeedStage.CULLED, reason)
         )
         self.telemetry.emit(
             ev.SeedCulled(
                 self.epoch,
                 sid,
-                state.seed_id or "",
+                seed_id,
                 state.blueprint_id or "",
                 reason,
                 automatic,
@@ -416,23 +418,7 @@ class EpisodeRunner:
             if outcome.gate is not None:
                 self._emit_gate(sid, seed_id, outcome.gate)
             if outcome.cull_reason is not None:
-                self.culled += 1
-                self.book.at_germination.pop(sid, None)
-                self.book.at_stage_start.pop(sid, None)
-                self._stage_changed(
-                    sid, seed_id, before[sid].stage, SeedStage.CULLED, outcome.cull_reason, accuracy
-                )
-                self.telemetry.emit(
-                    ev.SeedCulled(
-                        self.epoch,
-                        sid,
-                        seed_id,
-                        before[sid].blueprint_id or "",
-                        outcome.cull_reason,
-                        True,
-                        before[sid].contribution,
-                    )
-                )
+                self._record_cull(sid, before[sid], outcome.cull_reason, automatic=True)
                 continue
             for old, new in outcome.transitions:
                 reason = outcome.gate.reason if outcome.gate is not None else "clock"

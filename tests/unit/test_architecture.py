@@ -21,7 +21,9 @@ ALLOWED: dict[str, set[str]] = {
     "training": BOTTOM | {"data", "model", "controller", "telemetry"},
     "rl": BOTTOM | {"data", "model", "controller", "telemetry", "training"},
     "run": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl"},
-    "cli": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "run"},
+    "compare": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "run"},
+    "cli": BOTTOM
+    | {"data", "model", "controller", "telemetry", "training", "rl", "run", "compare"},
 }
 
 

@@ -111,3 +111,24 @@ def test_env_info_unstacks_one_environment() -> None:
     }
     assert env_info(info, 0) == {"a": 1, "d": {}}
     assert env_info(info, 1) == {"d": {"x": 4}}
+
+
+def test_async_workers_give_the_same_rollout_as_one_process() -> None:
+    def make() -> gym.Env[np.ndarray, np.ndarray]:
+        return gym.wrappers.TimeLimit(RandomMaskEnv(), 5)
+
+    def rollout(envs: gym.vector.VectorEnv) -> tuple[torch.Tensor, ...]:
+        torch.manual_seed(0)
+        policy = RecurrentFactoredPolicy(5, SPEC.n_slot, SPEC.n_blueprint, SPEC.n_blend, hidden=8)
+        collector = RolloutCollector(
+            envs, policy, 12, seed=2, generator=torch.Generator().manual_seed(2)
+        )
+        buffer = collector.collect().buffer
+        envs.close()
+        assert buffer.masks is not None
+        return buffer.obs, buffer.actions, buffer.final_values, buffer.masks.slot
+
+    same_step = gym.vector.AutoresetMode.SAME_STEP
+    in_process = rollout(gym.vector.SyncVectorEnv([make] * 2, autoreset_mode=same_step))
+    workers = rollout(gym.vector.AsyncVectorEnv([make] * 2, autoreset_mode=same_step))
+    assert all(torch.equal(a, b) for a, b in zip(in_process, workers, strict=True))

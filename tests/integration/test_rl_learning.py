@@ -62,5 +62,5 @@ def test_memory_task_needs_the_recurrent_policy() -> None:
     # Without memory the last observation says nothing: no better than chance.
     mlp = MLPPolicy(2, 2)
     memoryless = lambda: MemoryEnv(4, factored=False)  # noqa: E731
-    train_ppo(vector_env(memoryless, 8), mlp, CONFIG, total_steps=4096, seed=0)
+    train_ppo(vector_env(memoryless, 8), mlp, CONFIG, total_steps=2048, seed=0)
     assert 0.4 <= _greedy_return(mlp, memoryless, 400) <= 0.6

@@ -109,6 +109,18 @@ def test_no_legal_slot_for_a_chosen_op_is_an_error() -> None:
         )
 
 
+def test_a_stored_action_that_breaks_its_mask_is_an_error() -> None:
+    policy = _policy()
+    masks = ActionMasks.all_legal(SPEC, [1, 1])
+    masks.blueprint[0, 0, 1, 2] = False
+    obs, starts = torch.zeros(1, 1, OBS), torch.zeros(1, 1)
+    legal = torch.tensor([[[GERMINATE, 1, 1, 0]]])
+    policy.evaluate(obs, legal, masks, policy.initial_state(1), starts)
+    illegal = torch.tensor([[[GERMINATE, 1, 2, 0]]])
+    with pytest.raises(ValueError, match="stored blueprint action is illegal"):
+        policy.evaluate(obs, illegal, masks, policy.initial_state(1), starts)
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.integers(0, 10_000), st.booleans())
 def test_sampled_actions_obey_the_conditional_masks(seed: int, deterministic: bool) -> None:

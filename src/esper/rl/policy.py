@@ -341,6 +341,9 @@ def _decide(
     if given is None:
         chosen = dist.mode() if deterministic else dist.sample(generator)
         given = torch.where(applies_bool, chosen, torch.zeros_like(chosen))
+    elif not bool(dist.mask.gather(-1, given.unsqueeze(-1)).all()):
+        # Its log-probability would be about -1e8: a ratio of exp(1e8) in the update.
+        raise ValueError(f"a stored {name} action is illegal under its mask")
     return _Head(given, applies * dist.log_prob(given), applies * dist.entropy())
 
 

@@ -1,0 +1,198 @@
+"""``esper compare`` end to end on digits: the table and files, cached and resumed runs,
+the process pool, matched widths and bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import esper.run
+from esper.cli import main
+from esper.compare import matched_width, parse_arms, parse_seeds
+from esper.config import RunConfig
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Short runs: 12 epochs of 3 batches; the heuristic grows from epoch 2 on.
+FAST = ["--task", "digits", "--epochs", "12", "--max-batches", "3", "--quiet"]
+
+
+def _compare(out: Path, *flags: str) -> int:
+    return main(["compare", *FAST, "--out", str(out), *flags])
+
+
+def _runs(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """Each run's summary without its wall-clock fields, by (arm, seed)."""
+    data = json.loads((out / "compare.json").read_text())
+    runs = {}
+    for run in data["runs"]:
+        summary = dict(run["summary"])
+        summary.pop("wall_seconds")
+        summary.pop("run")
+        runs[(run["arm"], run["seed"])] = summary
+    return runs
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted compare of static and heuristic on seeds 0 and 1, in this process."""
+    out = tmp_path_factory.mktemp("reference") / "compare"
+    assert _compare(out, "--arms", "static,heuristic", "--seeds", "2", "--workers", "1") == 0
+    return out
+
+
+def test_compare_writes_the_table_the_json_and_the_plot(reference: Path) -> None:
+    table = (reference / "compare.md").read_text()
+    for needle in ("Command: `esper compare", "Commit:", "Machine:", "| static |", "| heuristic |"):
+        assert needle in table
+    assert "seeds 0, 1 (mean ± 95% interval over seeds)" in table
+    assert (reference / "accuracy_vs_flops.png").read_bytes()[:8] == PNG_MAGIC
+    data = json.loads((reference / "compare.json").read_text())
+    assert [arm["arm"] for arm in data["arms"]] == ["static", "heuristic"]
+    runs = _runs(reference)
+    assert sorted(runs) == [("heuristic", 0), ("heuristic", 1), ("static", 0), ("static", 1)]
+    heuristic = data["arms"][1]
+    finals = [runs[("heuristic", s)]["final_accuracy"] for s in (0, 1)]
+    assert heuristic["final_accuracy"]["mean"] == pytest.approx(sum(finals) / 2)
+    assert heuristic["final_accuracy"]["ci95"] > 0
+    # The grown runs grew, and paid for it in compute; the static ones did not.
+    for seed in (0, 1):
+        grown, static = runs[("heuristic", seed)], runs[("static", seed)]
+        assert grown["seeds_germinated"] >= 1 and static["seeds_germinated"] == 0
+        assert grown["train_flops"] > static["train_flops"] > 0
+        assert grown["eval_flops"] > static["eval_flops"] > 0
+    # Every run is an ordinary run directory that `esper report` reads.
+    assert main(["report", str(reference / "runs" / "heuristic" / "seed-1")]) == 0
+
+
+def test_a_finished_compare_is_not_trained_again(
+    reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("esper.compare.run", refuse)
+    before = _runs(reference)
+    assert _compare(reference, "--arms", "static,heuristic", "--seeds", "2", "--workers", "1") == 0
+    assert _runs(reference) == before
+
+
+def test_an_interrupted_compare_resumes_to_the_same_result(
+    reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "compare"
+    real: Callable[..., None] = esper.run._save_checkpoint
+    saved: list[int] = []
+
+    def save(run_dir: Path, built: Any) -> None:
+        real(run_dir, built)
+        saved.append(built.runner.epoch)
+        if len(saved) == 12 + 3:  # epoch 3 of the second run
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(esper.run, "_save_checkpoint", save)
+        status = _compare(out, "--arms", "static,heuristic", "--seeds", "2", "--workers", "1")
+    assert status == 130
+    assert not (out / "compare.json").exists()
+    assert _compare(out, "--arms", "static,heuristic", "--seeds", "2", "--workers", "1") == 0
+    assert _runs(out) == _runs(reference)
+
+
+def test_worker_processes_give_the_same_runs(reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "compare"
+    assert _compare(out, "--arms", "static,heuristic", "--seeds", "2", "--workers", "2") == 0
+    assert _runs(out) == _runs(reference)
+
+
+# Gates short enough that 12 epochs keep seeds, so the grown size is above the host's.
+KEEPS_SEEDS = {
+    "episode": {
+        "lifecycle": {
+            "min_training_epochs": 1,
+            "blending_steps": 2,
+            "min_blending_epochs": 1,
+            "fossilize_z": 0.5,
+            "min_fossilize_contribution": 0.0,
+        }
+    },
+    "heuristic": {"min_epochs_left": 0},
+}
+
+
+def test_the_matched_arm_is_widened_to_the_grown_size(tmp_path: Path) -> None:
+    config = tmp_path / "keep.json"
+    config.write_text(json.dumps(KEEPS_SEEDS))
+    out = tmp_path / "compare"
+    flags = ["--arms", "heuristic,static-matched", "--seeds", "2", "--workers", "1"]
+    assert (
+        main(
+            [
+                "compare",
+                "--epochs",
+                "12",
+                "--quiet",
+                "--config",
+                str(config),
+                "--out",
+                str(out),
+                *flags,
+            ]
+        )
+        == 0
+    )
+    data = json.loads((out / "compare.json").read_text())
+    grown, matched = data["arms"]
+    target = grown["params"]["mean"]
+    assert target > 496 and grown["seeds_fossilized"]["mean"] > 0
+    assert matched["width"] == matched_width(RunConfig(task="digits"), target) > 1.0
+    assert matched["label"] == f"static-matched (x{matched['width']:g})"
+    # The matched hosts are the static host widened to within a width step of the target.
+    below = matched_width(RunConfig(task="digits"), matched["params"]["mean"] - 1)
+    assert matched["params"]["mean"] >= target * 0.9 and below <= matched["width"]
+    assert all(run["summary"]["seeds_germinated"] == 0 for run in data["runs"][2:])
+    assert (out / "runs" / f"static@{matched['width']:g}" / "seed-0" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (["--arms", "static,bogus"], ["unknown arm 'bogus'", "static@X"]),
+        (["--arms", "static@-1"], ["static@-1", "positive number"]),
+        (["--arms", "static@inf"], ["static@inf", "positive number"]),
+        (["--arms", "static,static"], ["listed twice"]),
+        (["--arms", "static,static-matched"], ["static-matched needs an arm that grows"]),
+        (["--seeds", "0"], ["bad --seeds '0'", "100-109"]),
+        (["--seeds", "5-3"], ["bad --seeds '5-3'"]),
+        (["--seeds", "two"], ["bad --seeds 'two'"]),
+        (["--seeds", "1,1"], ["distinct"]),
+        (["--workers", "0"], ["--workers must be at least 1"]),
+        (["--task", "nope"], ["nope", "digits"]),
+    ],
+)
+def test_bad_arms_seeds_and_workers_exit_2_with_one_line(
+    flags: list[str],
+    needles: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")
+    assert _compare(tmp_path / "c", *flags) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("esper: error: "), lines
+    for needle in needles:
+        assert needle in lines[0]
+    assert not (tmp_path / "c" / "runs").exists()
+
+
+def test_seed_and_arm_forms() -> None:
+    assert parse_seeds("3") == [0, 1, 2]
+    assert parse_seeds("100-102") == [100, 101, 102]
+    assert parse_seeds("7,1") == [7, 1]
+    assert [a.label for a in parse_arms("static@1.50,heuristic")] == ["static@1.5", "heuristic"]

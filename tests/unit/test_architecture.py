@@ -20,8 +20,9 @@ ALLOWED: dict[str, set[str]] = {
     "telemetry": BOTTOM,
     "training": BOTTOM | {"data", "model", "controller", "telemetry"},
     "rl": BOTTOM | {"data", "model", "controller", "telemetry", "training"},
-    "run": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl"},
-    "cli": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "run"},
+    "rundir": set(),
+    "run": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "rundir"},
+    "cli": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "rundir", "run"},
 }
 
 

@@ -3,10 +3,11 @@
 Forward, per stage, with ``h`` the host's features at the slot and ``s = seed(.)``:
 
 * no seed / GERMINATED / CULLED / EMBARGOED / RESETTING: ``h``.
-* TRAINING (incubator): ``h + (s - s.detach())`` with ``s = seed(h.detach())``. The value
-  is exactly ``h``, the seed receives the task-loss gradient as if fully blended
-  (straight-through), and nothing flows back into the host through the seed, so the
-  host's gradients are exactly those of a model without the seed.
+* TRAINING (incubator): ``straight_through(h, s)`` with ``s = seed(h.detach())``. The
+  value is ``h`` bit for bit whatever ``s`` holds (NaN and inf included), the seed
+  receives the task-loss gradient as if fully blended (straight-through), and nothing
+  flows back into the host through the seed, so the host's gradients are exactly those
+  of a model without the seed.
 * BLENDING: ``h + alpha * (s - h)`` with ``s = seed(h)``: the host's identity path
   always carries gradient, and since every blueprint is residual this is
   ``h + alpha * gamma * f(h)``.
@@ -44,10 +45,33 @@ from esper.lifecycle import (
 from esper.model.blending import GatedBlend
 from esper.model.blueprints import get_blueprint
 
-__all__ = ["SeedSlot"]
+__all__ = ["SeedSlot", "straight_through"]
 
 _ACTIVE = frozenset(int(s) for s in ACTIVE_STAGES)
 _TRAINING, _BLENDING = int(SeedStage.TRAINING), int(SeedStage.BLENDING)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: ``h`` itself. Backward: the incoming gradient, unchanged, to both inputs.
+
+    The arithmetic form ``h + (s - s.detach())`` has the same gradients, but its value
+    is NaN wherever ``s`` is not finite (``inf - inf``, ``nan - nan``), and it turns a
+    ``-0.0`` of ``h`` into ``+0.0``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, s: Tensor) -> Tensor:
+        return h
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        return grad, grad
+
+
+def straight_through(h: Tensor, s: Tensor) -> Tensor:
+    """``h`` in value; in gradient, as if the output were ``s`` (and also ``h``)."""
+    out: Tensor = _StraightThrough.apply(h, s)  # type: ignore[no-untyped-call]
+    return out
 
 
 class SeedSlot(nn.Module):
@@ -171,7 +195,7 @@ class SeedSlot(nn.Module):
             # input that does not require grad (seen with torch 2.13); conv outputs are
             # channels_last whenever their input's strides are ambiguous (1 channel).
             s: Tensor = self.seed(h.detach().contiguous())
-            return h + (s - s.detach())
+            return straight_through(h, s)
         if stage == _BLENDING:
             return self._mix(h, self._tensor("_ramp"))
         seeded: Tensor = self.seed(h)  # PROBATIONARY, FOSSILIZED: alpha = 1

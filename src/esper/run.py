@@ -283,53 +283,67 @@ def run(
     opener = RunDirectory.open if config is None else RunDirectory.create
     with opener(run_dir) as directory:
         config, checkpoint, kept = _start(directory, config, warn)
-        saved = checkpoint.epoch if checkpoint is not None else 0
-        level = TelemetryLevel.parse(config.telemetry_level)
-        sinks: list[Sink] = [JsonlSink(run_dir / "events.jsonl"), *extra_sinks]
-        with Telemetry(level, sinks) as telemetry:
-            built = _build(config, telemetry)
-            runner, controller = built.runner, built.controller
-            if checkpoint is not None:
-                runner.load_state_dict(checkpoint.state["runner"])
-                controller.load_state_dict(checkpoint.state["controller"])
-            else:
-                # Written only once the data and model are built, so a run that cannot
-                # start leaves no config.json behind to block the corrected command.
-                text = json.dumps(to_dict(config), indent=2) + "\n"
-                atomic_write(run_dir / "config.json", text.encode())
-                telemetry.emit(
-                    RunStarted(run_dir.name, config.task, config.controller, to_dict(config))
-                )
-            history = LineFile(run_dir / "history.jsonl", kept)
-            try:
-                while not runner.done:
-                    observation = runner.observe()
-                    record = runner.apply(controller.decide(observation.signals, observation.slots))
-                    row = _row(record, runner, controller.last_reason)
-                    history.append(row.to_json())
-                    _save_checkpoint(directory, built, history)
-                    saved = runner.epoch
-                    on_epoch(row)
-            except GovernorStopError as error:
-                raise RunFailedError(
-                    f"{error}. The checkpoint of epoch {saved} is intact; see the run so "
-                    f"far with: esper report {run_dir}"
-                ) from None
-            except OSError as error:
-                raise RunFailedError(_write_failure(error, run_dir, config, saved)) from None
-            result = runner.result()
+        try:
+            _train(directory, config, checkpoint, kept, extra_sinks, on_epoch)
+            return finish_report(run_dir)
+        except GovernorStopError as error:
+            raise RunFailedError(
+                f"{error}. The checkpoint of epoch {directory.saved_epoch} is intact; see the "
+                f"run so far with: esper report {run_dir}"
+            ) from None
+        except OSError as error:
+            if error.filename and run_dir.resolve() not in Path(error.filename).resolve().parents:
+                raise  # not the run directory's fault (e.g. unreadable data)
+            message = _write_failure(error, run_dir, config, directory.saved_epoch)
+            raise RunFailedError(message) from None
+
+
+def _train(
+    directory: RunDirectory,
+    config: RunConfig,
+    checkpoint: Checkpoint | None,
+    history_lines: list[bytes],
+    extra_sinks: Sequence[Sink],
+    on_epoch: Callable[[EpochRow], None],
+) -> None:
+    """Build the run, load ``checkpoint`` (or start it), and train to the last epoch."""
+    run_dir = directory.path
+    level = TelemetryLevel.parse(config.telemetry_level)
+    sinks: list[Sink] = [JsonlSink(run_dir / "events.jsonl"), *extra_sinks]
+    with Telemetry(level, sinks) as telemetry:
+        built = _build(config, telemetry)
+        runner, controller = built.runner, built.controller
+        if checkpoint is not None:
+            runner.load_state_dict(checkpoint.state["runner"])
+            controller.load_state_dict(checkpoint.state["controller"])
+        else:
+            # Written only once the data and model are built, so a run that cannot
+            # start leaves no config.json behind to block the corrected command.
+            text = json.dumps(to_dict(config), indent=2) + "\n"
+            atomic_write(run_dir / "config.json", text.encode())
             telemetry.emit(
-                RunFinished(
-                    len(result.history),
-                    result.final_accuracy,
-                    result.best_accuracy,
-                    result.wall_seconds,
-                    result.seeds_germinated,
-                    result.seeds_fossilized,
-                    result.seeds_culled,
-                )
+                RunStarted(run_dir.name, config.task, config.controller, to_dict(config))
             )
-        return finish_report(run_dir)
+        history = LineFile(run_dir / "history.jsonl", history_lines)
+        while not runner.done:
+            observation = runner.observe()
+            record = runner.apply(controller.decide(observation.signals, observation.slots))
+            row = _row(record, runner, controller.last_reason)
+            history.append(row.to_json())
+            _save_checkpoint(directory, built, history)
+            on_epoch(row)
+        result = runner.result()
+        telemetry.emit(
+            RunFinished(
+                len(result.history),
+                result.final_accuracy,
+                result.best_accuracy,
+                result.wall_seconds,
+                result.seeds_germinated,
+                result.seeds_fossilized,
+                result.seeds_culled,
+            )
+        )
 
 
 def finish_report(run_dir: Path) -> dict[str, Any]:

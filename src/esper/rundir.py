@@ -299,6 +299,28 @@ def is_run_directory(path: Path) -> bool:
     return (path / MARKER).is_file()
 
 
+def _in_use(path: Path) -> str | None:
+    """Who holds the lock of the run directory ``path``, or None if nobody does."""
+    try:
+        fd = os.open(path / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return _describe_holder(path / LOCK)
+    finally:
+        os.close(fd)  # also drops the probe's own shared lock
+    return None
+
+
+def _busy(path: Path, holder: str) -> RunError:
+    return RunError(
+        f"{path} is in use by another Esper run ({holder}); "
+        "wait for it to finish or pick another --out"
+    )
+
+
 def _describe_holder(lock_path: Path) -> str:
     try:
         holder = json.loads(lock_path.read_text(encoding="utf-8"))
@@ -327,6 +349,8 @@ class RunDirectory:
     def __init__(self, path: Path, marker: _Marker, lock_fd: int) -> None:
         self.path = path
         self.run_id = marker.run_id
+        self.saved_epoch = 0
+        """Epoch of the newest checkpoint on disk that this run loaded or wrote."""
         self._lock_fd: int | None = lock_fd
 
     # ------------------------------------------------------------ opening
@@ -339,6 +363,13 @@ class RunDirectory:
             raise RunError(f"{path} exists and is not a directory; pick another --out")
         if not path.is_dir():
             return
+        holder = _in_use(path)
+        if holder is not None:
+            raise _busy(path, holder)
+        cls._check_contents(path)
+
+    @staticmethod
+    def _check_contents(path: Path) -> None:
         if (path / "config.json").exists():
             raise RunError(
                 f"{path} already holds a run; continue it with --resume {path} "
@@ -367,7 +398,7 @@ class RunDirectory:
             ) from None
         lock_fd = cls._lock(path, command)
         try:
-            cls.check_new(path)  # again, under the lock: another run may have won the race
+            cls._check_contents(path)  # again, under the lock: another run may have won a race
             marker = cls._read_marker(path) if is_run_directory(path) else None
             if marker is None:
                 marker = _Marker(uuid.uuid4().hex, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -391,6 +422,9 @@ class RunDirectory:
                     "checkpoints cannot be loaded safely; start the run again with --out"
                 )
             raise RunError(f"{path} is not a run directory (no config.json)")
+        holder = _in_use(path)
+        if holder is not None:
+            raise _busy(path, holder)
         lock_fd = cls._lock(path, command)
         try:
             marker = cls._read_marker(path)
@@ -426,10 +460,7 @@ class RunDirectory:
             os.close(fd)
             if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            raise RunError(
-                f"{path} is in use by another Esper run ({_describe_holder(lock_path)}); "
-                "wait for it to finish or pick another --out"
-            ) from None
+            raise _busy(path, _describe_holder(lock_path)) from None
         # Ours now: a stale record of a dead holder is simply overwritten.
         holder = {
             "pid": os.getpid(),
@@ -486,10 +517,14 @@ class RunDirectory:
                 except OSError:  # no hard links here: copy instead
                     link.write_bytes(latest.read_bytes())
                 os.replace(link, self.path / PREVIOUS_CHECKPOINT)
+                # rename() does nothing when both names are already links to one file
+                # (after a crash between the two renames): the link must still go.
+                link.unlink(missing_ok=True)
             os.replace(tmp, latest)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        self.saved_epoch = checkpoint.epoch
         _fsync_directory(self.path)
 
     def load_checkpoint(
@@ -519,6 +554,7 @@ class RunDirectory:
                 continue
             for reason in rejected:
                 warn(f"skipped {reason}; continuing from {name} (epoch {checkpoint.epoch})")
+            self.saved_epoch = checkpoint.epoch
             return checkpoint
         raise RunError(
             f"no usable checkpoint in {self.path} ({'; '.join(rejected)}); "

@@ -277,6 +277,8 @@ class EpisodeRunner:
         so it goes alone, without a rollback. One that was blended in has already
         poisoned the host's output, which the governor's check then catches.
         """
+        if not math.isfinite(train.host_grad_norm):
+            return  # the host itself blew up (and every seed with it): the governor's case
         bad = []
         for slot in self.model.slots():
             params = slot.seed_parameters()

@@ -244,9 +244,9 @@ def _start(
     run_dir = directory.path
     history, events = run_dir / "history.jsonl", run_dir / "events.jsonl"
     checkpoint = None
+    lines = read_lines(history)
     if config is None:
         config = read_config(run_dir)
-        lines = read_lines(history)
         identity = directory.identity(config.controller, config.task, to_dict(config))
         checkpoint = directory.load_checkpoint(identity, lines, warn)
         if checkpoint is not None and checkpoint.epoch >= config.episode.epochs:
@@ -257,7 +257,7 @@ def _start(
         if checkpoint is None and lines:
             warn(f"{run_dir} has no checkpoint yet: the run restarts from epoch 1")
     epoch = checkpoint.epoch if checkpoint is not None else 0
-    kept = read_lines(history)[:epoch]
+    kept = lines[:epoch]
     atomic_write(history, b"".join(kept))
     _keep_events(events, epoch)
     return config, checkpoint, kept

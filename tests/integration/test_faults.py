@@ -403,9 +403,11 @@ def test_a_checkpoint_that_disagrees_with_the_run_is_refused(
         config["episode"]["optim"]["host_lr"] = 0.5
         path.write_text(json.dumps(config))
         needle = "different configuration"
+    files = {name: (out / name).read_bytes() for name in ("history.jsonl", "events.jsonl")}
     capsys.readouterr()
     assert main(_resume(out)) == 2
     assert needle in _one_line(capsys.readouterr().err)
+    assert {name: (out / name).read_bytes() for name in files} == files  # nothing rewritten
 
 
 # ---------------------------------------------------------------- one directory, one run

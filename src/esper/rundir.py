@@ -280,6 +280,8 @@ def read_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(str(error)) from None
     if claimed != actual:
         raise CheckpointError("checksum mismatch: the file was modified or damaged")
+    if not isinstance(raw.get("state"), dict):
+        raise CheckpointError("incomplete checkpoint (no state)")
     try:
         return Checkpoint(
             identity=Identity(**raw["identity"]),

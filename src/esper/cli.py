@@ -27,6 +27,8 @@ except ValueError:  # imported outside the main thread: signals are not ours to 
 
 import argparse
 import json
+import os
+import shlex
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,13 +38,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from esper import __version__
+from esper.compare import (
+    ARM_HELP,
+    LocalPool,
+    RunOutcome,
+    compare,
+    parse_arms,
+    parse_seeds,
+    provenance,
+    table,
+    write_outputs,
+)
 from esper.config import ConfigError, RunConfig, from_dict, to_dict
 from esper.data import DataFormatError, DataUnavailableError
 from esper.lifecycle import LifecycleError
 from esper.registry import UnknownNameError
 from esper.run import RunError, finish_report, prepare_run_dir, read_config, run
 from esper.telemetry import ConsoleSink, SinkError
-from esper.telemetry.report import EpochRow
+from esper.telemetry.report import EpochRow, format_flops
 from esper.training.tasks import TASKS, get_task
 
 for _signal, _handler in _previous_handlers.items():
@@ -108,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="scale every host width by X, e.g. to train a static host of the grown size "
         "(default: 1)",
     )
+    compare_parser = commands.add_parser(
+        "compare",
+        help="train grown and static arms on several seeds and compare them",
+        description="Train every arm on every seed (a local process pool, one torch thread "
+        "per run) and print a table of mean and 95%% interval over seeds: final and best "
+        "accuracy, parameters, training and evaluation FLOPs, wall time, seeds kept, and "
+        "each arm's paired difference against the first. Writes compare.json, compare.md "
+        "and accuracy_vs_flops.png to --out. Finished runs are kept and interrupted ones "
+        "resume: rerun the same command to continue.",
+    )
+    _compare_options(compare_parser)
     report = commands.add_parser(
         "report",
         help="rebuild summary.json and timeline.png from a run directory",
@@ -177,6 +201,48 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
         help="continue an interrupted run from its last checkpoint",
     )
     add("--quiet", action="store_true", help="no progress bar or event lines, only the summary")
+
+
+def _compare_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--task", help=f"task to train: {', '.join(TASKS.names())} (default: digits)")
+    add(
+        "--arms",
+        default="static,heuristic,static-matched",
+        help=f"comma-separated arms (default: %(default)s): {ARM_HELP}",
+    )
+    add(
+        "--seeds",
+        default="5",
+        help="a count (5: seeds 0-4), an inclusive range (100-109) or a list (1,3,7) "
+        "(default: %(default)s)",
+    )
+    add("--epochs", type=int, metavar="N", help="epochs per run (default: the task's)")
+    add(
+        "--workers",
+        type=int,
+        metavar="W",
+        help="runs trained at once, one torch thread each (default: one per CPU core)",
+    )
+    add("--max-batches", type=int, metavar="N", help="train on at most N batches per epoch")
+    add("--max-val-batches", type=int, metavar="N", help="validate on at most N batches")
+    add("--batch-size", type=int, metavar="N", help="training batch size (default: the task's)")
+    add("--data-dir", metavar="DIR", help="data directory for cifar10 / fashion_mnist")
+    add("--text-file", metavar="PATH", help="UTF-8 text file for the text task")
+    add(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="JSON run configuration shared by every arm (e.g. heuristic settings)",
+    )
+    add(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="where the runs and results go (default: runs/compare-<task>); the same "
+        "--out continues an interrupted compare",
+    )
+    add("--quiet", action="store_true", help="no line per finished run, only the table")
 
 
 # Flag -> path in the RunConfig dictionary.
@@ -260,6 +326,8 @@ def _summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
         ("epochs", f"{summary['epochs']} of {summary['epochs_planned']}"),
         ("host parameters", f"{summary['host_params']:,}"),
         ("added parameters", f"{summary['added_params']:,}"),
+        ("training compute", format_flops(summary.get("train_flops", 0.0))),
+        ("evaluation compute", format_flops(summary.get("eval_flops", 0.0))),
         (
             "seeds germinated/fossilized/culled",
             "/".join(
@@ -340,6 +408,80 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace, console: Console) -> int:
+    try:
+        arms = parse_arms(args.arms)
+        seeds = parse_seeds(args.seeds)
+    except ValueError as error:
+        raise RunError(str(error)) from None
+    base = resolve_config(args)
+    out: Path = args.out or Path("runs") / f"compare-{base.task}"
+    total = len(arms) * len(seeds)
+    workers = args.workers if args.workers is not None else min(os.cpu_count() or 1, total)
+    if workers < 1:
+        raise RunError(f"--workers must be at least 1, got {workers}")
+    if not args.quiet:
+        console.print(
+            f"compare {', '.join(a.label for a in arms)} on {base.task}, seeds "
+            f"{args.seeds}: {total} runs, {workers} at a time, in {out}",
+            soft_wrap=True,
+        )
+
+    def on_done(outcome: RunOutcome, done: int, total: int) -> None:
+        if args.quiet:
+            return
+        if outcome.summary is None:
+            console.print(
+                f"[{done}/{total}] {outcome.arm} seed {outcome.seed}: FAILED: {outcome.error}",
+                soft_wrap=True,
+                markup=False,
+            )
+            return
+        s = outcome.summary
+        how = "cached" if outcome.cached else f"{s['wall_seconds']:.0f} s"
+        console.print(
+            f"[{done}/{total}] {outcome.arm} seed {outcome.seed}: final "
+            f"{s['final_accuracy']:.2f}%, {s['params']:,} params, "
+            f"{format_flops(s['train_flops'])} training ({how})",
+            soft_wrap=True,
+            markup=False,
+        )
+
+    pool = LocalPool(workers)
+    try:
+        result = compare(out, base, arms, seeds, pool, on_done)
+    except KeyboardInterrupt:
+        console.print(
+            "interrupted; rerun the same command to continue (finished runs are kept, "
+            "unfinished ones resume from their last epoch)",
+            soft_wrap=True,
+        )
+        return 130
+    write_outputs(result, provenance(" ".join(["esper", *map(shlex.quote, args.argv)])))
+    header, rows = table(result)
+    # Arms as columns: a few arms fit 80 columns, eleven metrics would not.
+    grid = Table(title=f"{result.task}, {result.epochs} epochs, {len(seeds)} seeds")
+    grid.add_column("")
+    for row in rows:
+        grid.add_column(row[0], justify="right")
+    for index, name in enumerate(header[1:], start=1):
+        grid.add_row(name, *(row[index] for row in rows))
+    console.print(grid)
+    console.print(
+        f"mean ± 95% interval over seeds; results in {out / 'compare.md'}, "
+        f"{out / 'compare.json'}, {out / 'accuracy_vs_flops.png'}",
+        soft_wrap=True,
+    )
+    failed = [o for arm in result.arms for o in arm.failed]
+    for outcome in failed:
+        Console(stderr=True).print(
+            f"esper: run failed: {outcome.arm} seed {outcome.seed}: {outcome.error}",
+            markup=False,
+            soft_wrap=True,
+        )
+    return 1 if failed else 0
+
+
 def _report(args: argparse.Namespace, console: Console) -> int:
     summary = finish_report(args.run_dir)
     console.print(_summary_table(summary, args.run_dir))
@@ -358,8 +500,9 @@ def _first_line(error: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``esper`` command; returns the process exit code.
 
-    0 done; 1 the run had to stop (disk full, persistent fault); 2 bad input or a run
-    directory that cannot be used; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
+    0 done; 1 the run had to stop (disk full, persistent fault, a failed compare run); 2
+    bad input or a run directory that cannot be used; 130 interrupted (Ctrl-C); 143
+    terminated (SIGTERM).
     """
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)
@@ -374,10 +517,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        arguments = list(sys.argv[1:] if argv is None else argv)
+        args = build_parser().parse_args(arguments)
+        args.argv = arguments
         console = Console()
         if args.command == "report":
             return _report(args, console)
+        if args.command == "compare":
+            return _compare(args, console)
         return _train(args, console)
     except EXPECTED_ERRORS as error:
         # One line that names the fix; no traceback for input the user can correct.

@@ -125,35 +125,45 @@ class RewardConfig:
 
 @dataclass(frozen=True)
 class HeuristicConfig:
-    """The rule-based controller's thresholds (see `esper.controller.heuristic`)."""
+    """The rule-based controller's settings (see `esper.controller.heuristic`).
 
-    min_epoch_to_germinate: int = 3
-    """Never germinate before this epoch."""
+    When and how much to grow live here; when a seed is good or bad enough to keep or
+    remove is the lifecycle's (`LifecycleConfig.fossilize_z`, ``cull_z``)."""
+
+    start_epoch: int = 2
+    """Germinate from this epoch on: early, while the learning rate is high."""
     min_epochs_left: int = 10
     """Never germinate when fewer epochs than this remain: with the default gates a seed
-    needs 3 epochs of training and 5 of blending before it can be judged."""
-    plateau_epochs: int = 2
-    """Germinate once validation accuracy has risen by less than the plateau threshold
-    for this many consecutive epochs."""
-    require_stable_host: bool = True
-    """Also wait until the host's validation loss has stabilised (see SignalConfig)."""
-    cull_after_epochs: int = 5
-    """A training or blending seed is judged only after this many epochs in its stage..."""
-    cull_accuracy_drop: float = 2.0
-    """...and culled if validation accuracy fell by more than this (pp) since the stage began."""
-    probation_patience: int = 2
-    """Epochs on probation to wait for the contribution to clear G5 before culling."""
+    needs 3 epochs of training, 5 of blending and 1 of probation before it can be kept."""
+    max_growth_params: float | None = 4.0
+    """Seeds (live and fossilized) may add at most this many times the host's parameters
+    (None: no parameter budget)."""
+    max_growth_flops: float | None = None
+    """Seeds may add at most this many times the host's training FLOPs per sample
+    (None: no compute budget)."""
+    blueprints: tuple[str, ...] = ()
+    """Blueprints the heuristic may grow (empty: every one registered for the host's
+    topology); in a slot it grows the largest that fits the budget."""
     blend: BlendAlgorithm = BlendAlgorithm.LINEAR
     """Blend algorithm for every germination."""
-    blueprints: tuple[str, ...] = ()
-    """Rotation of blueprints to try, in order; empty = every blueprint registered for the
-    host's topology, in registration order."""
+    stalled_training_epochs: int = 8
+    """Cull a seed still in TRAINING after this many epochs: gate G2 keeps finding its
+    gradients too weak to blend it in, and it holds the slot."""
     cull_penalty: float = 2.0
     """Added to a blueprint's penalty each time one of its seeds is culled..."""
     penalty_decay: float = 0.8
     """...multiplied by this every epoch..."""
     penalty_threshold: float = 1.5
-    """...and blueprints at or above this penalty are skipped while others are available."""
+    """...and blueprints at or above this penalty are not grown."""
+
+    def __post_init__(self) -> None:
+        _at_least(self, "start_epoch", 1)
+        _at_least(self, "min_epochs_left", 0)
+        _at_least(self, "stalled_training_epochs", 1)
+        for name in ("max_growth_params", "max_growth_flops"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0.0:
+                raise ValueError(f"{name} must be >= 0 (or null for no budget), got {value}")
 
 
 @dataclass(frozen=True)
@@ -166,8 +176,8 @@ class EpisodeConfig:
     """Seed for torch, data order and every other source of randomness."""
     max_seeds: int | None = None
     """At most this many seeds germinated in the episode (None: unlimited)."""
-    max_live_seeds: int = 1
-    """At most this many seeds alive (not fossilized) at once."""
+    max_live_seeds: int | None = None
+    """At most this many seeds alive (not fossilized) at once (None: one per slot)."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)

@@ -3,16 +3,19 @@ the signals a controller reads and the `Controller` protocol."""
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
 from esper.lifecycle import FactoredAction, LifecycleOp, SeedState
 
 __all__ = [
+    "Contribution",
     "Controller",
+    "SeedCost",
     "SlotReport",
     "TaskType",
     "Topology",
@@ -53,6 +56,47 @@ def parse_slot_id(text: str) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
+class Contribution:
+    """A seed's counterfactual contribution, measured as a paired comparison.
+
+    The same validation items (samples, or tokens for language models) are scored with
+    the seed and with its alpha forced to 0. Only the items whose outcome flips carry
+    information: ``gained`` are right only with the seed, ``lost`` right only without.
+    """
+
+    gained: int
+    lost: int
+    items: int
+
+    @property
+    def pp(self) -> float:
+        """Accuracy with the seed minus accuracy without it, in percentage points."""
+        return 100.0 * (self.gained - self.lost) / max(self.items, 1)
+
+    @property
+    def se(self) -> float:
+        """Paired standard error of `pp` under the null of no effect (McNemar), in pp."""
+        return 100.0 * math.sqrt(self.gained + self.lost) / max(self.items, 1)
+
+    @property
+    def z(self) -> float:
+        """McNemar's z, ``(gained - lost) / sqrt(gained + lost)``; 0 when nothing flips."""
+        flips = self.gained + self.lost
+        return (self.gained - self.lost) / math.sqrt(flips) if flips else 0.0
+
+
+@dataclass(frozen=True)
+class SeedCost:
+    """What one blueprint would add in one slot, per sample (or per token)."""
+
+    params: int
+    train_flops: float
+    """FLOPs of its forward and backward pass in a training step."""
+    eval_flops: float
+    """FLOPs of its forward pass."""
+
+
+@dataclass(frozen=True)
 class TrainingSignals:
     """What a controller sees of the whole run after an epoch's measurements.
 
@@ -77,6 +121,8 @@ class TrainingSignals:
     accuracy_history: tuple[float, ...]
     host_params: int
     seed_params: int
+    host_train_flops: float = 0.0
+    """Training FLOPs per sample (or token) of the host alone, the unit of compute budgets."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +138,8 @@ class SlotReport:
     """Validation accuracy when the seed was germinated (None when the slot is empty)."""
     accuracy_at_stage_start: float | None
     """Validation accuracy when the seed entered its current stage (None when empty)."""
+    costs: Mapping[str, SeedCost] = field(default_factory=dict)
+    """What each blueprint that fits the host would cost in this slot."""
 
 
 class Controller(Protocol):

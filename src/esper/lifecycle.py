@@ -147,6 +147,12 @@ class LifecycleConfig:
     min_gradient_ratio: float = 0.10
     """G2: the seed's per-parameter gradient norm relative to the host's, averaged over
     the last training epoch, must reach this (the seed is really learning)."""
+    incubation_radius: float = 0.25
+    """In TRAINING a seed learns as if fully blended while the host never sees it, so
+    no loss feedback limits how far it pushes the features: measured on the CIFAR host,
+    a seed's change grew to 300 times the features in 3 epochs and blending it in then
+    wrecked training. It learns through its change capped at this fraction of the
+    features' norm instead (a trust region; 0 turns the cap off)."""
     blending_steps: int = 5
     """Epochs the alpha ramp takes to go from its first value to 1."""
     min_blending_epochs: int = 3
@@ -155,7 +161,14 @@ class LifecycleConfig:
     """G3: alpha the seed must have trained at before probation."""
     min_fossilize_contribution: float = 1.0
     """G5: counterfactual contribution (accuracy with the seed minus accuracy with its
-    alpha forced to 0, in pp) needed to fossilize."""
+    alpha forced to 0, in pp) needed to fossilize: the smallest gain worth keeping..."""
+    fossilize_z: float = 2.5
+    """...and G5 also needs the contribution to be this many paired standard errors above
+    0 (McNemar's z on the validation samples that flip), so noise is never kept. 2.5
+    rather than 2 because the seed is judged again every epoch of its probation."""
+    cull_z: float = 2.5
+    """A seed on probation whose contribution is this many paired standard errors below 0
+    is culled by the lifecycle itself (it measurably hurts)."""
     max_probation_epochs: int = 5
     """A seed still in PROBATIONARY after this many epochs is culled."""
     embargo_epochs: int = 3
@@ -173,9 +186,15 @@ class LifecycleConfig:
                 raise ValueError(f"LifecycleConfig.{name} must be >= 0")
         if self.blending_steps < 1:
             raise ValueError("LifecycleConfig.blending_steps must be >= 1")
-        if self.min_fossilize_contribution <= 0.0:
-            # Probation culls at contribution <= 0; G5 must demand more than that.
-            raise ValueError("LifecycleConfig.min_fossilize_contribution must be > 0")
+        if not self.min_fossilize_contribution >= 0.0:
+            raise ValueError("LifecycleConfig.min_fossilize_contribution must be >= 0")
+        for name in ("fossilize_z", "cull_z"):
+            # Positive, so that "significantly above 0" and "significantly below 0" can
+            # never both hold: a seed is never fossilizable and due for a cull at once.
+            if not 0.0 < getattr(self, name) < math.inf:
+                raise ValueError(f"LifecycleConfig.{name} must be a positive number")
+        if not 0.0 <= self.incubation_radius < math.inf:
+            raise ValueError("LifecycleConfig.incubation_radius must be >= 0 and finite")
         if self.min_gradient_ratio < 0.0:
             raise ValueError("LifecycleConfig.min_gradient_ratio must be >= 0")
         if not 0.0 < self.alpha_complete <= 1.0:
@@ -186,8 +205,10 @@ class LifecycleConfig:
 class SeedState:
     """Lifecycle record of one slot: stage, clocks and the latest measurements.
 
-    ``gradient_ratio`` and ``contribution`` are written by the training loop every epoch
-    (`with_measurements`); the gates read them. ``None`` means not measured yet.
+    ``gradient_ratio``, ``contribution`` and ``contribution_se`` are written by the
+    episode every epoch (`with_measurements`); the gates read them. ``None`` means not
+    measured yet. ``contribution_se`` is the paired standard error of ``contribution``
+    (pp), so ``contribution / contribution_se`` is its z (`contribution_z`).
     """
 
     stage: SeedStage = SeedStage.DORMANT
@@ -199,6 +220,7 @@ class SeedState:
     blend_step: int = 0
     gradient_ratio: float | None = None
     contribution: float | None = None
+    contribution_se: float | None = None
     history: tuple[tuple[SeedStage, int], ...] = field(default_factory=tuple)
     """(stage left, epochs spent in it), oldest first."""
 
@@ -212,14 +234,36 @@ class SeedState:
         """A seed that is alive and can still be culled."""
         return self.stage in LIVE_STAGES
 
+    @property
+    def contribution_z(self) -> float | None:
+        """Contribution in paired standard errors (None when not measured).
+
+        A contribution of exactly 0 with no flipped sample (standard error 0) has z 0."""
+        c, se = self.contribution, self.contribution_se
+        if c is None:
+            return None
+        if se is None or se <= 0.0:
+            return 0.0 if c == 0.0 else math.copysign(math.inf, c)
+        return c / se
+
     def with_measurements(
-        self, *, gradient_ratio: float | None = None, contribution: float | None = None
+        self,
+        *,
+        gradient_ratio: float | None = None,
+        contribution: float | None = None,
+        contribution_se: float | None = None,
     ) -> SeedState:
-        """Record this epoch's measurements; a ``None`` argument keeps the old value."""
+        """Record this epoch's measurements; a ``None`` argument keeps the old value.
+
+        A new ``contribution`` without a standard error clears the old one (a value
+        measured without its error bar is not judged against the old error bar)."""
+        if contribution is None:
+            contribution, contribution_se = self.contribution, self.contribution_se
         return replace(
             self,
             gradient_ratio=self.gradient_ratio if gradient_ratio is None else gradient_ratio,
-            contribution=self.contribution if contribution is None else contribution,
+            contribution=contribution,
+            contribution_se=contribution_se,
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -234,6 +278,7 @@ class SeedState:
             "blend_step": self.blend_step,
             "gradient_ratio": self.gradient_ratio,
             "contribution": self.contribution,
+            "contribution_se": self.contribution_se,
             "history": [[int(s), n] for s, n in self.history],
         }
 
@@ -259,6 +304,7 @@ class SeedState:
             blend_step=int(data["blend_step"]),  # type: ignore[call-overload]
             gradient_ratio=opt_float("gradient_ratio"),
             contribution=opt_float("contribution"),
+            contribution_se=opt_float("contribution_se"),
             history=tuple((SeedStage(int(s)), int(n)) for s, n in history),
         )
 
@@ -375,8 +421,9 @@ def gate_end_blending(state: SeedState, config: LifecycleConfig) -> GateResult:
 
 
 def gate_fossilize(state: SeedState, config: LifecycleConfig) -> GateResult:
-    """G5: on probation, with a measured contribution at or above the threshold."""
-    c = state.contribution
+    """G5: on probation, with a measured contribution at or above the threshold and
+    significantly above 0 (``fossilize_z`` paired standard errors)."""
+    c, z = state.contribution, state.contribution_z
     return _gate(
         Gate.G5_FOSSILIZE,
         [
@@ -388,16 +435,25 @@ def gate_fossilize(state: SeedState, config: LifecycleConfig) -> GateResult:
                 c is not None and c >= config.min_fossilize_contribution,
                 f"contribution {_fmt(c)} pp >= {config.min_fossilize_contribution} pp",
             ),
+            (
+                z is not None and z >= config.fossilize_z,
+                f"contribution z {_fmt(z)} >= {config.fossilize_z}",
+            ),
         ],
     )
 
 
 def probation_verdict(state: SeedState, config: LifecycleConfig) -> str | None:
-    """Why a seed on probation must be culled now, or None if it may stay."""
+    """Why a seed on probation must be culled now, or None if it may stay.
+
+    A seed is culled when its contribution is significantly negative (``cull_z``
+    paired standard errors below 0) or when probation times out; a contribution within
+    noise of 0 is not a verdict."""
     if state.stage is not SeedStage.PROBATIONARY:
         return None
-    if state.contribution is not None and state.contribution <= 0.0:
-        return f"negative counterfactual ({state.contribution:+.2f} pp)"
+    z = state.contribution_z
+    if state.contribution is not None and z is not None and z <= -config.cull_z:
+        return f"harmful: counterfactual {state.contribution:+.2f} pp (z {z:+.1f})"
     if state.epochs_in_stage >= config.max_probation_epochs:
         return f"probation timeout ({state.epochs_in_stage} epochs)"
     return None

@@ -158,7 +158,7 @@ def _build(config: RunConfig, telemetry: Telemetry) -> _Run:
             controller = HeuristicController(
                 blueprint_names(spec.topology),
                 config.heuristic,
-                fossilize_threshold=episode.lifecycle.min_fossilize_contribution,
+                episode.lifecycle,
             )
         except ValueError as error:
             raise RunError(f"heuristic.blueprints: {error}") from None
@@ -172,10 +172,12 @@ def _row(record: EpochRecord, runner: EpisodeRunner, reason: str) -> EpochRow:
             stage=s.stage.name,
             blueprint=s.state.blueprint_id,
             alpha=s.alpha,
-            contribution=record.contributions.get(s.slot_id),
+            contribution=None if measured is None else measured.pp,
             params=s.seed_param_count(),
+            contribution_se=None if measured is None else measured.se,
         )
         for s in model.slots()
+        for measured in [record.contributions.get(s.slot_id)]
     }
     action = record.action
     words = [action.op.name, action.slot or "", action.blueprint or ""]
@@ -199,6 +201,9 @@ def _row(record: EpochRecord, runner: EpisodeRunner, reason: str) -> EpochRow:
         fossilized=runner.fossilized,
         culled=runner.culled,
         slots=slots,
+        train_flops=record.train_flops,
+        eval_flops=record.eval_flops,
+        epoch_seconds=record.seconds,
     )
 
 

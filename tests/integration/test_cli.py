@@ -40,14 +40,7 @@ RUN_FILES = (
     "timeline.png",
 )
 # Heuristic thresholds that germinate on epoch 2, so short runs hold a live seed.
-EARLY = {
-    "heuristic": {
-        "min_epoch_to_germinate": 2,
-        "min_epochs_left": 0,
-        "plateau_epochs": 0,
-        "require_stable_host": False,
-    }
-}
+EARLY = {"heuristic": {"start_epoch": 2, "min_epochs_left": 0}}
 RESUME_EPOCHS = 12
 
 
@@ -61,6 +54,7 @@ def _history(run_dir: Path) -> list[dict[str, Any]]:
     rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     for row in rows:
         row.pop("seconds")
+        row.pop("epoch_seconds")
     return rows
 
 
@@ -277,7 +271,7 @@ def _unknown_key(tmp_path: Path) -> list[str]:
 
 
 def _nested_unknown_key(tmp_path: Path) -> list[str]:
-    config = _write_json(tmp_path / "c.json", {"heuristic": {"plateau_epoch": 1}})
+    config = _write_json(tmp_path / "c.json", {"heuristic": {"start_epochs": 1}})
     return ["heuristic", "--config", str(config), "--out", str(tmp_path / "r")]
 
 
@@ -315,7 +309,7 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "unknown config key": (_unknown_key, ["bogus_key", "valid keys", "episode", "heuristic"]),
     "unknown nested config key": (
         _nested_unknown_key,
-        ["plateau_epoch", "valid keys", "plateau_epochs", "min_epoch_to_germinate"],
+        ["start_epochs", "valid keys", "start_epoch", "max_growth_params"],
     ),
     "invalid JSON": (_invalid_json, ["c.json", "not valid JSON"]),
     "unwritable --out": (_unwritable_out, ["cannot write", "writable --out"]),
@@ -505,7 +499,7 @@ def test_report_works_on_an_interrupted_run(
     assert main(["report", str(out)]) == 0
     summary = _summary(out)
     assert (summary["epochs"], summary["epochs_planned"]) == (3, 6)
-    assert summary["seeds_germinated"] == 1
+    assert summary["seeds_germinated"] == 2  # one per epoch from epoch 2
     assert (out / "timeline.png").read_bytes()[:8] == PNG_MAGIC
 
 

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from esper.contracts import Contribution
 from esper.lifecycle import (
     TRANSITIONS,
     BlendAlgorithm,
@@ -68,7 +69,9 @@ configs = st.builds(
     blending_steps=st.integers(1, 6),
     min_blending_epochs=st.integers(0, 4),
     alpha_complete=st.floats(0.0, 1.0, exclude_min=True),
-    min_fossilize_contribution=st.floats(0.01, 5.0),
+    min_fossilize_contribution=st.floats(0.0, 5.0),
+    fossilize_z=st.floats(0.5, 5.0),
+    cull_z=st.floats(0.5, 5.0),
     max_probation_epochs=st.integers(0, 5),
     embargo_epochs=st.integers(0, 4),
 )
@@ -86,6 +89,11 @@ def contributions(config: LifecycleConfig) -> st.SearchStrategy[float | None]:
     return st.none() | st.floats(-20.0, 20.0) | st.floats(0.0, 10.0) | st.sampled_from(near)
 
 
+def standard_errors() -> st.SearchStrategy[float | None]:
+    """Paired standard errors (pp), including 0 (nothing flipped) and unknown."""
+    return st.none() | st.floats(0.0, 5.0) | st.sampled_from([0.0, 0.25, 1.0])
+
+
 seed_states = st.builds(
     SeedState,
     stage=st.sampled_from(SeedStage),
@@ -97,6 +105,7 @@ seed_states = st.builds(
     blend_step=st.integers(0, 10),
     gradient_ratio=st.none() | st.floats(allow_nan=False),
     contribution=st.none() | st.floats(allow_nan=False),
+    contribution_se=st.none() | st.floats(0.0, 1e6),
     history=st.lists(st.tuples(st.sampled_from(SeedStage), st.integers(0, 10)), max_size=5).map(
         tuple
     ),
@@ -170,10 +179,13 @@ def check_gates(state: SeedState, config: LifecycleConfig) -> None:
         and state.epochs_in_stage >= config.min_blending_epochs
     )
     g5 = gate_fossilize(state, config)
+    z = state.contribution_z
     assert g5.passed == (
         state.stage is S.PROBATIONARY
         and contrib is not None
         and contrib >= config.min_fossilize_contribution
+        and z is not None
+        and z >= config.fossilize_z
     )
     for result in (g1, g2, g3, g5):
         assert result.passed == (not result.checks_failed)
@@ -260,9 +272,10 @@ class LifecycleMachine(RuleBasedStateMachine):
         before = self.state
         gate = gate_fossilize(before, self.config)
         if gate.passed:
-            c = before.contribution
+            c, z = before.contribution, before.contribution_z
             assert before.stage is S.PROBATIONARY
             assert c is not None and c >= self.config.min_fossilize_contribution
+            assert z is not None and z >= self.config.fossilize_z
             self.state = transition(before, S.FOSSILIZED)
             self.expected_history.append((before.stage, before.epochs_in_stage))
             self.fossilized = True
@@ -308,9 +321,13 @@ class LifecycleMachine(RuleBasedStateMachine):
         before = self.state
         ratio = data.draw(self.ratios, label="gradient_ratio")
         contrib = data.draw(self.contributions, label="contribution")
-        after = before.with_measurements(gradient_ratio=ratio, contribution=contrib)
+        se = data.draw(standard_errors(), label="contribution_se")
+        after = before.with_measurements(
+            gradient_ratio=ratio, contribution=contrib, contribution_se=se
+        )
         assert after.gradient_ratio == (before.gradient_ratio if ratio is None else ratio)
         assert after.contribution == (before.contribution if contrib is None else contrib)
+        assert after.contribution_se == (before.contribution_se if contrib is None else se)
         assert after.stage is before.stage and after.history == before.history
         self.state = after
 
@@ -344,6 +361,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             assert after.seed_id == before.seed_id
             assert after.gradient_ratio == before.gradient_ratio
             assert after.contribution == before.contribution
+            assert after.contribution_se == before.contribution_se
 
         stage = before.stage
         if stage in (S.DORMANT, S.FOSSILIZED):
@@ -372,13 +390,14 @@ class LifecycleMachine(RuleBasedStateMachine):
             else:
                 assert after.blend_step == min(before.blend_step + 1, cfg.blending_steps)
         if stage is S.PROBATIONARY:
-            c = before.contribution
-            must_cull = (c is not None and c <= 0.0) or clock >= cfg.max_probation_epochs
+            z = before.contribution_z
+            harmful = z is not None and z <= -cfg.cull_z
+            must_cull = harmful or clock >= cfg.max_probation_epochs
             assert moved == must_cull
             assert (out.cull_reason is not None) == must_cull
-            if c is not None and c <= 0.0:
+            if harmful:
                 assert after.stage is S.CULLED
-                assert out.cull_reason is not None and "negative" in out.cull_reason
+                assert out.cull_reason is not None and "harmful" in out.cull_reason
             if must_cull:
                 assert after.stage is S.CULLED
         else:
@@ -507,13 +526,17 @@ def run(
     ticks: int,
     *,
     gradient_ratio: float | None = 1.0,
-    contribution: float | None = None,
+    measured: Contribution | None = None,
     config: LifecycleConfig | None = None,
 ) -> tuple[SeedState, list[StepOutcome]]:
     cfg = config or LifecycleConfig()
     outcomes = []
+    c = None if measured is None else measured.pp
+    se = None if measured is None else measured.se
     for _ in range(ticks):
-        state = state.with_measurements(gradient_ratio=gradient_ratio, contribution=contribution)
+        state = state.with_measurements(
+            gradient_ratio=gradient_ratio, contribution=c, contribution_se=se
+        )
         outcome = step_epoch(state, cfg)
         outcomes.append(outcome)
         state = outcome.state
@@ -560,10 +583,12 @@ def test_default_sigmoid_ramp_reaches_probation_after_8_ticks() -> None:
 def test_default_probation_times_out_after_5_ticks_then_recovers_in_5() -> None:
     state, _ = run(germinated(), 9)
     assert state.stage is S.PROBATIONARY
-    # A positive contribution below the G5 threshold (1.0 pp): neither kept nor culled early.
-    state, _ = run(state, 4, contribution=0.5)
+    # A contribution within noise (+0.5 pp, z 1.6): neither kept nor culled early.
+    unclear = Contribution(gained=7, lost=2, items=1000)
+    state, _ = run(state, 4, measured=unclear)
     assert state.stage is S.PROBATIONARY and state.epochs_in_stage == 4
-    state, outcomes = run(state, 1, contribution=0.5)
+    assert not gate_fossilize(state, LifecycleConfig()).passed
+    state, outcomes = run(state, 1, measured=unclear)
     assert state.stage is S.CULLED
     assert outcomes[-1].cull_reason == "probation timeout (5 epochs)"
     # CULLED 1 tick, EMBARGOED embargo_epochs=3 ticks, RESETTING 1 tick.
@@ -584,20 +609,28 @@ def test_default_probation_times_out_after_5_ticks_then_recovers_in_5() -> None:
     assert state == SeedState(history=state.history)
 
 
-def test_default_negative_counterfactual_is_culled_on_the_first_probation_tick() -> None:
+def test_default_harmful_counterfactual_is_culled_on_the_first_probation_tick() -> None:
     state, _ = run(germinated(), 9)
-    state, outcomes = run(state, 1, contribution=-0.01)
+    state, outcomes = run(state, 1, measured=Contribution(gained=1, lost=12, items=360))
     assert state.stage is S.CULLED
     assert outcomes[-1].cull_reason is not None
-    assert outcomes[-1].cull_reason.startswith("negative counterfactual")
+    assert outcomes[-1].cull_reason.startswith("harmful")
+
+
+@pytest.mark.parametrize(("gained", "lost"), [(0, 1), (0, 2), (1, 3), (0, 0)])
+def test_default_a_sample_or_two_against_a_seed_is_not_a_verdict(gained: int, lost: int) -> None:
+    # One digits image is 0.28 pp: the old rule (cull at <= 0 pp) culled on one flip.
+    state, _ = run(germinated(), 9)
+    state, outcomes = run(state, 1, measured=Contribution(gained, lost, items=360))
+    assert state.stage is S.PROBATIONARY and outcomes[-1].cull_reason is None
 
 
 def test_default_fossilize_then_absorbing() -> None:
-    state, _ = run(germinated(), 9, contribution=1.0)
+    state, _ = run(germinated(), 9, measured=Contribution(gained=60, lost=10, items=1000))
     assert state.stage is S.PROBATIONARY
     assert gate_fossilize(state, LifecycleConfig()).passed
     state = transition(state, S.FOSSILIZED)
-    state, outcomes = run(state, 10, contribution=-5.0)
+    state, outcomes = run(state, 10, measured=Contribution(gained=0, lost=50, items=1000))
     assert state.stage is S.FOSSILIZED
     assert all(not o.transitions for o in outcomes)
     assert legal_ops(state) == {LifecycleOp.WAIT}
@@ -615,7 +648,14 @@ def test_zero_embargo_still_embargoes_for_one_tick() -> None:
     assert stages == [S.EMBARGOED, S.RESETTING, S.DORMANT]
 
 
-def test_config_rejects_a_fossilize_threshold_that_probation_would_contradict() -> None:
-    # A seed with contribution <= 0 is culled on probation, so G5 must ask for more.
+@pytest.mark.parametrize("name", ["fossilize_z", "cull_z"])
+@pytest.mark.parametrize("value", [0.0, -1.0, math.inf, math.nan])
+def test_config_rejects_significance_thresholds_that_would_contradict(
+    name: str, value: float
+) -> None:
+    # Positive z thresholds mean "significantly above 0" (keep) and "significantly
+    # below 0" (cull) can never hold together.
+    with pytest.raises(ValueError, match=name):
+        LifecycleConfig(**{name: value})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="min_fossilize_contribution"):
-        LifecycleConfig(min_fossilize_contribution=0.0)
+        LifecycleConfig(min_fossilize_contribution=-1.0)

@@ -22,7 +22,9 @@ ALLOWED: dict[str, set[str]] = {
     "rl": BOTTOM | {"data", "model", "controller", "telemetry", "training"},
     "rundir": set(),
     "run": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "rundir"},
-    "cli": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "rundir", "run"},
+    "compare": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "run"},
+    "cli": BOTTOM
+    | {"data", "model", "controller", "telemetry", "training", "rl", "rundir", "run", "compare"},
 }
 
 

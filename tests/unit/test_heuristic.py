@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from esper.config import EpisodeConfig, HeuristicConfig
-from esper.contracts import SlotReport, Topology, TrainingSignals, slot_id
+from esper.contracts import Contribution, SeedCost, SlotReport, Topology, TrainingSignals, slot_id
 from esper.controller import HeuristicController
 from esper.data import load_digits
 from esper.lifecycle import (
@@ -23,8 +23,9 @@ from esper.lifecycle import (
     SeedStage,
     SeedState,
     legal_ops,
+    probation_verdict,
 )
-from esper.model.blueprints import blueprint_names
+from esper.model.blueprints import blueprint_names, get_blueprint
 from esper.training.batches import SplitBatches
 from esper.training.episode import EpisodeResult, EpisodeRunner, run_episode
 from esper.training.tasks import get_task
@@ -32,11 +33,23 @@ from esper.training.tasks import get_task
 CNN = tuple(blueprint_names(Topology.CNN))
 TRANSFORMER = tuple(blueprint_names(Topology.TRANSFORMER))
 DORMANT = SeedState()
+HOST_PARAMS = 6_000
+HOST_FLOPS = 3e7
+# A CIFAR-like host: (channels, positions) at r0c0, r0c1, r0c2.
+SHAPES = ((8, 256), (16, 64), (32, 16))
 
 
-def _signals(
-    epoch: int = 10, *, plateau: int = 5, val_accuracy: float = 90.0, stable: bool = True
-) -> TrainingSignals:
+def _costs(col: int, topology: Topology = Topology.CNN) -> dict[str, SeedCost]:
+    """Every blueprint's cost in slot ``col``: 6 FLOPs per parameter per position."""
+    channels, positions = SHAPES[col]
+    costs = {}
+    for name in blueprint_names(topology):
+        params = get_blueprint(topology, name).params(channels)
+        costs[name] = SeedCost(params, 6.0 * params * positions, 2.0 * params * positions)
+    return costs
+
+
+def _signals(epoch: int = 10, *, val_accuracy: float = 90.0) -> TrainingSignals:
     return TrainingSignals(
         epoch=epoch,
         max_epochs=30,
@@ -46,14 +59,15 @@ def _signals(
         val_accuracy=val_accuracy,
         loss_delta=0.0,
         accuracy_delta=0.0,
-        plateau_epochs=plateau,
-        host_stabilized=stable,
+        plateau_epochs=0,
+        host_stabilized=False,
         best_val_accuracy=max(val_accuracy, 90.0),
         best_val_loss=0.3,
         loss_history=(0.35,),
         accuracy_history=(val_accuracy,),
-        host_params=500,
+        host_params=HOST_PARAMS,
         seed_params=0,
+        host_train_flops=HOST_FLOPS,
     )
 
 
@@ -62,28 +76,34 @@ def _seed(
     blueprint: str = "conv_light",
     *,
     epochs_in_stage: int = 0,
-    contribution: float | None = None,
+    measured: Contribution | None = None,
 ) -> SeedState:
     return SeedState(
         stage=stage,
         seed_id="seed1",
         blueprint_id=blueprint,
         epochs_in_stage=epochs_in_stage,
-        contribution=contribution,
+        contribution=None if measured is None else measured.pp,
+        contribution_se=None if measured is None else measured.se,
     )
 
 
-def _slots(*states: SeedState, budget: bool = True, start: float | None = None) -> list[SlotReport]:
+def _slots(
+    *states: SeedState, budget: bool = True, topology: Topology = Topology.CNN
+) -> list[SlotReport]:
     """Reports for slots r0c0, r0c1, ... with the ops `legal_ops` allows."""
     return [
         SlotReport(
             slot_id=slot_id(0, col),
             state=state,
             alpha=1.0 if state.stage >= SeedStage.PROBATIONARY and state.occupied else 0.0,
-            seed_params=100 if state.occupied else 0,
+            seed_params=_costs(col, topology)[state.blueprint_id or ""].params
+            if state.occupied
+            else 0,
             legal=legal_ops(state, seed_budget_left=budget),
-            accuracy_at_germination=start if state.live else None,
-            accuracy_at_stage_start=start if state.live else None,
+            accuracy_at_germination=None,
+            accuracy_at_stage_start=None,
+            costs=_costs(col, topology),
         )
         for col, state in enumerate(states)
     ]
@@ -106,18 +126,19 @@ def _op(op: LifecycleOp, slot: str = "r0c0") -> FactoredAction:
 
 
 WAIT = FactoredAction.wait()
+LIFECYCLE = LifecycleConfig()
 
 
-# ---------------------------------------------------------------- when to germinate
+# ---------------------------------------------------------------- when to grow
 
 
-def test_waits_for_the_minimum_epoch_then_for_a_plateau() -> None:
-    controller = _controller(min_epoch_to_germinate=3, plateau_epochs=2)
-    assert controller.decide(_signals(2, plateau=9), _empty()) == WAIT
-    assert "epoch 3" in controller.last_reason
-    assert controller.decide(_signals(3, plateau=1), _empty()) == WAIT
-    assert "plateau" in controller.last_reason
-    assert controller.decide(_signals(3, plateau=2), _empty()) == _germinate("r0c0", CNN[0])
+def test_grows_from_the_start_epoch_one_seed_per_epoch() -> None:
+    controller = _controller(start_epoch=2)
+    assert controller.decide(_signals(1), _empty()) == WAIT
+    assert "epoch 2" in controller.last_reason
+    assert controller.decide(_signals(2), _empty()) == _germinate("r0c2", "conv_heavy")
+    growing = _slots(DORMANT, DORMANT, _seed(SeedStage.GERMINATED, "conv_heavy"))
+    assert controller.decide(_signals(3), growing) == _germinate("r0c1", "conv_heavy")
 
 
 def test_does_not_germinate_too_close_to_the_end() -> None:
@@ -127,35 +148,9 @@ def test_does_not_germinate_too_close_to_the_end() -> None:
     assert controller.decide(_signals(20), _empty()).op is LifecycleOp.GERMINATE
 
 
-def test_waits_for_a_stable_host_unless_told_not_to() -> None:
-    strict = _controller()  # require_stable_host is the default
-    assert strict.decide(_signals(stable=False), _empty()) == WAIT
-    assert "stable" in strict.last_reason
-    assert strict.decide(_signals(stable=True), _empty()).op is LifecycleOp.GERMINATE
-    relaxed = _controller(require_stable_host=False)
-    assert relaxed.decide(_signals(stable=False), _empty()).op is LifecycleOp.GERMINATE
-
-
 def test_germination_uses_the_configured_blend() -> None:
     controller = _controller(blend=BlendAlgorithm.SIGMOID)
     assert controller.decide(_signals(), _empty()).blend is BlendAlgorithm.SIGMOID
-
-
-@pytest.mark.parametrize(
-    ("stages", "expected"),
-    [
-        ((SeedStage.DORMANT, SeedStage.DORMANT, SeedStage.DORMANT), "r0c0"),
-        ((SeedStage.EMBARGOED, SeedStage.DORMANT, SeedStage.DORMANT), "r0c1"),
-        ((SeedStage.FOSSILIZED, SeedStage.EMBARGOED, SeedStage.DORMANT), "r0c2"),
-        ((SeedStage.RESETTING, SeedStage.CULLED, SeedStage.DORMANT), "r0c2"),
-    ],
-)
-def test_germinates_into_the_first_slot_that_may_take_a_seed(
-    stages: tuple[SeedStage, ...], expected: str
-) -> None:
-    states = [DORMANT if s is SeedStage.DORMANT else _seed(s) for s in stages]
-    action = _controller().decide(_signals(), _slots(*states))
-    assert (action.op, action.slot) == (LifecycleOp.GERMINATE, expected)
 
 
 @pytest.mark.parametrize(
@@ -168,36 +163,72 @@ def test_germinates_into_the_first_slot_that_may_take_a_seed(
 )
 def test_never_germinates_where_germinate_is_not_legal(slots: list[SlotReport]) -> None:
     controller = _controller()
-    assert controller.decide(_signals(plateau=20), slots) == WAIT
+    assert controller.decide(_signals(), slots) == WAIT
     assert controller.last_reason == "no slot may take a seed"
 
 
-# ---------------------------------------------------------------- which blueprint
-
-
-@pytest.mark.parametrize("blueprints", [CNN, TRANSFORMER], ids=["cnn", "transformer"])
-def test_blueprint_rotation_follows_the_host_topology(blueprints: tuple[str, ...]) -> None:
-    controller = _controller(blueprints)
-    chosen = [controller.decide(_signals(), _empty()).blueprint for _ in range(len(blueprints) + 2)]
-    assert chosen == [*blueprints, *blueprints[:2]]
-    assert controller.rotation == list(blueprints)
-
-
-def test_configured_rotation_is_used_in_its_order() -> None:
-    controller = _controller(CNN, blueprints=("norm", "conv_heavy"))
-    chosen = [controller.decide(_signals(), _empty()).blueprint for _ in range(3)]
-    assert chosen == ["norm", "conv_heavy", "norm"]
+# ---------------------------------------------------------------- where and what
 
 
 @pytest.mark.parametrize(
-    ("host", "rotation", "bad"),
+    ("stages", "expected"),
+    [
+        ((SeedStage.DORMANT, SeedStage.DORMANT, SeedStage.DORMANT), "r0c2"),
+        ((SeedStage.DORMANT, SeedStage.DORMANT, SeedStage.EMBARGOED), "r0c1"),
+        ((SeedStage.DORMANT, SeedStage.TRAINING, SeedStage.FOSSILIZED), "r0c0"),
+    ],
+)
+def test_grows_where_capacity_is_cheapest_first(
+    stages: tuple[SeedStage, ...], expected: str
+) -> None:
+    # The deepest open slot has the fewest positions: most parameters per FLOP.
+    states = [DORMANT if s is SeedStage.DORMANT else _seed(s) for s in stages]
+    action = _controller(max_growth_params=None).decide(_signals(), _slots(*states))
+    assert (action.op, action.slot) == (LifecycleOp.GERMINATE, expected)
+
+
+def test_transformer_slots_cost_alike_so_the_deepest_wins() -> None:
+    action = _controller(TRANSFORMER).decide(
+        _signals(), _slots(*[DORMANT] * 3, topology=Topology.TRANSFORMER)
+    )
+    assert action == _germinate("r0c2", "mlp")  # the largest transformer blueprint
+
+
+def test_grows_the_largest_blueprint_that_fits_the_parameter_budget() -> None:
+    big = _costs(2)["conv_heavy"].params  # 18,592 parameters in r0c2
+    roomy = _controller(max_growth_params=big / HOST_PARAMS)
+    assert roomy.decide(_signals(), _empty()) == _germinate("r0c2", "conv_heavy")
+    tight = _controller(max_growth_params=(big - 1) / HOST_PARAMS)
+    assert tight.decide(_signals(), _empty()) == _germinate("r0c2", "conv_light")
+    # What is already grown counts against the budget.
+    grown = _slots(DORMANT, DORMANT, _seed(SeedStage.FOSSILIZED, "conv_heavy"))
+    spent = _controller(max_growth_params=big / HOST_PARAMS)
+    assert spent.decide(_signals(), grown) == WAIT
+    assert spent.last_reason == "growth budget spent"
+
+
+def test_a_compute_budget_limits_growth_too() -> None:
+    costs = _costs(2)["conv_heavy"]
+    controller = _controller(max_growth_params=None, max_growth_flops=0.0)
+    assert controller.decide(_signals(), _empty()) == WAIT
+    allowed = _controller(max_growth_params=None, max_growth_flops=costs.train_flops / HOST_FLOPS)
+    assert allowed.decide(_signals(), _empty()) == _germinate("r0c2", "conv_heavy")
+
+
+def test_only_the_configured_blueprints_are_grown() -> None:
+    controller = _controller(CNN, blueprints=("norm", "conv_light"))
+    assert controller.decide(_signals(), _empty()) == _germinate("r0c2", "conv_light")
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed", "bad"),
     [(CNN, ("conv_light", "lora"), "lora"), (TRANSFORMER, ("depthwise",), "depthwise")],
 )
 def test_unknown_blueprints_in_the_config_are_a_clear_error(
-    host: tuple[str, ...], rotation: tuple[str, ...], bad: str
+    host: tuple[str, ...], allowed: tuple[str, ...], bad: str
 ) -> None:
     with pytest.raises(ValueError, match=bad) as info:
-        _controller(host, blueprints=rotation)
+        _controller(host, blueprints=allowed)
     message = str(info.value)
     assert all(name in message for name in host), message  # lists the valid choices
 
@@ -207,40 +238,33 @@ def test_a_host_without_blueprints_is_an_error() -> None:
         _controller(())
 
 
-def _cull_conv_light_then_germinate_conv_heavy(controller: HeuristicController) -> None:
-    """Rotation (conv_light, conv_heavy): conv_light is germinated, trains, is culled."""
-    assert controller.decide(_signals(10), _empty()) == _germinate("r0c0", "conv_light")
-    training = _slots(_seed(SeedStage.TRAINING), DORMANT, DORMANT, budget=False, start=90.0)
+def _cull_conv_heavy(controller: HeuristicController) -> None:
+    """conv_heavy is germinated in r0c2, trains, and is culled."""
+    assert controller.decide(_signals(10), _slots(DORMANT, DORMANT, DORMANT, budget=False)) == WAIT
+    training = _slots(DORMANT, DORMANT, _seed(SeedStage.TRAINING, "conv_heavy"), budget=False)
     assert controller.decide(_signals(11), training) == WAIT
-    culled = _slots(_seed(SeedStage.EMBARGOED), DORMANT, DORMANT)
-    assert controller.decide(_signals(12), culled) == _germinate("r0c1", "conv_heavy")
-    assert controller.penalties == {"conv_light": pytest.approx(2.0)}
+    culled = _slots(DORMANT, DORMANT, _seed(SeedStage.EMBARGOED, "conv_heavy"), budget=False)
+    assert controller.decide(_signals(12), culled) == WAIT
+    assert controller.penalties == {"conv_heavy": pytest.approx(2.0)}
 
 
-def _after_conv_heavy_is_kept() -> list[SlotReport]:
-    kept = _seed(SeedStage.FOSSILIZED, "conv_heavy")
-    return _slots(_seed(SeedStage.EMBARGOED), kept, DORMANT)
+def _open_r0c2() -> list[SlotReport]:
+    return _slots(_seed(SeedStage.FOSSILIZED), _seed(SeedStage.FOSSILIZED), DORMANT)
 
 
 def test_a_culled_blueprint_is_skipped_while_penalised_then_returns() -> None:
-    controller = _controller(blueprints=("conv_light", "conv_heavy"))
-    _cull_conv_light_then_germinate_conv_heavy(controller)
-    # conv_light is next in the rotation but penalised (2.0 * 0.8 >= 1.5): skipped.
-    assert controller.decide(_signals(13), _after_conv_heavy_is_kept()).blueprint == "conv_heavy"
-    # One more epoch of decay (2.0 * 0.8 ** 2 < 1.5) and it is tried again.
-    assert controller.decide(_signals(14), _after_conv_heavy_is_kept()).blueprint == "conv_light"
-
-
-def test_when_every_blueprint_is_penalised_the_least_penalised_is_tried() -> None:
-    controller = _controller(blueprints=("conv_light", "conv_heavy"), penalty_decay=1.0)
-    controller.penalties = {"conv_light": 4.0, "conv_heavy": 2.0}
-    assert controller.decide(_signals(), _empty()).blueprint == "conv_heavy"
+    controller = _controller(max_growth_params=None)
+    _cull_conv_heavy(controller)
+    # conv_heavy is penalised (2.0 * 0.8 >= 1.5): the next largest is grown instead.
+    assert controller.decide(_signals(13), _open_r0c2()).blueprint == "conv_light"
+    # One more epoch of decay (2.0 * 0.8 ** 2 < 1.5) and it is grown again.
+    assert controller.decide(_signals(14), _open_r0c2()).blueprint == "conv_heavy"
 
 
 def test_a_fossilized_seed_is_not_penalised() -> None:
     controller = _controller()
-    controller.decide(_signals(10), _empty())
-    on_probation = _seed(SeedStage.PROBATIONARY, contribution=5.0)
+    clear = Contribution(gained=60, lost=10, items=1000)  # +5 pp, z 6
+    on_probation = _seed(SeedStage.PROBATIONARY, measured=clear)
     assert controller.decide(_signals(11), _slots(on_probation)) == _op(LifecycleOp.FOSSILIZE)
     controller.decide(_signals(12), _slots(_seed(SeedStage.FOSSILIZED), DORMANT))
     assert controller.penalties == {}
@@ -250,105 +274,101 @@ def test_a_fossilized_seed_is_not_penalised() -> None:
 
 
 @pytest.mark.parametrize(
-    ("threshold", "contribution", "expected"),
+    ("gained", "lost", "expected"),
     [
-        (1.0, 1.0, LifecycleOp.FOSSILIZE),
-        (1.0, 0.99, LifecycleOp.WAIT),
-        (2.5, 2.0, LifecycleOp.WAIT),
+        (60, 10, LifecycleOp.FOSSILIZE),  # +5.0 pp, z 6.0
+        (17, 7, LifecycleOp.WAIT),  # +1.0 pp but z 2.04: not yet clear of noise
+        (34, 8, LifecycleOp.FOSSILIZE),  # +2.6 pp, z 4.0
+        (9, 0, LifecycleOp.WAIT),  # z 3.0 but only +0.9 pp: below the gain worth keeping
     ],
 )
-def test_fossilizes_once_the_contribution_clears_the_threshold(
-    threshold: float, contribution: float, expected: LifecycleOp
+def test_fossilizes_once_g5_passes_in_pp_and_in_standard_errors(
+    gained: int, lost: int, expected: LifecycleOp
 ) -> None:
-    controller = HeuristicController(CNN, fossilize_threshold=threshold)
-    seed = _seed(SeedStage.PROBATIONARY, contribution=contribution)
-    action = controller.decide(_signals(), _slots(seed, budget=False))
+    measured = Contribution(gained, lost, items=1000)
+    seed = _seed(SeedStage.PROBATIONARY, measured=measured)
+    action = _controller().decide(_signals(), _slots(seed, budget=False))
     assert action.op is expected
     if expected is LifecycleOp.FOSSILIZE:
-        assert action.slot == "r0c0" and f"{contribution:+.2f}" in controller.last_reason
+        assert f"{measured.pp:+.2f}" in _controller_reason(seed)
 
 
-@pytest.mark.parametrize("contribution", [0.4, None])
-def test_culls_after_probation_patience_without_enough_contribution(
-    contribution: float | None,
-) -> None:
-    controller = _controller(probation_patience=2)
-
-    def decide(epochs: int) -> FactoredAction:
-        seed = _seed(SeedStage.PROBATIONARY, epochs_in_stage=epochs, contribution=contribution)
-        return controller.decide(_signals(), _slots(seed, budget=False))
-
-    assert decide(1) == WAIT
-    assert decide(2) == _op(LifecycleOp.CULL)
-    assert ("unmeasured" if contribution is None else "+0.40") in controller.last_reason
+def _controller_reason(seed: SeedState) -> str:
+    controller = _controller()
+    controller.decide(_signals(), _slots(seed, budget=False))
+    return controller.last_reason
 
 
-@pytest.mark.parametrize("stage", [SeedStage.TRAINING, SeedStage.BLENDING])
-@pytest.mark.parametrize(
-    ("epochs", "accuracy", "expected"),
-    [
-        (5, 87.9, LifecycleOp.CULL),  # fell 2.1 pp after 5 epochs
-        (4, 80.0, LifecycleOp.WAIT),  # fell a lot, but too early to judge
-        (5, 88.0, LifecycleOp.WAIT),  # fell exactly the allowed 2.0 pp
-        (9, 95.0, LifecycleOp.WAIT),  # improved
-    ],
-)
-def test_culls_a_growing_seed_whose_accuracy_fell(
-    stage: SeedStage, epochs: int, accuracy: float, expected: LifecycleOp
-) -> None:
-    controller = _controller(cull_after_epochs=5, cull_accuracy_drop=2.0)
-    slots = _slots(_seed(stage, epochs_in_stage=epochs), budget=False, start=90.0)
-    action = controller.decide(_signals(val_accuracy=accuracy), slots)
-    assert action == (_op(LifecycleOp.CULL) if expected is LifecycleOp.CULL else WAIT)
-    if expected is LifecycleOp.CULL:
-        assert stage.name in controller.last_reason
+@pytest.mark.parametrize(("gained", "lost"), [(3, 1), (2, 2), (1, 3), (4, 0), (0, 4)])
+def test_a_contribution_within_noise_is_neither_kept_nor_culled(gained: int, lost: int) -> None:
+    # 360 digits images: one image is 0.28 pp. Flipping a sample or two moves the
+    # contribution by more than the old thresholds (>= 1 pp keep, <= 0 pp cull) but
+    # never out of noise, so nothing happens either way.
+    measured = Contribution(gained, lost, items=360)
+    assert abs(measured.z) <= 2.0
+    for stage in (SeedStage.BLENDING, SeedStage.PROBATIONARY):
+        seed = _seed(stage, epochs_in_stage=1, measured=measured)
+        assert _controller().decide(_signals(), _slots(seed, budget=False)) == WAIT
+        assert probation_verdict(seed, LIFECYCLE) is None
 
 
-def test_a_seed_without_a_stage_start_accuracy_is_not_culled_for_a_drop() -> None:
-    slots = _slots(_seed(SeedStage.TRAINING, epochs_in_stage=20), budget=False, start=None)
-    assert _controller().decide(_signals(val_accuracy=0.0), slots) == WAIT
+@pytest.mark.parametrize("stage", [SeedStage.BLENDING, SeedStage.PROBATIONARY])
+def test_a_seed_that_measurably_hurts_is_culled(stage: SeedStage) -> None:
+    harmful = Contribution(gained=2, lost=20, items=1000)  # -1.8 pp, z -3.8
+    seed = _seed(stage, epochs_in_stage=1, measured=harmful)
+    if stage is SeedStage.BLENDING:  # the heuristic culls it
+        assert _controller().decide(_signals(), _slots(seed, budget=False)) == _op(LifecycleOp.CULL)
+    else:  # on probation, the lifecycle itself does
+        assert probation_verdict(seed, LIFECYCLE) is not None
+
+
+def test_a_seed_stalled_in_training_is_culled() -> None:
+    controller = _controller(stalled_training_epochs=8)
+    stalled = _slots(_seed(SeedStage.TRAINING, epochs_in_stage=8), budget=False)
+    assert controller.decide(_signals(), stalled) == _op(LifecycleOp.CULL)
+    assert "stalled" in controller.last_reason
+    young = _slots(_seed(SeedStage.TRAINING, epochs_in_stage=7), budget=False)
+    assert controller.decide(_signals(), young) == WAIT
 
 
 def test_judging_a_seed_comes_before_germinating_and_goes_in_slot_order() -> None:
-    weak = _seed(SeedStage.PROBATIONARY, epochs_in_stage=5, contribution=-1.0)
-    strong = _seed(SeedStage.PROBATIONARY, contribution=9.0)
-    action = _controller().decide(_signals(plateau=20), _slots(DORMANT, strong, weak))
-    assert action == _op(LifecycleOp.FOSSILIZE, "r0c1")
+    unclear = _seed(SeedStage.PROBATIONARY, measured=Contribution(3, 1, 1000))
+    strong = _seed(SeedStage.PROBATIONARY, measured=Contribution(90, 0, 1000))
+    action = _controller().decide(_signals(), _slots(DORMANT, unclear, strong))
+    assert action == _op(LifecycleOp.FOSSILIZE, "r0c2")
 
 
-def test_waits_while_a_healthy_seed_grows_and_no_slot_may_take_another() -> None:
+def test_waits_while_a_seed_grows_and_no_slot_may_take_another() -> None:
     growing = _seed(SeedStage.BLENDING, epochs_in_stage=9)
-    slots = _slots(growing, DORMANT, DORMANT, budget=False, start=85.0)
-    controller = _controller()
-    assert controller.decide(_signals(val_accuracy=90.0, plateau=20), slots) == WAIT
+    slots = _slots(growing, DORMANT, DORMANT, budget=False)
+    assert _controller().decide(_signals(val_accuracy=20.0), slots) == WAIT
 
 
 # ---------------------------------------------------------------- checkpointing
 
 
 def test_state_dict_round_trip_preserves_decisions() -> None:
-    original = _controller(blueprints=("conv_light", "conv_heavy"))
-    _cull_conv_light_then_germinate_conv_heavy(original)
+    original = _controller(max_growth_params=None)
+    _cull_conv_heavy(original)
     state = json.loads(json.dumps(original.state_dict()))  # plain data only
 
-    restored = _controller(blueprints=("conv_light", "conv_heavy"))
+    restored = _controller(max_growth_params=None)
     restored.load_state_dict(state)
-    fresh = _controller(blueprints=("conv_light", "conv_heavy"))
+    fresh = _controller(max_growth_params=None)
     for epoch in (13, 14):
-        expected = original.decide(_signals(epoch), _after_conv_heavy_is_kept())
-        assert restored.decide(_signals(epoch), _after_conv_heavy_is_kept()) == expected
+        expected = original.decide(_signals(epoch), _open_r0c2())
+        assert restored.decide(_signals(epoch), _open_r0c2()) == expected
     assert restored.state_dict() == original.state_dict()
-    # Without the state, the penalty and the rotation position are lost.
-    assert fresh.decide(_signals(13), _after_conv_heavy_is_kept()).blueprint == "conv_light"
+    # Without the state, the penalty is lost.
+    assert fresh.decide(_signals(13), _open_r0c2()).blueprint == "conv_heavy"
 
     # The stages seen so far are restored too: a cull is noticed across the checkpoint.
-    seen = _controller(blueprints=("conv_light", "conv_heavy"))
-    seen.decide(_signals(10), _empty())
-    seen.decide(_signals(11), _slots(_seed(SeedStage.TRAINING), budget=False, start=90.0))
-    resumed = _controller(blueprints=("conv_light", "conv_heavy"))
+    seen = _controller()
+    seen.decide(_signals(11), _slots(DORMANT, DORMANT, _seed(SeedStage.TRAINING, "conv_heavy")))
+    resumed = _controller()
     resumed.load_state_dict(seen.state_dict())
-    resumed.decide(_signals(12), _slots(_seed(SeedStage.EMBARGOED), DORMANT))
-    assert resumed.penalties == {"conv_light": pytest.approx(2.0)}
+    resumed.decide(_signals(12), _slots(DORMANT, DORMANT, _seed(SeedStage.EMBARGOED, "conv_heavy")))
+    assert resumed.penalties == {"conv_heavy": pytest.approx(2.0)}
 
 
 # ---------------------------------------------------------------- a real digits episode
@@ -363,14 +383,9 @@ FAST = LifecycleConfig(
     min_blending_epochs=1,
     max_probation_epochs=1,
     embargo_epochs=0,
+    min_gradient_ratio=0.0,
 )
-EAGER = HeuristicConfig(
-    min_epoch_to_germinate=1,
-    min_epochs_left=0,
-    plateau_epochs=0,
-    probation_patience=1,
-    require_stable_host=False,
-)
+EAGER = HeuristicConfig(start_epoch=1, min_epochs_left=0, max_growth_params=None)
 
 
 def _episode(epochs: int, **limits: object) -> EpisodeResult:
@@ -384,9 +399,7 @@ def _episode(epochs: int, **limits: object) -> EpisodeResult:
     torch.manual_seed(config.seed)
     model = DIGITS.build_model(SPLIT, lifecycle=config.lifecycle)
     runner = EpisodeRunner(model, SplitBatches(SPLIT, DIGITS.batch_size, config.seed), config)
-    controller = HeuristicController(
-        CNN, EAGER, fossilize_threshold=FAST.min_fossilize_contribution
-    )
+    controller = HeuristicController(CNN, EAGER, FAST)
     return run_episode(runner, controller)
 
 
@@ -417,5 +430,5 @@ def test_never_more_seeds_than_max_seeds() -> None:
     assert result.history[-1].action == FactoredAction.wait()
 
 
-def test_episode_config_defaults_allow_one_live_seed() -> None:
-    assert EpisodeConfig().max_live_seeds == 1 and EpisodeConfig().max_seeds is None
+def test_episode_config_defaults_allow_a_live_seed_in_every_slot() -> None:
+    assert EpisodeConfig().max_live_seeds is None and EpisodeConfig().max_seeds is None

@@ -1,23 +1,31 @@
 """HeuristicController: the rule-based baseline that decides when, where and what to grow.
 
-Rules, in order of precedence, each epoch:
+Growth pays when it happens early, while the learning rate is high and the network is
+still small, in the places where capacity is cheap, and when keeping or removing a seed
+rests on evidence rather than on a sample or two. The rules, in order, each epoch:
 
-1. **Judge a live seed** (the first in slot order that has something to decide):
-   on probation, FOSSILIZE once its measured counterfactual contribution clears the
-   fossilization threshold (gate G5), CULL if it has not after ``probation_patience``
-   epochs; in training or blending, CULL if validation accuracy has fallen by more than
-   ``cull_accuracy_drop`` since the stage began (judged after ``cull_after_epochs``).
-2. **Germinate** when some slot may take a seed (`legal_ops` says so: empty, not
-   embargoed, within the seed budgets), the run is past ``min_epoch_to_germinate`` with
-   at least ``min_epochs_left`` epochs to go,
-   accuracy has plateaued for ``plateau_epochs`` and (optionally) the host has
-   stabilised. The blueprint is the next one in the rotation whose cull penalty is
-   below the threshold (else the least penalised); the slot is the first that may
-   take it.
-3. Otherwise **WAIT**.
+1. **Judge the live seeds** (slot order). A seed on probation is FOSSILIZED as soon as
+   gate G5 passes: its paired counterfactual contribution is at least
+   ``min_fossilize_contribution`` pp and ``fossilize_z`` standard errors above 0. A
+   blending seed whose contribution is ``cull_z`` standard errors *below* 0 is CULLED
+   (a probationary one is culled by the lifecycle itself). A contribution within noise
+   is neither: the seed keeps going until the evidence is clear or probation times out.
+   A seed that G2 keeps in TRAINING for ``stalled_training_epochs`` is CULLED: its
+   gradients are too weak to blend it in, and it holds the slot.
+2. **Grow on a schedule, within a budget.** From ``start_epoch`` on, while at least
+   ``min_epochs_left`` epochs remain (time for a seed to be trained, blended and judged),
+   GERMINATE one seed per epoch into an open slot while the seeds' parameters and
+   training FLOPs stay within the budget (multiples of the host's own).
+3. **Where and what: expected gain per cost.** The gain of a seed is taken to be the
+   capacity it adds (its parameters) and its cost the training FLOPs it adds per sample.
+   Slots are ranked by the parameters per FLOP of the largest blueprint that fits the
+   budget there: in a CNN the deepest slot is the widest and has the fewest positions,
+   so capacity is cheapest there. In the chosen slot the largest fitting blueprint is
+   grown, skipping blueprints recently culled (a penalty that decays every epoch).
+4. Otherwise **WAIT**.
 
-Blueprints for the host's topology are passed in, so the rules work for CNN and
-transformer hosts alike.
+All thresholds are fields of `HeuristicConfig`; the significance thresholds are the
+lifecycle's (`LifecycleConfig`), so the heuristic and gate G5 never disagree.
 """
 
 from __future__ import annotations
@@ -26,8 +34,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from esper.config import HeuristicConfig
-from esper.contracts import SlotReport, TrainingSignals
-from esper.lifecycle import FactoredAction, LifecycleOp, SeedStage
+from esper.contracts import SeedCost, SlotReport, TrainingSignals
+from esper.lifecycle import (
+    FactoredAction,
+    LifecycleConfig,
+    LifecycleOp,
+    SeedStage,
+    gate_fossilize,
+)
 
 __all__ = ["HeuristicController"]
 
@@ -35,94 +49,127 @@ _CULLED_STAGES = (SeedStage.CULLED, SeedStage.EMBARGOED)
 
 
 class HeuristicController:
-    """Rule-based controller; ``last_reason`` says why it chose its last action."""
+    """Rule-based controller; ``last_reason`` says why it chose its last action.
+
+    ``blueprints`` are the names that fit the host's topology; ``lifecycle`` holds the
+    gates the episode uses (G5's thresholds decide fossilization here too).
+    """
 
     def __init__(
         self,
         blueprints: Sequence[str],
         config: HeuristicConfig | None = None,
-        fossilize_threshold: float = 1.0,
+        lifecycle: LifecycleConfig | None = None,
     ) -> None:
         self.config = config or HeuristicConfig()
-        rotation = list(self.config.blueprints) or list(blueprints)
-        unknown = [b for b in rotation if b not in blueprints]
-        if unknown or not rotation:
+        self.lifecycle = lifecycle or LifecycleConfig()
+        allowed = list(self.config.blueprints) or list(blueprints)
+        unknown = [b for b in allowed if b not in blueprints]
+        if unknown or not allowed:
             raise ValueError(
-                f"heuristic blueprints {unknown or rotation} do not fit this host; "
+                f"heuristic blueprints {unknown or allowed} do not fit this host; "
                 f"choose from: {', '.join(blueprints)}"
             )
-        self.rotation = rotation
-        self.fossilize_threshold = fossilize_threshold
+        self.allowed = allowed
         self.penalties: dict[str, float] = {}
-        self.next_index = 0
         self.last_reason = ""
         self._seen: dict[str, SeedStage] = {}
 
     def decide(self, signals: TrainingSignals, slots: Sequence[SlotReport]) -> FactoredAction:
         self._learn_from_culls(slots)
-        action, self.last_reason = self._judge_live(signals, slots) or self._germinate(
-            signals, slots
-        )
+        action, self.last_reason = self._judge_live(slots) or self._grow(signals, slots)
         return action
 
-    # ------------------------------------------------------------ rules
+    # ------------------------------------------------------------ rule 1: judge
 
-    def _judge_live(
-        self, signals: TrainingSignals, slots: Sequence[SlotReport]
-    ) -> tuple[FactoredAction, str] | None:
-        cfg = self.config
+    def _judge_live(self, slots: Sequence[SlotReport]) -> tuple[FactoredAction, str] | None:
         for report in slots:
             state = report.state
-            if state.stage is SeedStage.PROBATIONARY:
-                c = state.contribution
-                if c is not None and c >= self.fossilize_threshold:
-                    return self._op(LifecycleOp.FOSSILIZE, report), f"contribution {c:+.2f} pp"
-                if state.epochs_in_stage >= cfg.probation_patience:
-                    why = "unmeasured" if c is None else f"{c:+.2f} pp"
-                    return self._op(LifecycleOp.CULL, report), f"contribution {why} on probation"
-            elif state.stage in (SeedStage.TRAINING, SeedStage.BLENDING):
-                start = report.accuracy_at_stage_start
-                if start is None or state.epochs_in_stage < cfg.cull_after_epochs:
-                    continue
-                drop = start - signals.val_accuracy
-                if drop > cfg.cull_accuracy_drop:
-                    reason = f"accuracy fell {drop:.2f} pp during {state.stage.name}"
-                    return self._op(LifecycleOp.CULL, report), reason
+            c, z = state.contribution, state.contribution_z
+            stage = state.stage
+            if stage is SeedStage.PROBATIONARY and gate_fossilize(state, self.lifecycle).passed:
+                return self._op(LifecycleOp.FOSSILIZE, report), f"G5: {c:+.2f} pp, z {z:+.1f}"
+            if stage is SeedStage.BLENDING and z is not None and z <= -self.lifecycle.cull_z:
+                return self._op(LifecycleOp.CULL, report), f"harmful: {c:+.2f} pp, z {z:+.1f}"
+            if (
+                stage is SeedStage.TRAINING
+                and state.epochs_in_stage >= self.config.stalled_training_epochs
+            ):
+                why = f"stalled in TRAINING for {state.epochs_in_stage} epochs (G2)"
+                return self._op(LifecycleOp.CULL, report), why
         return None
 
-    def _germinate(
+    # ------------------------------------------------------------ rules 2-3: grow
+
+    def _grow(
         self, signals: TrainingSignals, slots: Sequence[SlotReport]
     ) -> tuple[FactoredAction, str]:
         cfg = self.config
         open_slots = [r for r in slots if LifecycleOp.GERMINATE in r.legal]
         if not open_slots:
             return FactoredAction.wait(), "no slot may take a seed"
-        if signals.epoch < cfg.min_epoch_to_germinate:
-            return FactoredAction.wait(), f"before epoch {cfg.min_epoch_to_germinate}"
+        if signals.epoch < cfg.start_epoch:
+            return FactoredAction.wait(), f"growth starts at epoch {cfg.start_epoch}"
         left = signals.max_epochs - signals.epoch
         if left < cfg.min_epochs_left:
             return FactoredAction.wait(), f"{left} epoch(s) left, fewer than {cfg.min_epochs_left}"
-        if cfg.require_stable_host and not signals.host_stabilized:
-            return FactoredAction.wait(), "host not yet stable"
-        if signals.plateau_epochs < cfg.plateau_epochs:
-            waiting = f"plateau of {signals.plateau_epochs} epoch(s), needs {cfg.plateau_epochs}"
-            return FactoredAction.wait(), waiting
-        blueprint = self._next_blueprint()
-        action = FactoredAction(LifecycleOp.GERMINATE, open_slots[0].slot_id, blueprint, cfg.blend)
-        return action, f"plateau of {signals.plateau_epochs} epochs"
+        params_left, flops_left = self._budget_left(signals, slots)
+        candidates = []
+        for report in reversed(open_slots):  # deepest first, so it wins ties
+            name = self._largest_fitting(report, params_left, flops_left)
+            if name is not None:
+                cost = report.costs[name]
+                candidates.append(
+                    (cost.params / max(cost.train_flops, 1.0), cost.params, report.slot_id, name)
+                )
+        if not candidates:
+            return FactoredAction.wait(), "growth budget spent"
+        # Gain per cost: parameters per training FLOP; within 10% of the best, the
+        # larger seed (more capacity) wins.
+        top = max(c[0] for c in candidates)
+        best = max((c for c in candidates if c[0] >= 0.9 * top), key=lambda c: c[1])
+        _, params, sid, name = best
+        action = FactoredAction(LifecycleOp.GERMINATE, sid, name, cfg.blend)
+        return action, f"most capacity per FLOP: {name} in {sid} (+{params:,} params)"
 
-    # ------------------------------------------------------------ blueprint rotation
+    def _budget_left(
+        self, signals: TrainingSignals, slots: Sequence[SlotReport]
+    ) -> tuple[float, float]:
+        """Parameters and training FLOPs per sample that seeds may still add."""
+        cfg = self.config
+        grown = [self._cost(r) for r in slots if r.state.occupied]
+        params_left = flops_left = float("inf")
+        if cfg.max_growth_params is not None:
+            params_left = cfg.max_growth_params * signals.host_params - sum(c.params for c in grown)
+        if cfg.max_growth_flops is not None:
+            flops_left = cfg.max_growth_flops * signals.host_train_flops - sum(
+                c.train_flops for c in grown
+            )
+        return params_left, flops_left
 
-    def _next_blueprint(self) -> str:
-        n = len(self.rotation)
-        for offset in range(n):
-            name = self.rotation[(self.next_index + offset) % n]
-            if self.penalties.get(name, 0.0) < self.config.penalty_threshold:
-                self.next_index = (self.next_index + offset + 1) % n
-                return name
-        name = min(self.rotation, key=lambda b: self.penalties.get(b, 0.0))
-        self.next_index = (self.rotation.index(name) + 1) % n
-        return name
+    def _largest_fitting(
+        self, report: SlotReport, params_left: float, flops_left: float
+    ) -> str | None:
+        """The allowed, unpenalised blueprint with most parameters that fits the budget."""
+        fitting = [
+            name
+            for name in self.allowed
+            if name in report.costs
+            and report.costs[name].params <= params_left
+            and report.costs[name].train_flops <= flops_left
+            and self.penalties.get(name, 0.0) < self.config.penalty_threshold
+        ]
+        return max(fitting, key=lambda name: report.costs[name].params, default=None)
+
+    @staticmethod
+    def _cost(report: SlotReport) -> SeedCost:
+        """What the seed in an occupied slot costs (its blueprint's cost there)."""
+        name = report.state.blueprint_id
+        if name is not None and name in report.costs:
+            return report.costs[name]
+        return SeedCost(report.seed_params, 0.0, 0.0)
+
+    # ------------------------------------------------------------ cull penalties
 
     def _learn_from_culls(self, slots: Sequence[SlotReport]) -> None:
         for name in list(self.penalties):
@@ -141,13 +188,11 @@ class HeuristicController:
     def state_dict(self) -> dict[str, Any]:
         return {
             "penalties": dict(self.penalties),
-            "next_index": self.next_index,
             "seen": {sid: int(stage) for sid, stage in self._seen.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.penalties = dict(state["penalties"])
-        self.next_index = int(state["next_index"])
         self._seen = {sid: SeedStage(stage) for sid, stage in state["seen"].items()}
 
     @staticmethod

@@ -58,12 +58,42 @@ class MorphogeneticModel(nn.Module):
     # ------------------------------------------------------------ forward
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._run_from(0, x)
+
+    def _run_from(self, segment: int, h: Tensor) -> Tensor:
+        """Segments ``segment`` onwards (each followed by its slot), then the head."""
+        for index in range(segment, len(self._segment_slots)):
+            h = self.host.forward_segment(index, h)
+            sid = self._segment_slots[index]
+            if sid is not None:
+                h = self.seed_slots[sid](h)
+        return self.host.forward_head(h)
+
+    def forward_counterfactual(
+        self, x: Tensor, without: Sequence[str]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The output, and for each slot in ``without`` the output with that seed removed.
+
+        Removing a seed (alpha forced to 0) changes nothing upstream of its slot, so each
+        counterfactual starts from the features the real pass computed at that slot and
+        runs only the rest of the network: removing the deepest seed costs little more
+        than the head. The results equal full forwards under `forced_alpha` ({sid: 0}).
+        """
+        wanted = set(without)
+        unknown = wanted - set(self.seed_slots)
+        if unknown:
+            raise UnknownNameError("slot", sorted(unknown)[0], list(self.seed_slots))
+        branch_at: dict[str, tuple[int, Tensor]] = {}
         h = x
         for index, sid in enumerate(self._segment_slots):
             h = self.host.forward_segment(index, h)
             if sid is not None:
+                if sid in wanted:
+                    branch_at[sid] = (index, h)  # a slot at alpha 0 passes h through
                 h = self.seed_slots[sid](h)
-        return self.host.forward_head(h)
+        output = self.host.forward_head(h)
+        branches = {sid: self._run_from(index + 1, at) for sid, (index, at) in branch_at.items()}
+        return output, branches
 
     @contextmanager
     def forced_alpha(self, overrides: Mapping[str, float]) -> Iterator[None]:

@@ -3,11 +3,11 @@
 Forward, per stage, with ``h`` the host's features at the slot and ``s = seed(.)``:
 
 * no seed / GERMINATED / CULLED / EMBARGOED / RESETTING: ``h``.
-* TRAINING (incubator): ``straight_through(h, s)`` with ``s = seed(h.detach())``. The
-  value is ``h`` bit for bit whatever ``s`` holds (NaN and inf included), the seed
-  receives the task-loss gradient as if fully blended (straight-through), and nothing
-  flows back into the host through the seed, so the host's gradients are exactly those
-  of a model without the seed.
+* TRAINING (incubator): `incubate` with ``s = seed(h.detach())``. The value is exactly
+  ``h``; the seed receives the task-loss gradient as if fully blended (straight-through)
+  through a change capped at ``incubation_radius`` times the features' norm; and
+  nothing flows back into the host through the seed, so the host's gradients are
+  exactly those of a model without the seed.
 * BLENDING: ``h + alpha * (s - h)`` with ``s = seed(h)``: the host's identity path
   always carries gradient, and since every blueprint is residual this is
   ``h + alpha * gamma * f(h)``.
@@ -45,31 +45,37 @@ from esper.lifecycle import (
 from esper.model.blending import GatedBlend
 from esper.model.blueprints import get_blueprint
 
-__all__ = ["SeedSlot", "straight_through"]
+__all__ = ["SeedSlot", "incubate"]
 
 _ACTIVE = frozenset(int(s) for s in ACTIVE_STAGES)
 _TRAINING, _BLENDING = int(SeedStage.TRAINING), int(SeedStage.BLENDING)
 
 
 class _StraightThrough(torch.autograd.Function):
-    """Forward: ``h`` itself. Backward: the incoming gradient, unchanged, to both inputs.
-
-    The arithmetic form ``h + (s - s.detach())`` has the same gradients, but its value
-    is NaN wherever ``s`` is not finite (``inf - inf``, ``nan - nan``), and it turns a
-    ``-0.0`` of ``h`` into ``+0.0``.
-    """
+    """Forward: ``h`` bit for bit. Backward: the incoming gradient to both inputs."""
 
     @staticmethod
     def forward(ctx: Any, h: Tensor, s: Tensor) -> Tensor:
-        return h
+        return h.clone()  # exactly h, whatever s holds (even NaN or inf)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
         return grad, grad
 
 
-def straight_through(h: Tensor, s: Tensor) -> Tensor:
-    """``h`` in value; in gradient, as if the output were ``s`` (and also ``h``)."""
+def incubate(h: Tensor, s: Tensor, radius: float) -> Tensor:
+    """The TRAINING forward: value ``h`` bit for bit, host gradients as without the seed.
+
+    The seed output ``s`` (computed from ``h.detach()``) receives the incoming gradient
+    as if fully blended, but through its change ``s - h`` capped at ``radius`` times the
+    features' norm (per batch): past the cap the gradient only turns the change, it
+    cannot grow it. ``radius`` 0 is the plain straight-through estimator.
+    """
+    if radius > 0.0:
+        base = h.detach()
+        change = s - base
+        cap = (radius * base.norm() / change.norm().clamp_min(1e-12)).clamp(max=1.0)
+        s = base + change * cap
     out: Tensor = _StraightThrough.apply(h, s)  # type: ignore[no-untyped-call]
     return out
 
@@ -125,6 +131,17 @@ class SeedSlot(nn.Module):
             )
         return 1.0 if stage in (SeedStage.PROBATIONARY, SeedStage.FOSSILIZED) else 0.0
 
+    @property
+    def forward_mode(self) -> str:
+        """How the seed takes part in the forward pass: "none" (no seed runs),
+        "incubating" (TRAINING: computed, value discarded), "blending" or "full"."""
+        stage = self._forward_stage
+        if self.seed is None or stage not in _ACTIVE:
+            return "none"
+        if stage == _TRAINING:
+            return "incubating"
+        return "blending" if stage == _BLENDING else "full"
+
     def seed_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters of the seed and its gate (empty when no seed)."""
         modules = [m for m in (self.seed, self.gate) if m is not None]
@@ -167,11 +184,17 @@ class SeedSlot(nn.Module):
         self._drop_modules()
 
     def record(
-        self, *, gradient_ratio: float | None = None, contribution: float | None = None
+        self,
+        *,
+        gradient_ratio: float | None = None,
+        contribution: float | None = None,
+        contribution_se: float | None = None,
     ) -> None:
         """Store this epoch's measurements for the gates."""
         self.state = self.state.with_measurements(
-            gradient_ratio=gradient_ratio, contribution=contribution
+            gradient_ratio=gradient_ratio,
+            contribution=contribution,
+            contribution_se=contribution_se,
         )
 
     def step_epoch(self) -> StepOutcome:
@@ -195,7 +218,7 @@ class SeedSlot(nn.Module):
             # input that does not require grad (seen with torch 2.13); conv outputs are
             # channels_last whenever their input's strides are ambiguous (1 channel).
             s: Tensor = self.seed(h.detach().contiguous())
-            return straight_through(h, s)
+            return incubate(h, s, self.lifecycle.incubation_radius)
         if stage == _BLENDING:
             return self._mix(h, self._tensor("_ramp"))
         seeded: Tensor = self.seed(h)  # PROBATIONARY, FOSSILIZED: alpha = 1

@@ -24,6 +24,7 @@ __all__ = [
     "EpochRow",
     "SlotRow",
     "append_row",
+    "format_flops",
     "plot_timeline",
     "read_history",
     "summarize",
@@ -38,7 +39,10 @@ class SlotRow:
     blueprint: str | None
     alpha: float
     contribution: float | None
+    """Counterfactual contribution measured this epoch (pp), if it was measured."""
     params: int
+    contribution_se: float | None = None
+    """Its paired standard error (pp)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,17 @@ class EpochRow:
     culled: int
     """Seeds germinated, fossilized and culled so far (cumulative)."""
     slots: Mapping[str, SlotRow]
+    train_flops: float = 0.0
+    """FLOPs of this epoch's training steps (forward and backward)."""
+    eval_flops: float = 0.0
+    """FLOPs of this epoch's evaluation, counterfactual passes included."""
+    epoch_seconds: float = 0.0
+    """Wall time of this epoch."""
+
+    @property
+    def params(self) -> int:
+        """Trainable parameters at the end of the epoch, host and seeds."""
+        return self.host_params + self.seed_params
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -75,6 +90,14 @@ class EpochRow:
     def from_dict(cls, data: Mapping[str, Any]) -> EpochRow:
         slots = {sid: SlotRow(**row) for sid, row in data["slots"].items()}
         return cls(**{**data, "slots": slots})
+
+
+def format_flops(flops: float) -> str:
+    """FLOPs with an SI prefix, e.g. ``5.53 TFLOPs``."""
+    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(flops) >= scale:
+            return f"{flops / scale:.3g} {prefix}FLOPs"
+    return f"{flops:.3g} FLOPs"
 
 
 def _finite(value: Any) -> Any:
@@ -121,6 +144,9 @@ def summarize(rows: Sequence[EpochRow]) -> dict[str, Any]:
         "final_val_loss": last.val_loss,
         "host_params": last.host_params,
         "added_params": last.seed_params,
+        "params": last.params,
+        "train_flops": sum(r.train_flops for r in rows),
+        "eval_flops": sum(r.eval_flops for r in rows),
         "seeds_germinated": last.germinated,
         "seeds_fossilized": last.fossilized,
         "seeds_culled": last.culled,

@@ -2,14 +2,18 @@
 
 Every epoch is one transaction in one fixed order, whatever the controller::
 
-    observe():  train one epoch -> evaluate -> governor check (rollback if needed)
-                -> counterfactual for every seed with alpha > 0 -> signals
+    observe():  train one epoch -> evaluate, with a paired counterfactual for every live
+                seed with alpha > 0 -> governor check (rollback and re-evaluate if
+                needed) -> signals
     controller.decide(signals, slots)
     apply(action): apply the action -> lifecycle tick (gates) -> reward -> telemetry
 
 `run_episode` is that loop (`esper.training.heuristic` builds on it). The RL
 environment steps the same `EpisodeRunner`.
 Epochs are 1-based everywhere; the terminal reward falls on epoch ``epochs``.
+
+Every epoch also records what it cost: training and evaluation FLOPs (`ComputeMeter`,
+counted once per architecture) and wall time.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from torch import nn
 
 from esper import telemetry as ev
 from esper.config import EpisodeConfig, from_dict, to_dict
-from esper.contracts import Controller, SlotReport, TaskType, TrainingSignals
+from esper.contracts import Contribution, Controller, SlotReport, TaskType, TrainingSignals
 from esper.lifecycle import (
     FactoredAction,
     LifecycleError,
@@ -36,6 +40,7 @@ from esper.lifecycle import (
     legal_ops,
 )
 from esper.model.morphogenetic import MorphogeneticModel
+from esper.training.compute import ComputeMeter
 from esper.training.governor import Governor
 from esper.training.loop import (
     Batch,
@@ -94,13 +99,22 @@ class EpochRecord:
     train: EpochMetrics
     val: EvalMetrics
     rollback: str | None
-    contributions: Mapping[str, float]
+    contributions: Mapping[str, Contribution]
+    """Per slot whose seed was measured this epoch: its paired counterfactual."""
     action: FactoredAction
     outcome: str
     """"applied", or why the action was refused."""
     reward: RewardTerms
     stages: Mapping[str, SeedStage]
     alphas: Mapping[str, float]
+    train_flops: float
+    """FLOPs of this epoch's training steps (forward and backward)."""
+    eval_flops: float
+    """FLOPs of this epoch's evaluation passes, counterfactual branches included."""
+    params: int
+    """Trainable parameters at the end of the epoch (host and every seed)."""
+    seconds: float
+    """Wall time of the epoch, from the start of training to the end of `apply`."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +134,10 @@ class EpisodeResult:
     host_params: int
     seed_params: int
     wall_seconds: float
+    train_flops: float
+    """Training FLOPs of the whole episode."""
+    eval_flops: float
+    """Evaluation FLOPs of the whole episode, counterfactuals included."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -134,6 +152,8 @@ class EpisodeResult:
             "host_params": self.host_params,
             "seed_params": self.seed_params,
             "wall_seconds": self.wall_seconds,
+            "train_flops": self.train_flops,
+            "eval_flops": self.eval_flops,
         }
 
 
@@ -143,6 +163,18 @@ class _SeedBook:
 
     at_germination: dict[str, float] = field(default_factory=dict)
     at_stage_start: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """What `observe` measured, waiting for the controller's action."""
+
+    train: EpochMetrics
+    val: EvalMetrics
+    rollback: str | None
+    train_flops: float
+    eval_flops: float
+    started: float
 
 
 class EpisodeRunner:
@@ -176,7 +208,14 @@ class EpisodeRunner:
         self.counts: Counter[LifecycleOp] = Counter()
         self.germinated = self.fossilized = self.culled = 0
         self.book = _SeedBook()
-        self._pending: tuple[EpochMetrics, EvalMetrics, str | None, dict[str, float]] | None = None
+        probe = next(iter(data.val_batches()))
+        self.compute = ComputeMeter(
+            model,
+            (probe[0].to(self.device), probe[1].to(self.device)),
+            self.criterion,
+            data.task_type,
+        )
+        self._pending: _Measured | None = None
         self._started = time.perf_counter()
         self._elapsed_before = 0.0  # wall time of earlier processes, for resumed runs
         self.governor.passed(0, 0.0, model.state_dict(), self.optimizers.state_dict())
@@ -197,10 +236,12 @@ class EpisodeRunner:
             raise RuntimeError("observe() called twice without apply()")
         if self.epoch >= self.config.epochs:
             raise RuntimeError("the episode is over")
+        started = time.perf_counter()
         self.epoch += 1
         optim = self.config.optim
         self.optimizers.set_lr_scale(lr_factor(optim.lr_schedule, self.epoch, self.config.epochs))
         cfg = self.config.training
+        train_per_item = self.compute.train_per_item(self.model)
         train = train_one_epoch(
             self.model,
             self.data.train_batches(self.epoch),
@@ -227,18 +268,22 @@ class EpisodeRunner:
                 )
             )
         self._cull_non_finite_seeds(train)
-        val = self._evaluate()
+        val, eval_flops = self._evaluate()
         rollback = self.governor.check(val.loss, val.accuracy)
         if rollback is not None:
             self._roll_back(rollback, val.loss)
             self.governor.failed(self.epoch, rollback)  # raises GovernorStopError when persistent
-            val = self._evaluate()
+            val, again = self._evaluate()
+            eval_flops += again
         else:
             self.governor.passed(
                 self.epoch, val.accuracy, self.model.state_dict(), self.optimizers.state_dict()
             )
-        contributions = self._counterfactuals(val)
-        self._pending = (train, val, rollback, contributions)
+        for sid, measured in val.contributions.items():
+            self.model.slot(sid).record(contribution=measured.pp, contribution_se=measured.se)
+        self._pending = _Measured(
+            train, val, rollback, train_per_item * train.samples, eval_flops, started
+        )
         signals = self.tracker.update(
             self.epoch,
             train.loss,
@@ -247,28 +292,36 @@ class EpisodeRunner:
             val.accuracy,
             self.model.host_params,
             self.model.active_seed_params,
+            host_train_flops=self.compute.host_train,
         )
         return Observation(signals, self.reports())
 
-    def _evaluate(self, alpha_override: Mapping[str, float] | None = None) -> EvalMetrics:
-        return evaluate(
+    def _measured_slots(self) -> list[str]:
+        """Slots whose seed's counterfactual is measured this epoch: every live seed with
+        alpha > 0 (the gates and controllers judge them), and on the last epoch the
+        fossils too (what each kept seed is worth at the end)."""
+        last = self.epoch == self.config.epochs
+        return [
+            s.slot_id
+            for s in self.model.slots()
+            if s.seed is not None
+            and s.alpha > 0.0
+            and (s.state.live or (last and s.stage is SeedStage.FOSSILIZED))
+        ]
+
+    def _evaluate(self) -> tuple[EvalMetrics, float]:
+        """Validation with the counterfactuals of `_measured_slots`, and its FLOPs."""
+        measured = self._measured_slots()
+        val = evaluate(
             self.model,
             self.data.val_batches(),
             self.criterion,
             self.data.task_type,
             self.device,
             max_batches=self.config.training.max_val_batches,
-            alpha_override=alpha_override,
+            counterfactual=measured,
         )
-
-    def _counterfactuals(self, val: EvalMetrics) -> dict[str, float]:
-        contributions = {}
-        for slot in self.model.slots():
-            if slot.alpha > 0.0 and slot.seed is not None:
-                without = self._evaluate({slot.slot_id: 0.0})
-                contributions[slot.slot_id] = val.accuracy - without.accuracy
-                slot.record(contribution=contributions[slot.slot_id])
-        return contributions
+        return val, self.compute.eval_per_item(self.model, measured) * val.samples
 
     def _cull_non_finite_seeds(self, train: EpochMetrics) -> None:
         """Cull, on its own, every live seed whose weights or gradients are not finite.
@@ -332,7 +385,8 @@ class EpisodeRunner:
     def reports(self) -> tuple[SlotReport, ...]:
         live = sum(1 for s in self.model.slots() if s.state.live)
         budget = self.config.max_seeds is None or self.germinated < self.config.max_seeds
-        budget = budget and live < self.config.max_live_seeds
+        most_live = self.config.max_live_seeds
+        budget = budget and (most_live is None or live < most_live)
         return tuple(
             SlotReport(
                 slot_id=s.slot_id,
@@ -342,6 +396,7 @@ class EpisodeRunner:
                 legal=legal_ops(s.state, seed_budget_left=budget),
                 accuracy_at_germination=self.book.at_germination.get(s.slot_id),
                 accuracy_at_stage_start=self.book.at_stage_start.get(s.slot_id),
+                costs=self.compute.seed_costs[s.slot_id],
             )
             for s in self.model.slots()
         )
@@ -352,17 +407,17 @@ class EpisodeRunner:
         """Apply the controller's action, tick the lifecycle, pay the reward."""
         if self._pending is None:
             raise RuntimeError("apply() called before observe()")
-        train, val, rollback, contributions = self._pending
-        self._pending = None
+        measured, self._pending = self._pending, None
+        val = measured.val
         self.counts[action.op] += 1
-        acted_on = contributions.get(action.slot) if action.slot is not None else None
+        acted_on = val.contributions.get(action.slot) if action.slot is not None else None
         outcome = self._execute(action, val.accuracy)
         self._tick(val.accuracy)
         self.optimizers.sync(self.model)
         self.optimizers.check_ownership(self.model)
         reward = epoch_reward(
             action.op if outcome == "applied" else LifecycleOp.WAIT,
-            acted_on,
+            None if acted_on is None else acted_on.pp,
             self.model.active_seed_params,
             self.model.host_params,
             val.accuracy,
@@ -371,15 +426,19 @@ class EpisodeRunner:
         )
         record = EpochRecord(
             epoch=self.epoch,
-            train=train,
+            train=measured.train,
             val=val,
-            rollback=rollback,
-            contributions=contributions,
+            rollback=measured.rollback,
+            contributions=val.contributions,
             action=action,
             outcome=outcome,
             reward=reward,
             stages=self.model.stages(),
             alphas={s.slot_id: s.alpha for s in self.model.slots()},
+            train_flops=measured.train_flops,
+            eval_flops=measured.eval_flops,
+            params=self.model.total_params,
+            seconds=time.perf_counter() - measured.started,
         )
         self.records.append(record)
         self._emit_epoch(record)
@@ -588,6 +647,8 @@ class EpisodeRunner:
             host_params=self.model.host_params,
             seed_params=self.model.active_seed_params,
             wall_seconds=self.wall_seconds,
+            train_flops=sum(r.train_flops for r in self.records),
+            eval_flops=sum(r.eval_flops for r in self.records),
         )
 
 

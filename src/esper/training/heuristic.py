@@ -83,7 +83,7 @@ def train_heuristic(
         controller = HeuristicController(
             blueprint_names(spec.topology),
             heuristic,
-            fossilize_threshold=config.lifecycle.min_fossilize_contribution,
+            config.lifecycle,
         )
         results.append(run_heuristic_episode(controller, model, data, config, telemetry, device))
     return results

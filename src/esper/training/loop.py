@@ -10,17 +10,19 @@ per batch would force a host-device sync on every step.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch._dynamo  # recompile limit; Dynamo's config lives in a private module
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from esper.contracts import TaskType
+from esper.contracts import Contribution, TaskType
 from esper.lifecycle import SeedStage
 from esper.model.morphogenetic import MorphogeneticModel
 from esper.training.optim import OptimizerSet
@@ -36,7 +38,10 @@ __all__ = [
     "TrainStep",
     "compiled_train_step",
     "compute_task_loss_with_metrics",
+    "eval_flops",
     "evaluate",
+    "module_flops",
+    "train_flops",
     "train_one_epoch",
 ]
 
@@ -161,6 +166,9 @@ class EvalMetrics:
     loss: float
     accuracy: float
     samples: int
+    """Scored items: samples, or tokens for language models."""
+    contributions: Mapping[str, Contribution] = field(default_factory=dict)
+    """Per slot asked for: the paired counterfactual of removing its seed."""
 
 
 class _SeedAccumulator:
@@ -285,6 +293,29 @@ def train_one_epoch(
     )
 
 
+class _Flips:
+    """Device-side counts of the items a counterfactual flips, one pair per slot."""
+
+    def __init__(self, slots: Sequence[str], device: torch.device) -> None:
+        self.gained = {sid: torch.zeros((), device=device, dtype=torch.long) for sid in slots}
+        self.lost = {sid: torch.zeros((), device=device, dtype=torch.long) for sid in slots}
+
+    def add(self, sid: str, right: Tensor, right_without: Tensor) -> None:
+        self.gained[sid] += (right & ~right_without).sum()
+        self.lost[sid] += (~right & right_without).sum()
+
+    def read(self, items: int) -> dict[str, Contribution]:
+        return {
+            sid: Contribution(int(self.gained[sid].item()), int(self.lost[sid].item()), items)
+            for sid in self.gained
+        }
+
+
+def _right(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Per scored item (sample or token): is the prediction right? Flat bool [N]."""
+    return (outputs.argmax(dim=-1) == targets).reshape(-1)
+
+
 @torch.no_grad()
 def evaluate(
     model: MorphogeneticModel,
@@ -295,16 +326,85 @@ def evaluate(
     *,
     max_batches: int | None = None,
     alpha_override: Mapping[str, float] | None = None,
+    counterfactual: Sequence[str] = (),
 ) -> EvalMetrics:
     """Loss and accuracy (0-100) over the whole ``loader`` unless ``max_batches`` is set.
 
+    ``counterfactual`` names slots whose seed is also removed, one at a time, on the same
+    batches (branching at the slot: `MorphogeneticModel.forward_counterfactual`); the
+    result's ``contributions`` pair each item's outcome with and without the seed.
     ``alpha_override`` forces the named slots' alpha (e.g. ``{"r0c1": 0.0}``) for the
-    pass: the counterfactual model without that seed, on the same batches.
+    whole pass.
     """
     model.eval()
     totals = _Totals(device)
+    flips = _Flips(counterfactual, device)
     with model.forced_alpha(alpha_override or {}):
         for inputs, targets in _batches(loader, max_batches, device):
-            totals.add(*_forward_loss(model, inputs, targets, criterion, task_type))
-    loss_mean, accuracy = totals.read("validation")
-    return EvalMetrics(loss=loss_mean, accuracy=accuracy, samples=totals.samples)
+            outputs, branches = model.forward_counterfactual(inputs, counterfactual)
+            totals.add(*compute_task_loss_with_metrics(outputs, targets, criterion, task_type))
+            if branches:
+                right = _right(outputs, targets)
+                for sid, without in branches.items():
+                    flips.add(sid, right, _right(without, targets))
+    loss_mean, accuracy = totals.read("validation")  # the one host sync of the pass
+    return EvalMetrics(
+        loss=loss_mean,
+        accuracy=accuracy,
+        samples=totals.samples,
+        contributions=flips.read(totals.samples),
+    )
+
+
+# ---------------------------------------------------------------- FLOPs of the loop's steps
+#
+# Counted by torch's FlopCounterMode on a probe batch: matrix multiplications,
+# convolutions and attention, forward and backward, 2 FLOPs per multiply-add. Results
+# are per scored item (sample, or token for language models), so callers multiply by the
+# items a pass scored.
+
+
+def train_flops(model: nn.Module, batch: Batch, criterion: nn.Module, task_type: TaskType) -> float:
+    """FLOPs per scored item of one training step's forward and backward on ``model``.
+
+    Runs on a copy: a training-mode forward would move BatchNorm statistics, and the
+    backward would leave gradients, in the model being measured.
+    """
+    inputs, targets = batch
+    probe = copy.deepcopy(model).train()
+    with FlopCounterMode(display=False) as counter:
+        loss, _, count = _forward_loss(probe, inputs, targets, criterion, task_type)
+        loss.backward()  # type: ignore[no-untyped-call]
+    return float(counter.get_total_flops()) / count
+
+
+@torch.no_grad()
+def eval_flops(
+    model: MorphogeneticModel,
+    batch: Batch,
+    criterion: nn.Module,
+    task_type: TaskType,
+    counterfactual: Sequence[str] = (),
+) -> float:
+    """FLOPs per scored item of one `evaluate` step, counterfactual branches included."""
+    inputs, targets = batch
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model.forward_counterfactual(inputs, counterfactual)
+    finally:
+        model.train(was_training)
+    return float(counter.get_total_flops()) / targets.numel()
+
+
+def module_flops(module: nn.Module, features: Tensor) -> tuple[float, float]:
+    """(training, evaluation) FLOPs of ``module`` on ``features`` ``[1, ...]``: forward and
+    backward (gradients for its parameters and its input), and forward alone."""
+    x = features.detach().clone().requires_grad_(True)
+    with FlopCounterMode(display=False) as counter:
+        out = module(x)
+    forward = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        out.sum().backward()
+    return float(forward + counter.get_total_flops()), float(forward)

@@ -43,6 +43,8 @@ class SignalTracker:
         val_accuracy: float,
         host_params: int,
         seed_params: int,
+        *,
+        host_train_flops: float = 0.0,
     ) -> TrainingSignals:
         cfg = self.config
         prev_loss, prev_acc = self._prev_loss, self._prev_acc
@@ -79,6 +81,7 @@ class SignalTracker:
             accuracy_history=tuple(self._accs),
             host_params=host_params,
             seed_params=seed_params,
+            host_train_flops=host_train_flops,
         )
 
     def state_dict(self) -> dict[str, object]:

@@ -1,0 +1,110 @@
+"""PPO on Gymnasium's CartPole-v1 with CleanRL's settings: is Esper's PPO correct?
+
+Run by hand: ``.venv/bin/python -m benchmarks.ppo_cartpole [--seeds 1 2 3] [--steps 500000]``.
+
+The same `esper.rl.ppo` code that trains Esper's recurrent controller, here with
+`MLPPolicy` and no masks: 4 environments x 128 steps per rollout, CleanRL's `PPOConfig`
+defaults, 500k environment steps. The score per seed is the mean return of the last 100
+training episodes (CleanRL's ``ppo.py`` reports 490 +- 6 on CartPole-v1 after 500k
+steps; the target is >= 475). Seeds run one after the other on one torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import gymnasium as gym
+import torch
+
+from benchmarks.common import mean_ci, write_result
+from esper.config import to_dict
+from esper.rl.policy import MLPPolicy
+from esper.rl.ppo import PPOConfig, UpdateRecord, train_ppo
+
+TARGET = 475.0
+ENVS = 4
+
+
+def run_seed(seed: int, steps: int, config: PPOConfig) -> dict[str, Any]:
+    """Train one seed; its last-100-episode return, wall time and throughput."""
+    torch.manual_seed(seed)
+    envs = gym.vector.SyncVectorEnv(
+        [lambda: gym.make("CartPole-v1") for _ in range(ENVS)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    policy = MLPPolicy(4, 2)
+
+    def progress(record: UpdateRecord) -> None:
+        if record.update % 100 == 0:
+            returns = [e.episode_return for e in record.episodes] or [float("nan")]
+            mean_return = statistics.fmean(returns)
+            print(
+                f"seed {seed}  step {record.global_step:>7}  return {mean_return:6.1f}"
+                f"  approx_kl {record.stats.approx_kl:.4f}  clip {record.stats.clip_fraction:.3f}",
+                flush=True,
+            )
+
+    start = time.perf_counter()
+    result = train_ppo(envs, policy, config, steps, seed=seed, on_update=progress)
+    wall = time.perf_counter() - start
+    envs.close()
+    last = [e.episode_return for e in result.episodes[-100:]]
+    env_steps = result.updates[-1].global_step
+    rollout_time = sum(r.rollout_seconds for r in result.updates)
+    return {
+        "seed": seed,
+        "last100_mean_return": statistics.fmean(last),
+        "episodes": len(result.episodes),
+        "env_steps": env_steps,
+        "wall_seconds": wall,
+        "steps_per_second": env_steps / wall,
+        "rollout_seconds": rollout_time,
+        "update_seconds": sum(r.update_seconds for r in result.updates),
+        "final_approx_kl": result.updates[-1].stats.approx_kl,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--steps", type=int, default=500_000, help="environment steps per seed")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = PPOConfig()
+    runs = [run_seed(seed, args.steps, config) for seed in args.seeds]
+
+    scores = [r["last100_mean_return"] for r in runs]
+    mean, half = mean_ci(scores)
+    lines = [
+        "| seed | mean return, last 100 episodes | episodes | env steps | wall (s) | steps/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r['seed']} | {r['last100_mean_return']:.1f} | {r['episodes']} | {r['env_steps']:,}"
+            f" | {r['wall_seconds']:.0f} | {r['steps_per_second']:,.0f} |"
+        )
+    verdict = "met" if min(scores) >= TARGET else "missed"
+    lines += [
+        "",
+        f"Mean over {len(runs)} seed(s): {mean:.1f} +- {half:.1f} (95% t-interval); "
+        f"target >= {TARGET:.0f} for every seed: {verdict}. CleanRL's ppo.py: 490 +- 6.",
+        "",
+        f"{ENVS} x CartPole-v1 (SyncVectorEnv, same-step autoreset), {config.num_steps} steps "
+        f"per rollout, MLPPolicy (2 x 64 tanh), PPOConfig defaults: lr {config.learning_rate} "
+        f"annealed to 0, {config.update_epochs} epochs x {config.num_minibatches} minibatches, "
+        f"clip {config.clip_coef}, entropy {config.ent_coef}, gamma {config.gamma}, "
+        f"lambda {config.gae_lambda}. Returns are of the training (sampled) policy.",
+    ]
+    payload = {"config": to_dict(config), "steps": args.steps, "envs": ENVS, "runs": runs}
+    payload["mean_return"], payload["ci95"] = mean, half
+    path = write_result("ppo-cartpole", payload, "\n".join(lines))
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()

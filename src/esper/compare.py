@@ -1,0 +1,613 @@
+"""``esper compare``: does growing beat a fixed network? Every arm on every seed.
+
+An *arm* is a way to train the task: ``heuristic`` (grow with the rule-based controller),
+``static`` (the host, never grown), ``static@X`` (a static host with every width scaled
+by X) and ``static-matched`` (a static host widened to the grown runs' mean final
+parameter count, resolved once the grown runs are done). Each arm x seed is an ordinary
+run directory under ``OUT/runs/<arm>/seed-<n>/``, trained by one worker process with one
+torch thread. A finished run is never trained again, and an interrupted one resumes from
+its last checkpoint, so rerunning the same command continues an interrupted compare.
+
+The result: a table (mean and 95% t-interval over seeds of final and best accuracy,
+parameters, training and evaluation FLOPs, wall time and seeds kept, plus each arm's
+paired difference in final accuracy against the first arm), ``compare.json``,
+``compare.md`` and ``accuracy_vs_flops.png`` (one point per run) in ``OUT``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import platform
+import queue
+import shutil
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+from scipy import stats
+
+from esper.config import RunConfig, from_dict, to_dict
+from esper.run import CHECKPOINT, RunError, prepare_run_dir, read_config, run
+from esper.telemetry.report import format_flops
+from esper.training.tasks import TaskOptions, get_task
+
+__all__ = [
+    "ARM_HELP",
+    "METRICS",
+    "Arm",
+    "ArmSummary",
+    "CompareResult",
+    "LocalPool",
+    "RunOutcome",
+    "RunTask",
+    "compare",
+    "matched_width",
+    "mean_interval",
+    "paired_difference",
+    "parse_arms",
+    "parse_seeds",
+    "plot_accuracy_vs_flops",
+    "provenance",
+    "run_task",
+    "table",
+    "write_outputs",
+]
+
+ARM_HELP = (
+    "static, heuristic, static-matched (a static host widened to the grown runs' mean "
+    "final parameter count) or static@X (every host width scaled by X, e.g. static@1.5)"
+)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way to train the task. ``width`` None means "matched": resolved from the
+    grown runs' parameter counts once they are done."""
+
+    label: str
+    controller: str
+    width: float | None = 1.0
+
+    @property
+    def grows(self) -> bool:
+        return self.controller != "baseline"
+
+
+def parse_arms(text: str) -> list[Arm]:
+    """Arms from ``static,heuristic,static-matched,static@2``; ValueError names the fix."""
+    arms: list[Arm] = []
+    for raw in text.split(","):
+        name = raw.strip()
+        if name == "static":
+            arm = Arm("static", "baseline", 1.0)
+        elif name == "heuristic":
+            arm = Arm("heuristic", "heuristic", 1.0)
+        elif name == "static-matched":
+            arm = Arm("static-matched", "baseline", None)
+        elif name.startswith("static@"):
+            try:
+                width = float(name.removeprefix("static@"))
+            except ValueError:
+                width = math.nan
+            if not (math.isfinite(width) and width > 0):
+                raise ValueError(f"arm {name!r}: the width after @ must be a positive number")
+            arm = Arm(f"static@{width:g}", "baseline", width)
+        else:
+            raise ValueError(f"unknown arm {name!r}; arms are {ARM_HELP}")
+        if any(a.label == arm.label for a in arms):
+            raise ValueError(f"arm {arm.label!r} is listed twice")
+        arms.append(arm)
+    if any(a.width is None for a in arms) and not any(a.grows for a in arms):
+        raise ValueError("static-matched needs an arm that grows (e.g. heuristic) to match")
+    return arms
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``5`` (seeds 0-4), ``100-109`` (inclusive) or ``1,3,7``; ValueError names the fix."""
+    form = "use a count (5), an inclusive range (100-109) or a list (1,3,7)"
+    try:
+        if "," in text:
+            seeds = [int(part) for part in text.split(",")]
+        elif "-" in text.strip("-"):
+            low, high = (int(part) for part in text.split("-", 1))
+            if high < low:
+                raise ValueError
+            seeds = list(range(low, high + 1))
+        else:
+            count = int(text)
+            if count < 1:
+                raise ValueError
+            seeds = list(range(count))
+    except ValueError:
+        raise ValueError(f"bad --seeds {text!r}: {form}") from None
+    if any(s < 0 or s >= 2**63 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"bad --seeds {text!r}: seeds must be distinct and >= 0; {form}")
+    return seeds
+
+
+# ---------------------------------------------------------------- one run
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """One arm on one seed: where it runs and its full configuration (plain data)."""
+
+    arm: str
+    seed: int
+    run_dir: str
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """A finished run's summary (``summary.json``), or why it failed."""
+
+    arm: str
+    seed: int
+    run_dir: str
+    summary: dict[str, Any] | None
+    error: str | None = None
+    cached: bool = False
+
+
+def run_task(task: RunTask) -> RunOutcome:
+    """Train one arm on one seed, or reuse its finished run, or resume its interrupted one.
+
+    Runs in a worker process; failures come back as an outcome, not an exception, so one
+    bad run never stops the others.
+    """
+    run_dir = Path(task.run_dir)
+    summary_path = run_dir / "summary.json"
+    try:
+        config = from_dict(RunConfig, task.config)
+        if (run_dir / "config.json").is_file():
+            if read_config(run_dir) != config:
+                raise RunError(
+                    f"{run_dir} was trained with other settings; delete it or use another --out"
+                )
+            if summary_path.is_file():
+                summary = json.loads(summary_path.read_text())
+                if summary.get("epochs") == config.episode.epochs:
+                    return RunOutcome(task.arm, task.seed, task.run_dir, summary, cached=True)
+            if (run_dir / CHECKPOINT).is_file():
+                summary = run(run_dir, None, [], lambda row: None)
+                return RunOutcome(task.arm, task.seed, task.run_dir, summary)
+            shutil.rmtree(run_dir)  # died before its first checkpoint: start it again
+        summary = run(prepare_run_dir(run_dir), config, [], lambda row: None)
+        return RunOutcome(task.arm, task.seed, task.run_dir, summary)
+    except Exception as error:  # reported per run; the compare goes on
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return RunOutcome(task.arm, task.seed, task.run_dir, None, error=message)
+
+
+# ---------------------------------------------------------------- where runs execute
+
+
+class LocalPool:
+    """Runs `RunTask`s in ``workers`` spawned processes, one torch thread each.
+
+    ``workers=1`` runs every task in this process, one after another. Tasks can be
+    submitted while others run; `next_done` blocks until one finishes.
+    """
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {workers}")
+        self.workers = workers
+        self._waiting: list[RunTask] = []
+        self._done: queue.Queue[RunOutcome] = queue.Queue()
+        self._running = 0
+        self._pool: Any = None
+        if workers > 1:
+            # spawn, not fork: a forked child inherits torch's thread pools mid-state.
+            context = multiprocessing.get_context("spawn")
+            self._pool = context.Pool(workers, initializer=_worker_init)
+
+    def submit(self, task: RunTask) -> None:
+        self._running += 1
+        if self._pool is None:
+            self._waiting.append(task)
+        else:
+            self._pool.apply_async(run_task, (task,), callback=self._done.put)
+
+    def next_done(self) -> RunOutcome:
+        if self._running == 0:
+            raise RuntimeError("no task is running")
+        self._running -= 1
+        if self._pool is None:
+            return run_task(self._waiting.pop(0))
+        return self._done.get()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+
+    def terminate(self) -> None:
+        """Stop at once (Ctrl-C): every run keeps its last checkpoint and resumes later."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+
+
+def _worker_init() -> None:
+    # Ctrl-C is the parent's to handle: it terminates the workers, whose runs then
+    # resume from their last checkpoint on the next compare.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------- the comparison
+
+
+@dataclass(frozen=True)
+class ArmSummary:
+    """One arm's runs and their statistics over seeds."""
+
+    arm: Arm
+    label: str
+    """The arm as shown, e.g. ``static-matched (x1.83)``."""
+    runs: tuple[RunOutcome, ...]
+    width: float
+
+    @property
+    def finished(self) -> list[dict[str, Any]]:
+        return [r.summary for r in self.runs if r.summary is not None]
+
+    @property
+    def failed(self) -> list[RunOutcome]:
+        return [r for r in self.runs if r.summary is None]
+
+    def values(self, key: str) -> list[float]:
+        return [float(s[key]) for s in self.finished]
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    task: str
+    epochs: int
+    seeds: tuple[int, ...]
+    arms: tuple[ArmSummary, ...]
+    out: Path
+
+
+METRICS: tuple[tuple[str, str], ...] = (
+    ("final_accuracy", "final acc (%)"),
+    ("best_accuracy", "best acc (%)"),
+    ("params", "params"),
+    ("train_flops", "train FLOPs"),
+    ("eval_flops", "eval FLOPs"),
+    ("wall_seconds", "wall (s)"),
+    ("seeds_fossilized", "seeds kept"),
+)
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and half-width of its 95% t-interval (NaN half-width for fewer than 2)."""
+    mean = statistics.fmean(values) if values else math.nan
+    if len(values) < 2:
+        return mean, math.nan
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values)
+    return mean, half / math.sqrt(len(values))
+
+
+def matched_width(config: RunConfig, target_params: float) -> float:
+    """The width multiplier (to 0.01) whose static host has closest to ``target_params``."""
+    spec = get_task(config.task)
+    split = spec.load(_options(config))
+
+    def params(multiplier: float) -> int:
+        return spec.build_model(split, config.slots, None, multiplier).host_params
+
+    low, high = 100, 1600  # multipliers in hundredths; host params never fall with width
+    while low < high:
+        mid = (low + high) // 2
+        if params(mid / 100) >= target_params:
+            high = mid
+        else:
+            low = mid + 1
+    # The first multiplier reaching the target, or the one below it if that is closer.
+    best = min((low, max(low - 1, 1)), key=lambda m: abs(params(m / 100) - target_params))
+    return best / 100
+
+
+def _options(config: RunConfig) -> TaskOptions:
+    return TaskOptions(
+        data_dir=Path(config.data_dir) if config.data_dir else None,
+        text_file=Path(config.text_file) if config.text_file else None,
+    )
+
+
+def _run_config(base: RunConfig, arm: Arm, width: float, seed: int) -> RunConfig:
+    return replace(
+        base,
+        controller="baseline" if arm.controller == "baseline" else "heuristic",
+        width_multiplier=width,
+        threads=1,
+        telemetry_level="lifecycle",
+        episode=replace(base.episode, seed=seed),
+    )
+
+
+def _task(out: Path, base: RunConfig, arm: Arm, width: float, seed: int) -> RunTask:
+    folder = arm.label if arm.width is not None else f"static@{width:g}"
+    run_dir = out / "runs" / folder / f"seed-{seed}"
+    return RunTask(arm.label, seed, str(run_dir), to_dict(_run_config(base, arm, width, seed)))
+
+
+def compare(
+    out: Path,
+    base: RunConfig,
+    arms: Sequence[Arm],
+    seeds: Sequence[int],
+    pool: LocalPool,
+    on_done: Callable[[RunOutcome, int, int], None] = lambda outcome, done, total: None,
+) -> CompareResult:
+    """Run every arm on every seed through ``pool`` and summarise them.
+
+    ``on_done(outcome, finished, total)`` is called as each run finishes. Matched arms
+    are started once every run of the first growing arm has finished.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    order = sorted(arms, key=lambda a: (not a.grows, a.width is None))
+    reference = next((a for a in order if a.grows), None)
+    total = len(arms) * len(seeds)
+    outcomes: dict[str, list[RunOutcome]] = {a.label: [] for a in arms}
+    widths: dict[str, float] = {a.label: a.width for a in arms if a.width is not None}
+    matched = [a for a in arms if a.width is None]
+    done = pending = 0
+
+    def finished(outcome: RunOutcome) -> None:
+        nonlocal done
+        outcomes[outcome.arm].append(outcome)
+        done += 1
+        on_done(outcome, done, total)
+
+    try:
+        for arm in order:
+            if arm.width is not None:
+                for seed in seeds:
+                    pool.submit(_task(out, base, arm, arm.width, seed))
+                    pending += 1
+        while pending:
+            finished(pool.next_done())
+            pending -= 1
+            if matched and reference is not None and len(outcomes[reference.label]) == len(seeds):
+                sizes = [float(o.summary["params"]) for o in outcomes[reference.label] if o.summary]
+                for arm in matched:
+                    if not sizes:
+                        for seed in seeds:
+                            finished(RunOutcome(arm.label, seed, "", None, "no grown run to match"))
+                        continue
+                    widths[arm.label] = matched_width(base, statistics.fmean(sizes))
+                    for seed in seeds:
+                        pool.submit(_task(out, base, arm, widths[arm.label], seed))
+                        pending += 1
+                matched = []
+    except BaseException:
+        pool.terminate()
+        raise
+    pool.close()
+    summaries = tuple(
+        ArmSummary(
+            arm,
+            arm.label if arm.width is not None else f"{arm.label} (x{widths[arm.label]:g})",
+            tuple(sorted(outcomes[arm.label], key=lambda o: o.seed)),
+            widths.get(arm.label, math.nan),
+        )
+        for arm in arms
+    )
+    return CompareResult(base.task, base.episode.epochs, tuple(seeds), summaries, out)
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def _cell(values: Sequence[float], key: str) -> str:
+    mean, half = mean_interval(values)
+    if not values:
+        return "-"
+    if key.endswith("flops"):
+        text = format_flops(mean).removesuffix("FLOPs").strip()
+        spread = format_flops(half).removesuffix("FLOPs").strip() if math.isfinite(half) else ""
+        return f"{text} ± {spread}" if spread else text
+    digits = {"final_accuracy": 2, "best_accuracy": 2, "seeds_fossilized": 1}.get(key, 0)
+    if not math.isfinite(half):
+        return f"{mean:,.{digits}f}"
+    return f"{mean:,.{digits}f} ± {half:,.{digits}f}"
+
+
+def paired_difference(arm: ArmSummary, reference: ArmSummary) -> tuple[float, float, int]:
+    """Mean and 95% half-width of this arm's final accuracy minus the reference's, over
+    the seeds both finished (pairing by seed removes the seed-to-seed spread)."""
+    ours = {o.seed: o.summary for o in arm.runs if o.summary}
+    theirs = {o.seed: o.summary for o in reference.runs if o.summary}
+    diffs = [
+        float(ours[s]["final_accuracy"]) - float(theirs[s]["final_accuracy"])
+        for s in sorted(ours.keys() & theirs.keys())
+    ]
+    mean, half = mean_interval(diffs)
+    return mean, half, len(diffs)
+
+
+def table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the results table (FLOPs in SI units, e.g. 5.53 T)."""
+    first = result.arms[0]
+    header = ["arm", "runs", *(name for _, name in METRICS), f"Δ final vs {first.label} (pp)"]
+    rows = []
+    for arm in result.arms:
+        runs = f"{len(arm.finished)}/{len(arm.runs)}"
+        cells = [_cell(arm.values(key), key) for key, _ in METRICS]
+        if arm is first:
+            delta = "-"
+        else:
+            mean, half, n = paired_difference(arm, first)
+            delta = "-" if n == 0 else f"{mean:+.2f}" + (f" ± {half:.2f}" if n > 1 else "")
+        rows.append([arm.label, runs, *cells, delta])
+    return header, rows
+
+
+def _commit() -> str:
+    source = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=source,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=source,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + ("+dirty" if dirty else "")
+
+
+def provenance(command: str) -> dict[str, Any]:
+    """Command, commit, machine and date: what any result file records."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "command": command,
+        "commit": _commit(),
+        "machine": {
+            "cpu": cpu,
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def write_outputs(result: CompareResult, meta: dict[str, Any]) -> None:
+    """``compare.json``, ``compare.md`` and ``accuracy_vs_flops.png`` in ``result.out``."""
+    header, rows = table(result)
+    payload = {
+        **meta,
+        "task": result.task,
+        "epochs": result.epochs,
+        "seeds": list(result.seeds),
+        "arms": [
+            {
+                "arm": arm.arm.label,
+                "label": arm.label,
+                "width": arm.width,
+                "runs": len(arm.runs),
+                "finished": len(arm.finished),
+                **{
+                    key: dict(zip(("mean", "ci95"), mean_interval(arm.values(key)), strict=True))
+                    for key, _ in METRICS
+                },
+            }
+            for arm in result.arms
+        ],
+        "runs": [
+            {
+                "arm": o.arm,
+                "seed": o.seed,
+                "run_dir": os.path.relpath(o.run_dir, result.out) if o.run_dir else None,
+                "summary": o.summary,
+                "error": o.error,
+            }
+            for arm in result.arms
+            for o in arm.runs
+        ],
+    }
+    (result.out / "compare.json").write_text(json.dumps(_plain(payload), indent=2) + "\n")
+    machine = meta["machine"]
+    lines = [
+        f"Command: `{meta['command']}`  ",
+        f"Commit: {meta['commit']}  ",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
+        "one torch thread per run  ",
+        f"Date: {meta['date']}",
+        "",
+        f"### {result.task}, {result.epochs} epochs, seeds "
+        f"{_seed_text(result.seeds)} (mean ± 95% interval over seeds)",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+        "FLOPs: matrix multiplications, convolutions and attention (2 per multiply-add), "
+        "forward and backward for training; evaluation includes counterfactual passes.",
+    ]
+    failures = [o for arm in result.arms for o in arm.failed]
+    lines += [f"- failed: {o.arm} seed {o.seed}: {o.error}" for o in failures]
+    (result.out / "compare.md").write_text("\n".join(lines) + "\n")
+    plot_accuracy_vs_flops(result, result.out / "accuracy_vs_flops.png")
+
+
+def _seed_text(seeds: Sequence[int]) -> str:
+    ordered = sorted(seeds)
+    if ordered == list(range(ordered[0], ordered[-1] + 1)) and len(ordered) > 2:
+        return f"{ordered[0]}-{ordered[-1]}"
+    return ", ".join(map(str, ordered))
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def plot_accuracy_vs_flops(result: CompareResult, path: Path) -> None:
+    """Final accuracy against training FLOPs: one small point per run, and each arm's
+    mean with its 95% intervals on both axes."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
+    for index, arm in enumerate(result.arms):
+        colour = colours[index % len(colours)]
+        xs, ys = arm.values("train_flops"), arm.values("final_accuracy")
+        if not xs:
+            continue
+        ax.scatter(xs, ys, s=18, color=colour, alpha=0.5)
+        (mx, hx), (my, hy) = mean_interval(xs), mean_interval(ys)
+        ax.errorbar(
+            [mx],
+            [my],
+            xerr=[[hx if math.isfinite(hx) else 0.0]],
+            yerr=[[hy if math.isfinite(hy) else 0.0]],
+            fmt="o",
+            ms=7,
+            color=colour,
+            capsize=3,
+            label=f"{arm.label} (n={len(xs)})",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs per run")
+    ax.set_ylabel("final validation accuracy (%)")
+    ax.set_title(f"{result.task}, {result.epochs} epochs: accuracy against training compute")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -1,16 +1,37 @@
 """The ``esper`` command: grow a network, train the static baseline, rebuild reports."""
 
+# ruff: noqa: E402  (the start-up signal handlers below come before the slow imports)
 from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+from typing import Any, NoReturn
+
+_STARTUP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop_during_startup(signum: int, frame: FrameType | None) -> None:
+    # Ctrl-C or SIGTERM while torch and friends are still importing: one line, no
+    # traceback through the import machinery.
+    sys.stderr.write("esper: interrupted while starting up\n")
+    raise SystemExit(128 + signum)
+
+
+_previous_handlers: dict[signal.Signals, Any] = {}
+try:
+    for _signal in _STARTUP_SIGNALS:
+        _previous_handlers[_signal] = signal.signal(_signal, _stop_during_startup)
+except ValueError:  # imported outside the main thread: signals are not ours to change
+    pass
 
 import argparse
 import json
 import os
 import shlex
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -37,6 +58,10 @@ from esper.telemetry import ConsoleSink, SinkError
 from esper.telemetry.report import EpochRow, format_flops
 from esper.training.tasks import TASKS, get_task
 
+for _signal, _handler in _previous_handlers.items():
+    if _handler is not None:
+        signal.signal(_signal, _handler)
+
 __all__ = ["build_parser", "main", "resolve_config"]
 
 EXPECTED_ERRORS = (
@@ -50,9 +75,24 @@ EXPECTED_ERRORS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that points at --help (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run stops between two writes, resumable."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
+
+
 def build_parser() -> argparse.ArgumentParser:
     tasks = "\n".join(f"  {name:<14} {spec.help}" for name, spec in TASKS.items())
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="esper",
         description="Morphogenetic training: a host network grows seeds while it trains.",
         epilog=f"tasks:\n{tasks}\n\nrun 'esper COMMAND --help' for each command's options.",
@@ -150,9 +190,9 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--out",
-        type=Path,
         metavar="DIR",
-        help="run directory (default: runs/<command>-<task>-<time>)",
+        help="run directory: new, empty, or an Esper run that never started "
+        "(default: runs/<command>-<task>-<time>)",
     )
     add(
         "--resume",
@@ -312,13 +352,20 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             )
         run_dir: Path = args.resume
         config: RunConfig | None = None
-        epochs = read_config(run_dir).episode.epochs
+        saved = read_config(run_dir)
+        if saved.controller != args.command:
+            raise RunError(
+                f"{run_dir} is an 'esper {saved.controller}' run; continue it with: "
+                f"esper {saved.controller} --resume {run_dir}"
+            )
+        epochs = saved.episode.epochs
     else:
+        if args.out is not None and not args.out.strip():
+            raise RunError("--out is empty; name the run directory, e.g. --out runs/first")
         config = resolve_config(args)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = prepare_run_dir(
-            args.out or Path("runs") / f"{args.command}-{config.task}-{stamp}"
-        )
+        out = Path(args.out) if args.out else Path("runs") / f"{args.command}-{config.task}-{stamp}"
+        run_dir = prepare_run_dir(out)
         epochs = config.episode.epochs
     if not args.quiet:
         console.print(f"run directory: {run_dir}")
@@ -343,16 +390,19 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             if not console.is_terminal and not args.quiet:
                 console.print(f"epoch {row.epoch}/{epochs}  {_status(row, best)}", soft_wrap=True)
 
+        def warn(message: str) -> None:
+            _print_error(f"esper: warning: {message}", style="yellow")
+
         sinks = [] if args.quiet else [ConsoleSink(progress.console, show_epochs=False)]
         try:
-            summary = run(run_dir, config, sinks, on_epoch)
-        except KeyboardInterrupt:
+            summary = run(run_dir, config, sinks, on_epoch, warn)
+        except KeyboardInterrupt as interrupt:
             progress.stop()
             console.print(
                 f"interrupted; continue with: esper {args.command} --resume {run_dir}",
                 soft_wrap=True,
             )
-            return 130
+            return 143 if isinstance(interrupt, _Terminated) else 130
     console.print(_summary_table(summary, run_dir))
     console.print(f"results in {run_dir}, timeline: {run_dir / 'timeline.png'}", soft_wrap=True)
     return 0
@@ -439,13 +489,38 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _print_error(line: str, style: str = "bold red") -> None:
+    Console(stderr=True).print(line, style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``esper`` command; returns the process exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv
-    console = Console()
+    """Entry point of the ``esper`` command; returns the process exit code.
+
+    0 done; 1 the run had to stop (disk full, persistent fault, a failed compare run); 2
+    bad input or a run directory that cannot be used; 130 interrupted (Ctrl-C); 143
+    terminated (SIGTERM).
+    """
     try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    try:
+        arguments = list(sys.argv[1:] if argv is None else argv)
+        args = build_parser().parse_args(arguments)
+        args.argv = arguments
+        console = Console()
         if args.command == "report":
             return _report(args, console)
         if args.command == "compare":
@@ -453,15 +528,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _train(args, console)
     except EXPECTED_ERRORS as error:
         # One line that names the fix; no traceback for input the user can correct.
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        Console(stderr=True).print(
-            f"esper: error: {message}",
-            style="bold red",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
-        return 2
+        _print_error(f"esper: error: {_first_line(error)}")
+        return int(getattr(error, "exit_code", 2))
+    except OSError as error:  # the machine, not the input: a full disk, a failing device
+        where = f" ({error.filename})" if error.filename else ""
+        _print_error(f"esper: error: {error.strerror or _first_line(error)}{where}")
+        return 1
+    except KeyboardInterrupt as interrupt:  # before or after the run itself
+        _print_error("esper: interrupted", style="yellow")
+        return 143 if isinstance(interrupt, _Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ run saves next to its results.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal, TypeVar
@@ -17,6 +19,7 @@ from typing import Any, Literal, TypeVar
 from esper.lifecycle import BlendAlgorithm, LifecycleConfig
 
 __all__ = [
+    "MAX_SEED",
     "ConfigError",
     "EpisodeConfig",
     "GovernorConfig",
@@ -27,6 +30,7 @@ __all__ = [
     "SignalConfig",
     "TrainingConfig",
     "from_dict",
+    "reject_non_finite",
     "to_dict",
 ]
 
@@ -99,6 +103,12 @@ class GovernorConfig:
     """Fail when validation loss exceeds this many times the random-guess loss."""
     collapse_drop: float = 30.0
     """Fail when validation accuracy falls this many pp below the best so far."""
+    max_consecutive_rollbacks: int = 3
+    """Stop the run (non-zero exit) after this many rollbacks in a row: a fault that
+    survives rolling back and culling every live seed is not transient."""
+
+    def __post_init__(self) -> None:
+        _at_least(self, "max_consecutive_rollbacks", 1)
 
 
 @dataclass(frozen=True)
@@ -179,9 +189,35 @@ class EpisodeConfig:
         _at_least(self, "epochs", 1)
         _at_least(self, "max_seeds", 0)
         _at_least(self, "max_live_seeds", 1)
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be in 0..{MAX_SEED}, got {self.seed}")
+        reject_non_finite(self)
 
 
 C = TypeVar("C")
+
+MAX_SEED = 2**32 - 1
+"""Largest run seed: the data order seeds a generator with ``seed * 1_000_003 + epoch``,
+which must stay within torch's 64-bit seed range."""
+
+
+def reject_non_finite(config: object) -> None:
+    """Raise ValueError naming the first NaN or infinite float anywhere in ``config``.
+
+    A NaN threshold compares false with everything, so it silently switches a check off;
+    an infinite width or learning rate fails later with a traceback instead of here.
+    """
+    for path, value in _floats(to_dict(config), ""):
+        if not math.isfinite(value):
+            raise ValueError(f"{path} must be a finite number, got {value}")
+
+
+def _floats(data: Any, path: str) -> list[tuple[str, float]]:
+    if isinstance(data, dict):
+        return [f for k, v in data.items() for f in _floats(v, f"{path}.{k}" if path else k)]
+    if isinstance(data, list):
+        return [f for i, v in enumerate(data) for f in _floats(v, f"{path}[{i}]")]
+    return [(path, data)] if isinstance(data, float) else []
 
 
 def _at_least(config: object, name: str, low: int) -> None:
@@ -191,11 +227,15 @@ def _at_least(config: object, name: str, low: int) -> None:
 
 
 def to_dict(config: Any) -> Any:
-    """Plain-data form of a config (dataclasses to dicts, enums to values, tuples to lists)."""
+    """Plain-data form of a config or any other frozen dataclass (dataclasses and mappings
+    to dicts, enums to values, tuples to lists): JSON-compatible, and safe for
+    ``torch.load(weights_only=True)``. `from_dict` rebuilds it from the type hints."""
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
     if isinstance(config, Enum):
         return config.value
+    if isinstance(config, Mapping):
+        return {key: to_dict(value) for key, value in config.items()}
     if isinstance(config, list | tuple):
         return [to_dict(v) for v in config]
     return config
@@ -242,6 +282,14 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
+    if origin in (dict, Mapping):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a JSON object, got {value!r}")
+        key_hint, value_hint = args if args else (Any, Any)
+        return {
+            _convert(key_hint, k, where): _convert(value_hint, v, f"{where}[{k!r}]")
+            for k, v in value.items()
+        }
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -295,6 +343,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         _at_least(self, "batch_size", 1)
         _at_least(self, "threads", 1)
+        reject_non_finite(self)
         if self.width_multiplier <= 0:
             raise ValueError(f"width_multiplier must be > 0, got {self.width_multiplier}")
         if self.slots is not None and len(set(self.slots)) != len(self.slots):

@@ -2,19 +2,25 @@
 
 A run directory holds::
 
-    config.json     the resolved RunConfig (what `--resume` and `esper report` read)
-    events.jsonl    telemetry events at the chosen level
-    history.jsonl   one row per epoch, at every telemetry level
-    checkpoint.pt   everything needed to continue, replaced atomically every epoch
-    summary.json    final numbers (rewritten at the end, or by `esper report`)
-    timeline.png    accuracy, stages and alphas over epochs
+    config.json         the resolved RunConfig (what `--resume` and `esper report` read)
+    events.jsonl        telemetry events at the chosen level
+    history.jsonl       one row per epoch, at every telemetry level
+    checkpoint.pt       everything needed to continue, replaced atomically every epoch
+    checkpoint.prev.pt  the generation before it
+    summary.json        final numbers (rewritten at the end, or by `esper report`)
+    timeline.png        accuracy, stages and alphas over epochs
+    .esper-run          marker: an Esper run directory (Esper writes into no other)
+    .esper.lock         held by the process running it (see `esper.rundir`)
+
+`esper.rundir` does the careful file work (lock, marker, verified checkpoint
+generations, atomic rewrites); this module decides what a run writes and when.
 """
 
 from __future__ import annotations
 
+import errno
 import json
-import os
-import tempfile
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +33,16 @@ from esper.contracts import Controller
 from esper.controller import HeuristicController, StaticController
 from esper.model.blueprints import blueprint_names
 from esper.model.morphogenetic import MorphogeneticModel
+from esper.rundir import (
+    CHECKPOINT,
+    Checkpoint,
+    LineFile,
+    RunDirectory,
+    RunError,
+    RunFailedError,
+    atomic_write,
+    read_lines,
+)
 from esper.telemetry import (
     JsonlSink,
     RunFinished,
@@ -35,14 +51,17 @@ from esper.telemetry import (
     Telemetry,
     TelemetryLevel,
 )
-from esper.telemetry.report import EpochRow, SlotRow, append_row, plot_timeline, read_history
+from esper.telemetry.report import EpochRow, SlotRow, plot_timeline, read_history
 from esper.telemetry.report import summarize as summarize_rows
 from esper.training.batches import SplitBatches
 from esper.training.episode import EpisodeRunner, EpochRecord
+from esper.training.governor import GovernorStopError
 from esper.training.tasks import TaskOptions, get_task
 
 __all__ = [
+    "CHECKPOINT",
     "RunError",
+    "RunFailedError",
     "StatefulController",
     "finish_report",
     "prepare_run_dir",
@@ -50,15 +69,11 @@ __all__ = [
     "run",
 ]
 
-CHECKPOINT = "checkpoint.pt"
-
-
-class RunError(RuntimeError):
-    """A run that cannot start or continue; the message says what to do."""
+log = logging.getLogger("esper")
 
 
 class StatefulController(Controller, Protocol):
-    """A controller whose state goes into checkpoints."""
+    """A controller whose state goes into checkpoints (plain data only)."""
 
     last_reason: str
 
@@ -68,14 +83,12 @@ class StatefulController(Controller, Protocol):
 
 
 def prepare_run_dir(out: Path) -> Path:
-    """Create ``out`` for a new run; refuse to overwrite an existing run."""
-    if (out / "config.json").exists():
-        raise RunError(
-            f"{out} already holds a run; continue it with --resume {out} or pick another --out"
-        )
+    """Create ``out`` for a new run: it must not exist, be empty, or be an Esper run
+    directory that never started; never an existing run or someone else's directory."""
+    RunDirectory.check_new(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / ".esper-write-test.tmp"
         probe.write_text("")
         probe.unlink()
     except OSError as error:
@@ -88,6 +101,11 @@ def prepare_run_dir(out: Path) -> Path:
 def read_config(run_dir: Path) -> RunConfig:
     path = run_dir / "config.json"
     if not path.is_file():
+        if (run_dir / ".esper-run").is_file():
+            raise RunError(
+                f"{run_dir} holds no run yet (it stopped before it started); start it "
+                f"again with --out {run_dir}"
+            )
         raise RunError(f"{run_dir} is not a run directory (no config.json)")
     try:
         return from_dict(RunConfig, json.loads(path.read_text()))
@@ -189,36 +207,65 @@ def _row(record: EpochRecord, runner: EpisodeRunner, reason: str) -> EpochRow:
     )
 
 
-def _save_checkpoint(run_dir: Path, run: _Run) -> None:
-    state = {
-        "epoch": run.runner.epoch,
-        "runner": run.runner.state_dict(),
-        "controller": run.controller.state_dict(),
-    }
-    # Write next to the target, then rename: a crash never leaves a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".checkpoint-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-        os.replace(tmp, run_dir / CHECKPOINT)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _save_checkpoint(directory: RunDirectory, run: _Run, history: LineFile) -> None:
+    config = run.config
+    identity = directory.identity(config.controller, config.task, to_dict(config))
+    state = {"runner": run.runner.state_dict(), "controller": run.controller.state_dict()}
+    directory.save_checkpoint(Checkpoint(identity, run.runner.epoch, history.digest, state))
 
 
-def _truncate_jsonl(path: Path, last_epoch: int) -> None:
-    """Drop lines about epochs after ``last_epoch`` (written after the last checkpoint)."""
-    if not path.exists():
-        return
+def _keep_events(path: Path, last_epoch: int) -> None:
+    """Atomically drop the events of epochs after ``last_epoch`` (written after the
+    checkpoint), or every event when the run restarts from scratch (``last_epoch`` 0)."""
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_lines(path) if last_epoch > 0 else []:
         try:
             epoch = json.loads(line).get("epoch")
-        except json.JSONDecodeError:
-            continue  # a line cut short by the interruption
+        except ValueError:
+            continue
         if epoch is None or epoch <= last_epoch:
             kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    atomic_write(path, b"".join(kept))
+
+
+def _write_failure(error: OSError, run_dir: Path, config: RunConfig, saved: int) -> str:
+    code = error.errno or getattr(error.__cause__, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        reason = "the disk is full"
+    else:
+        reason = error.strerror or str(error).splitlines()[0]
+    kept = f"its checkpoint of epoch {saved} is intact" if saved else "no epoch was saved yet"
+    return (
+        f"cannot write to {run_dir} ({reason}); {kept}: make room, then continue with: "
+        f"esper {config.controller} --resume {run_dir}"
+    )
+
+
+def _start(
+    directory: RunDirectory, config: RunConfig | None, warn: Callable[[str], None]
+) -> tuple[RunConfig, Checkpoint | None, list[bytes]]:
+    """The configuration, the checkpoint to continue from (None: epoch 1) and the
+    history lines to keep; rewrites history and events to match, atomically."""
+    run_dir = directory.path
+    history, events = run_dir / "history.jsonl", run_dir / "events.jsonl"
+    checkpoint = None
+    lines = read_lines(history)
+    if config is None:
+        config = read_config(run_dir)
+        identity = directory.identity(config.controller, config.task, to_dict(config))
+        checkpoint = directory.load_checkpoint(identity, lines, warn)
+        if checkpoint is not None and checkpoint.epoch >= config.episode.epochs:
+            raise RunError(
+                f"{run_dir} finished all {config.episode.epochs} epochs; "
+                f"see its results with: esper report {run_dir}"
+            )
+        if checkpoint is None and lines:
+            warn(f"{run_dir} has no checkpoint yet: the run restarts from epoch 1")
+    epoch = checkpoint.epoch if checkpoint is not None else 0
+    kept = lines[:epoch]
+    atomic_write(history, b"".join(kept))
+    _keep_events(events, epoch)
+    return config, checkpoint, kept
 
 
 def run(
@@ -226,50 +273,69 @@ def run(
     config: RunConfig | None,
     extra_sinks: Sequence[Sink],
     on_epoch: Callable[[EpochRow], None],
+    warn: Callable[[str], None] = log.warning,
 ) -> dict[str, Any]:
     """Run (``config`` given) or resume (``config`` None) the run in ``run_dir``.
 
-    ``on_epoch`` is called after every epoch with its history row (progress display).
-    Returns the summary, also written to ``summary.json``.
+    The directory is locked for the whole run (a second run on it gets `RunError`
+    naming this one). Resuming continues from the newest intact checkpoint of this run
+    that agrees with ``history.jsonl`` (``warn`` is told when an older one is used), or
+    from epoch 1 if the run stopped before its first checkpoint. ``on_epoch`` is called
+    after every epoch with its history row (progress display). Returns the summary,
+    also written to ``summary.json``. Raises `RunFailedError` when the run has to stop: the
+    disk is full, or the governor met a fault that rolling back does not fix.
     """
-    resuming = config is None
-    if config is None:
-        config = read_config(run_dir)
-        if not (run_dir / CHECKPOINT).is_file():
-            raise RunError(
-                f"{run_dir} has no {CHECKPOINT} to resume from (it stopped before epoch 1 ended)"
-            )
+    opener = RunDirectory.open if config is None else RunDirectory.create
+    with opener(run_dir) as directory:
+        config, checkpoint, kept = _start(directory, config, warn)
+        try:
+            _train(directory, config, checkpoint, kept, extra_sinks, on_epoch)
+            return finish_report(run_dir)
+        except GovernorStopError as error:
+            raise RunFailedError(
+                f"{error}. The checkpoint of epoch {directory.saved_epoch} is intact; see the "
+                f"run so far with: esper report {run_dir}"
+            ) from None
+        except OSError as error:
+            if error.filename and run_dir.resolve() not in Path(error.filename).resolve().parents:
+                raise  # not the run directory's fault (e.g. unreadable data)
+            message = _write_failure(error, run_dir, config, directory.saved_epoch)
+            raise RunFailedError(message) from None
+
+
+def _train(
+    directory: RunDirectory,
+    config: RunConfig,
+    checkpoint: Checkpoint | None,
+    history_lines: list[bytes],
+    extra_sinks: Sequence[Sink],
+    on_epoch: Callable[[EpochRow], None],
+) -> None:
+    """Build the run, load ``checkpoint`` (or start it), and train to the last epoch."""
+    run_dir = directory.path
     level = TelemetryLevel.parse(config.telemetry_level)
     sinks: list[Sink] = [JsonlSink(run_dir / "events.jsonl"), *extra_sinks]
-    history = run_dir / "history.jsonl"
     with Telemetry(level, sinks) as telemetry:
         built = _build(config, telemetry)
         runner, controller = built.runner, built.controller
-        if resuming:
-            state = torch.load(run_dir / CHECKPOINT, weights_only=False, map_location=runner.device)
-            if state["epoch"] >= config.episode.epochs:
-                raise RunError(
-                    f"{run_dir} finished all {config.episode.epochs} epochs; "
-                    f"see its results with: esper report {run_dir}"
-                )
-            runner.load_state_dict(state["runner"])
-            controller.load_state_dict(state["controller"])
-            _truncate_jsonl(history, state["epoch"])
-            _truncate_jsonl(run_dir / "events.jsonl", state["epoch"])
+        if checkpoint is not None:
+            runner.load_state_dict(checkpoint.state["runner"])
+            controller.load_state_dict(checkpoint.state["controller"])
         else:
-            # Written only once the data and model are built, so a run that cannot start
-            # leaves no config.json behind to block the corrected command.
-            (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
-            history.write_text("")
+            # Written only once the data and model are built, so a run that cannot
+            # start leaves no config.json behind to block the corrected command.
+            text = json.dumps(to_dict(config), indent=2) + "\n"
+            atomic_write(run_dir / "config.json", text.encode())
             telemetry.emit(
                 RunStarted(run_dir.name, config.task, config.controller, to_dict(config))
             )
+        history = LineFile(run_dir / "history.jsonl", history_lines)
         while not runner.done:
             observation = runner.observe()
             record = runner.apply(controller.decide(observation.signals, observation.slots))
             row = _row(record, runner, controller.last_reason)
-            append_row(history, row)
-            _save_checkpoint(run_dir, built)
+            history.append(row.to_json())
+            _save_checkpoint(directory, built, history)
             on_epoch(row)
         result = runner.result()
         telemetry.emit(
@@ -283,7 +349,6 @@ def run(
                 result.seeds_culled,
             )
         )
-    return finish_report(run_dir)
 
 
 def finish_report(run_dir: Path) -> dict[str, Any]:
@@ -292,7 +357,10 @@ def finish_report(run_dir: Path) -> dict[str, Any]:
     history = run_dir / "history.jsonl"
     if not history.is_file():
         raise RunError(f"{run_dir} has no history.jsonl: the run never finished an epoch")
-    rows = read_history(history)
+    try:
+        rows = read_history(history)
+    except ValueError as error:
+        raise RunError(f"{error}; the history file is damaged") from None
     if not rows:
         raise RunError(f"{run_dir}: no epoch has finished yet, nothing to report")
     summary = {
@@ -302,7 +370,7 @@ def finish_report(run_dir: Path) -> dict[str, Any]:
         "epochs_planned": config.episode.epochs,
         **summarize_rows(rows),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     title = (
         f"{config.controller} on {config.task}, seed {config.episode.seed}: "
         f"final {summary['final_accuracy']:.2f}%, best {summary['best_accuracy']:.2f}%"

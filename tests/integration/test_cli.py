@@ -16,6 +16,7 @@ import esper.run
 from esper.cli import main
 from esper.config import RunConfig, from_dict
 from esper.lifecycle import LIVE_STAGES, SeedStage
+from esper.rundir import read_checkpoint
 from esper.telemetry import (
     EpochCompleted,
     GateEvaluated,
@@ -63,8 +64,9 @@ def _summary(run_dir: Path) -> dict[str, Any]:
 
 
 def _checkpoint(run_dir: Path) -> dict[str, Any]:
-    state: dict[str, Any] = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    return state
+    """The latest checkpoint (verified, loaded with weights_only=True): epoch and state."""
+    checkpoint = read_checkpoint(run_dir / "checkpoint.pt")
+    return {"epoch": checkpoint.epoch, **checkpoint.state}
 
 
 def _heuristic(out: Path, *flags: str) -> int:
@@ -81,11 +83,11 @@ def _stop_at(
     """Interrupt the run at ``epoch``: after its checkpoint, or (a crash) just before it."""
     real: Callable[..., None] = esper.run._save_checkpoint
 
-    def save(run_dir: Path, built: Any) -> None:
+    def save(directory: Any, built: Any, history: Any) -> None:
         stop = built.runner.epoch == epoch
         if stop and before_checkpoint:
             raise KeyboardInterrupt
-        real(run_dir, built)
+        real(directory, built, history)
         if stop:
             raise KeyboardInterrupt
 

@@ -20,10 +20,11 @@ ALLOWED: dict[str, set[str]] = {
     "telemetry": BOTTOM,
     "training": BOTTOM | {"data", "model", "controller", "telemetry"},
     "rl": BOTTOM | {"data", "model", "controller", "telemetry", "training"},
-    "run": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl"},
+    "rundir": set(),
+    "run": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "rundir"},
     "compare": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "run"},
     "cli": BOTTOM
-    | {"data", "model", "controller", "telemetry", "training", "rl", "run", "compare"},
+    | {"data", "model", "controller", "telemetry", "training", "rl", "rundir", "run", "compare"},
 }
 
 

@@ -62,6 +62,34 @@ def test_training_seed_leaves_output_and_host_gradients_bit_identical(
     assert all(g is not None and g.abs().sum() > 0 for g in seed_grads)
 
 
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+@pytest.mark.parametrize(("host", "blueprint", "slot"), CASES)
+def test_a_non_finite_training_seed_leaves_output_and_host_gradients_bit_identical(
+    host: str, blueprint: str, slot: str, poison: float
+) -> None:
+    # h + (s - s.detach()) would be NaN here; the slot must still pass h through exactly.
+    bare = MorphogeneticModel(build_host(host))
+    grown = copy.deepcopy(bare)
+    grown.germinate_seed(blueprint, "s", slot=slot)
+    grown.step_epoch()
+    with torch.no_grad():
+        for p in grown.get_seed_parameters(slot):
+            p.fill_(poison)
+    x, y = _batch(host)
+    torch.manual_seed(1)
+    out_bare = bare(x)
+    torch.manual_seed(1)
+    out_grown = grown(x)
+    assert torch.isfinite(out_bare).all()
+    assert torch.equal(out_bare, out_grown)
+    _loss(bare, x, y).backward()
+    _loss(grown, x, y).backward()
+    bare_grads, grown_grads = _host_grads(bare), _host_grads(grown)
+    assert bare_grads.keys() == grown_grads.keys()
+    for name, grad in bare_grads.items():
+        assert torch.equal(grad, grown_grads[name]), name
+
+
 @pytest.mark.parametrize(
     "stage", [SeedStage.BLENDING, SeedStage.PROBATIONARY, SeedStage.FOSSILIZED]
 )

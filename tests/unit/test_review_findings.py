@@ -268,6 +268,33 @@ def test_c1_gradient_stats_cover_every_batch_of_the_epoch() -> None:
     assert grown.slot("r0c0").state.gradient_ratio == measured.ratio
 
 
+class _ScaledLoss(nn.Module):
+    """Cross-entropy times a per-batch factor: scales every gradient of that batch."""
+
+    def __init__(self, scales: list[float]) -> None:
+        super().__init__()
+        self.scales = scales
+
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return nn.functional.cross_entropy(outputs, targets) * self.scales.pop(0)
+
+
+def test_c1_exploding_and_vanishing_batches_are_counted() -> None:
+    # The counters must move: one batch above EXPLODING_NORM, one below VANISHING_NORM.
+    torch.manual_seed(0)
+    model = MorphogeneticModel(_PlainHost())
+    _grow_to_training(model, {"r0c0": "bottleneck"})
+    x, y = torch.randn(24, 1, 8, 8), torch.randint(0, 3, (24,))
+    scales = [1.0, 1e7, 1e-12, 1.0]
+    optimizers = OptimizerSet(model, OptimConfig(host_lr=0.0, seed_lr=0.0, weight_decay=0.0))
+    metrics = train_one_epoch(
+        model, _batches(x, y, 6), optimizers, _ScaledLoss(list(scales)), CLASSIFY, CPU
+    )
+    stats = metrics.seed_gradients["r0c0"]
+    assert stats.max_norm > EXPLODING_NORM and stats.min_norm < VANISHING_NORM
+    assert (stats.exploding_batches, stats.vanishing_batches) == (1, 1)
+
+
 # ---------------------------------------------------------------- C2
 
 
@@ -295,6 +322,33 @@ def test_c2_host_and_each_seed_are_clipped_separately() -> None:
         # Joint clipping would leave each group's step well below the clip norm.
         moved = _l2(p.detach() - old for p, old in zip(params, before[name], strict=True))
         assert moved <= clip * 1.001, name
+        assert moved == pytest.approx(clip, rel=1e-2), name
+
+
+def test_c2_the_episode_clips_with_the_configured_max_grad_norm(digits: SplitData) -> None:
+    # Through EpisodeRunner, so the wiring of TrainingConfig.max_grad_norm is tested too.
+    torch.manual_seed(0)
+    model = _digits_model()
+    _grow_to_training(model, {"r0c0": "conv_light"})
+    clip = 1e-3
+    config = EpisodeConfig(
+        epochs=1,
+        training=TrainingConfig(max_batches=1, max_grad_norm=clip),
+        optim=OptimConfig(
+            host_lr=1.0, seed_lr=1.0, momentum=0.0, weight_decay=0.0, lr_schedule="constant"
+        ),
+        governor=NO_GOVERNOR,
+    )
+    runner = EpisodeRunner(model, SplitBatches(digits, batch_size=64, seed=0), config)
+    groups = runner.optimizers.clip_groups()
+    before = {name: [p.detach().clone() for p in params] for name, params in groups.items()}
+    runner.observe()
+    record = runner.apply(FactoredAction.wait())
+    assert record.train.host_grad_norm > 10 * clip
+    assert record.train.seed_gradients["r0c0"].max_norm > 10 * clip
+    for name, params in groups.items():
+        # One plain SGD step at lr 1 moves each group by exactly its clipped gradient.
+        moved = _l2(p.detach() - old for p, old in zip(params, before[name], strict=True))
         assert moved == pytest.approx(clip, rel=1e-2), name
 
 

@@ -10,9 +10,11 @@ Fashion-MNIST the validation split is the official test split.
 
 from __future__ import annotations
 
+import _codecs
 import contextlib
 import gzip
 import hashlib
+import io
 import math
 import os
 import pickle
@@ -122,7 +124,8 @@ def load_cifar10(data_dir: PathLike | None) -> SplitData:
     at ``data_dir`` or ``data_dir/cifar10``. A decoded tree is cached in
     ``<tree>/.esper-cache.npz`` when the directory is writable; the cache is keyed on
     every image's path, size and mtime, so a changed tree is decoded again. The pickles
-    are trusted input (they are unpickled), as with every CIFAR-10 reader.
+    are read with a restricted unpickler that builds numpy arrays, lists, dicts, bytes,
+    strings and numbers and nothing else, so a crafted file cannot run code.
     """
     tried: list[Path] = []
     if data_dir is not None:
@@ -267,14 +270,52 @@ def _cifar_from_pickles(directory: Path) -> SplitData:
     return image_split("cifar10", train_images, train_labels, val_images, val_labels, names)
 
 
+# Everything a CIFAR-10 pickle (Python 2's cPickle or any Python 3 protocol, numpy 1 or
+# 2) needs to rebuild its arrays: the array and dtype constructors, and the latin-1
+# encoder protocol 2 uses for bytes. Any other global (os.system, builtins.eval, ...)
+# is refused before it is looked up.
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy(._core|.core).multiarray._reconstruct
+_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]  # numpy(._core|.core).numeric._frombuffer
+_SCALAR = np.float64(0).__reduce__()[0]  # numpy(._core|.core).multiarray.scalar
+_CIFAR_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _codecs.encode,
+    **{
+        (f"{core}.{module}", name): function
+        for core in ("numpy.core", "numpy._core")
+        for module, name, function in (
+            ("multiarray", "_reconstruct", _RECONSTRUCT),
+            ("numeric", "_frombuffer", _FROMBUFFER),
+            ("multiarray", "scalar", _SCALAR),
+        )
+    },
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, lists, dicts, bytes, strings and numbers; nothing else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _CIFAR_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: a CIFAR-10 pickle holds only arrays, "
+                "lists, dicts and bytes"
+            ) from None
+
+
 def _unpickle(path: Path) -> dict[Any, Any]:
     try:
-        with path.open("rb") as handle:
-            obj = pickle.load(handle, encoding="bytes")
+        data = path.read_bytes()
+        obj = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as exc:  # any unpickling failure means the file is not a CIFAR batch
         raise DataFormatError(f"{path}: not a CIFAR-10 python pickle ({exc})") from exc
     if not isinstance(obj, dict):
         raise DataFormatError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+    if any(isinstance(v, np.ndarray) and v.dtype.hasobject for v in obj.values()):
+        raise DataFormatError(f"{path}: holds an array of Python objects, not of numbers")
     return obj
 
 

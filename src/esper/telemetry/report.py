@@ -113,9 +113,12 @@ def append_row(path: Path, row: EpochRow) -> None:
 
 
 def read_history(path: Path) -> list[EpochRow]:
-    """All epochs of a ``history.jsonl``; a malformed line is named in the error."""
+    """All epochs of a ``history.jsonl``; a malformed line is named in the error, and a
+    last line without its newline (cut short) is left out."""
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # The last piece is "" after the final newline, or a line whose writing a crash or a
+    # full disk cut short: that epoch never completed, so it is not a row either.
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n")[:-1], 1):
         if not line.strip():
             continue
         try:

@@ -18,6 +18,7 @@ counted once per architecture) and wall time.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from esper import telemetry as ev
-from esper.config import EpisodeConfig
+from esper.config import EpisodeConfig, from_dict, to_dict
 from esper.contracts import Contribution, Controller, SlotReport, TaskType, TrainingSignals
 from esper.lifecycle import (
     FactoredAction,
@@ -54,6 +55,7 @@ from esper.training.reward import RewardTerms, epoch_reward
 from esper.training.signals import SignalTracker
 
 __all__ = [
+    "NON_FINITE_SEED",
     "EpisodeData",
     "EpisodeResult",
     "EpisodeRunner",
@@ -62,6 +64,10 @@ __all__ = [
     "ScriptedController",
     "run_episode",
 ]
+
+
+NON_FINITE_SEED = "non-finite seed (NaN or inf in its weights or gradients)"
+"""Why a seed is culled when its own numbers blow up (it is culled alone, no rollback)."""
 
 
 class EpisodeData(Protocol):
@@ -221,7 +227,11 @@ class EpisodeRunner:
     # ------------------------------------------------------------ phase 1
 
     def observe(self) -> Observation:
-        """Train and measure epoch ``self.epoch + 1``; return what the controller sees."""
+        """Train and measure epoch ``self.epoch + 1``; return what the controller sees.
+
+        Raises `esper.training.governor.GovernorStopError` when this epoch's rollback is one
+        too many in a row; the runner is then finished (the model holds the snapshot).
+        """
         if self._pending is not None:
             raise RuntimeError("observe() called twice without apply()")
         if self.epoch >= self.config.epochs:
@@ -257,10 +267,12 @@ class EpisodeRunner:
                     stats.ratio,
                 )
             )
+        self._cull_non_finite_seeds(train)
         val, eval_flops = self._evaluate()
         rollback = self.governor.check(val.loss, val.accuracy)
         if rollback is not None:
             self._roll_back(rollback, val.loss)
+            self.governor.failed(self.epoch, rollback)  # raises GovernorStopError when persistent
             val, again = self._evaluate()
             eval_flops += again
         else:
@@ -311,17 +323,63 @@ class EpisodeRunner:
         )
         return val, self.compute.eval_per_item(self.model, measured) * val.samples
 
+    def _cull_non_finite_seeds(self, train: EpochMetrics) -> None:
+        """Cull, on its own, every live seed whose weights or gradients are not finite.
+
+        A seed in TRAINING cannot harm the host (its slot passes ``h`` through exactly),
+        so it goes alone, without a rollback. One that was blended in has already
+        poisoned the host's output, which the governor's check then catches.
+        """
+        if not math.isfinite(train.host_grad_norm):
+            return  # the host itself blew up (and every seed with it): the governor's case
+        bad = []
+        for slot in self.model.slots():
+            params = slot.seed_parameters()
+            if not slot.state.live or not params:
+                continue
+            stats = train.seed_gradients.get(slot.slot_id)
+            grads_finite = stats is None or (
+                math.isfinite(stats.mean_norm) and math.isfinite(stats.max_norm)
+            )
+            # One host sync per live seed per epoch.
+            weights_finite = bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+            if not (grads_finite and weights_finite):
+                bad.append(slot.slot_id)
+        for sid in bad:
+            self._cull(sid, NON_FINITE_SEED, automatic=True)
+        if bad:
+            self.optimizers.sync(self.model)
+
     def _roll_back(self, reason: str, val_loss: float) -> None:
+        """Restore the last good snapshot and record every seed the model lost as culled.
+
+        Lost seeds are those alive or fossilized just before the rollback that are not a
+        fossil of the snapshot: seeds live in the snapshot (culled now) and seeds that
+        did not exist yet when it was taken (gone with the restore). Seeds the snapshot
+        holds but that were already culled since are removed again without being
+        counted twice. So ``germinated == fossilized + culled + live`` always holds.
+        """
         snapshot = self.governor.snapshot
         assert snapshot is not None  # taken at construction
+        before = {s.slot_id: s.state for s in self.model.slots()}
         self.model.load_state_dict(snapshot.model)
         self.optimizers = OptimizerSet.restore(self.model, self.config.optim, snapshot.optimizers)
-        culled = [s.slot_id for s in self.model.slots() if s.state.live]
-        for sid in culled:
-            self._cull(sid, "governor rollback", automatic=True)
+        for slot in self.model.slots():
+            if slot.state.live:
+                self.model.cull_seed(slot.slot_id)
+        fossils = {s.state.seed_id for s in self.model.slots() if s.stage is SeedStage.FOSSILIZED}
+        lost = [
+            (sid, old) for sid, old in before.items() if old.occupied and old.seed_id not in fossils
+        ]
+        for sid, old in lost:
+            if old.stage is SeedStage.FOSSILIZED:
+                self.fossilized -= 1  # fossilized after the snapshot: undone by the restore
+            self._record_cull(sid, old, "governor rollback", automatic=True)
         self.optimizers.sync(self.model)
         self.telemetry.emit(
-            ev.GovernorRollback(self.epoch, reason, val_loss, snapshot.epoch, tuple(culled))
+            ev.GovernorRollback(
+                self.epoch, reason, val_loss, snapshot.epoch, tuple(sid for sid, _ in lost)
+            )
         )
 
     def reports(self) -> tuple[SlotReport, ...]:
@@ -538,22 +596,22 @@ class EpisodeRunner:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this episode exactly, between two epochs.
 
-        Holds Python objects (the per-epoch records), so save it with ``torch.save`` and
-        load it with ``weights_only=False``: only load checkpoints you wrote.
+        Tensors and plain data only (dicts, lists, strings, numbers, None), so it loads
+        with ``torch.load(weights_only=True)``: the per-epoch records are stored as
+        `to_dict` data and rebuilt by `from_dict`, which follows the dataclasses' fields.
         """
         if self._pending is not None:
             raise RuntimeError("checkpoint between epochs: after apply(), before observe()")
-        snapshot = self.governor.snapshot
         return {
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "optimizers": self.optimizers.state_dict(),
-            "records": list(self.records),
-            "counts": dict(self.counts),
-            "seeds": (self.germinated, self.fossilized, self.culled),
-            "book": (dict(self.book.at_germination), dict(self.book.at_stage_start)),
+            "records": [to_dict(record) for record in self.records],
+            "counts": {op.name: n for op, n in self.counts.items()},
+            "seeds": [self.germinated, self.fossilized, self.culled],
+            "book": [dict(self.book.at_germination), dict(self.book.at_stage_start)],
             "tracker": self.tracker.state_dict(),
-            "governor": (self.governor.best_accuracy, snapshot),
+            "governor": self.governor.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "wall_seconds": self.wall_seconds,
         }
@@ -562,15 +620,15 @@ class EpisodeRunner:
         """Continue from `state_dict` output; the runner must be freshly built."""
         self.model.load_state_dict(state["model"])
         self.optimizers = OptimizerSet.restore(self.model, self.config.optim, state["optimizers"])
-        self.epoch = state["epoch"]
-        self.records = list(state["records"])
-        self.counts = Counter(state["counts"])
-        self.germinated, self.fossilized, self.culled = state["seeds"]
+        self.epoch = int(state["epoch"])
+        self.records = [from_dict(EpochRecord, record) for record in state["records"]]
+        self.counts = Counter({LifecycleOp[name]: int(n) for name, n in state["counts"].items()})
+        self.germinated, self.fossilized, self.culled = (int(n) for n in state["seeds"])
         self.book = _SeedBook(*(dict(d) for d in state["book"]))
         self.tracker.load_state_dict(state["tracker"])
-        self.governor.best_accuracy, self.governor.snapshot = state["governor"]
+        self.governor.load_state_dict(state["governor"])
         torch.set_rng_state(state["torch_rng"])
-        self._elapsed_before = state["wall_seconds"]
+        self._elapsed_before = float(state["wall_seconds"])
         self._started = time.perf_counter()
 
     # ------------------------------------------------------------ result

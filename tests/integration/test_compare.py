@@ -87,8 +87,8 @@ def test_an_interrupted_compare_resumes_to_the_same_result(
     real: Callable[..., None] = esper.run._save_checkpoint
     saved: list[int] = []
 
-    def save(run_dir: Path, built: Any) -> None:
-        real(run_dir, built)
+    def save(directory: Any, built: Any, history: Any) -> None:
+        real(directory, built, history)
         saved.append(built.runner.epoch)
         if len(saved) == 12 + 3:  # epoch 3 of the second run
             raise KeyboardInterrupt

@@ -4,6 +4,7 @@ once per architecture; removing a seed at its slot gives exactly the old full-pa
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from esper.data import load_digits
 from esper.lifecycle import FactoredAction, LifecycleOp, SeedStage, transition
 from esper.model.hosts import CNNHost, TransformerHost
 from esper.model.morphogenetic import MorphogeneticModel
-from esper.training import compute
+from esper.training import compute, loop
 from esper.training.batches import SplitBatches
 from esper.training.episode import EpisodeRunner, ScriptedController, run_episode
 from esper.training.loop import eval_flops, evaluate, train_flops
@@ -87,7 +88,9 @@ def _grown_transformer() -> MorphogeneticModel:
 
 
 @pytest.mark.parametrize("build", [_grown_cnn, _grown_transformer], ids=["cnn", "transformer"])
-def test_counterfactual_branches_equal_full_passes_without_the_seed(build) -> None:  # type: ignore[no-untyped-def]
+def test_counterfactual_branches_equal_full_passes_without_the_seed(
+    build: Callable[[], MorphogeneticModel],
+) -> None:
     torch.manual_seed(3)
     model = build().eval()
     if isinstance(model.host, CNNHost):
@@ -109,7 +112,9 @@ def test_counterfactual_branches_equal_full_passes_without_the_seed(build) -> No
     batches = [(inputs, targets)]
     paired = evaluate(model, batches, LOSS, task, torch.device("cpu"), counterfactual=live)
     for sid in live:
-        without = evaluate(model, batches, LOSS, task, torch.device("cpu"), alpha_override={sid: 0.0})
+        without = evaluate(
+            model, batches, LOSS, task, torch.device("cpu"), alpha_override={sid: 0.0}
+        )
         assert paired.contributions[sid].pp == pytest.approx(paired.accuracy - without.accuracy)
         assert paired.contributions[sid].items == targets.numel()
 
@@ -151,7 +156,7 @@ def test_compute_is_counted_once_per_architecture_and_leaves_the_run_unchanged(
     split = load_digits()
     config = dataclasses.replace(task.default_config(), epochs=12, seed=1)
     calls: list[str] = []
-    counted = compute.train_flops
+    counted = loop.train_flops
 
     def spy(*args: object) -> float:
         calls.append("train")

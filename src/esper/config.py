@@ -113,14 +113,25 @@ class GovernorConfig:
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """Weights of the three reward terms (see `esper.training.reward`)."""
+    """The reward every run records, whatever its controller (`esper.training.reward`);
+    the learned controller is trained on it."""
 
-    contribution_weight: float = 0.1
-    """Reward per pp of contribution realised by FOSSILIZE (charged by CULL)."""
-    rent_weight: float = 0.5
-    """Scale of the log-parameter rent charged every epoch."""
-    terminal_weight: float = 0.01
+    accuracy_weight: float = 0.1
     """Reward per pp of final validation accuracy, paid on the last epoch."""
+    compute_weight: float = 0.2
+    """Charge per static run's worth of extra compute (training and evaluation FLOPs
+    beyond what the static host spends), as it is spent. With accuracy_weight 0.1,
+    doubling an episode's compute must buy 2 pp of final accuracy to pay for itself."""
+    shaping_weight: float = 0.1
+    """Potential-based shaping: Phi = shaping_weight x validation accuracy (pp), 0 at the
+    end; every epoch pays gamma * Phi(now) - Phi(before), which sums to -Phi(start)."""
+    gamma: float = 0.99
+    """Discount of returns. PPO's advantage estimate reads this same field: shaping is
+    only policy-invariant when both use one gamma."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
 
 
 @dataclass(frozen=True)

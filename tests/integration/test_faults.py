@@ -585,6 +585,20 @@ def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(
     _assert_same_run(out, reference)
 
 
+def _wait_for_startup_handlers(pid: int, timeout: float = 60.0) -> None:
+    """Until the process catches SIGTERM (Linux: /proc/PID/status SigCgt), which esper's
+    CLI arranges before its slow imports; a fixed sleep races a loaded machine."""
+    deadline = time.monotonic() + timeout
+    bit = 1 << (signal.SIGTERM - 1)
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+        if int(caught.split()[1], 16) & bit:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the CLI never installed its start-up signal handlers")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_start_up_imports_is_one_line(tmp_path: Path, signum: int) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(esper.__file__).parents[1])}
@@ -596,7 +610,7 @@ def test_a_signal_during_start_up_imports_is_one_line(tmp_path: Path, signum: in
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(0.5)  # importing torch takes seconds: the signal lands in the imports
+    _wait_for_startup_handlers(process.pid)  # then torch takes seconds to import
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signum

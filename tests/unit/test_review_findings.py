@@ -603,7 +603,7 @@ def test_m5_epochs_are_one_based_and_terminal_reward_is_on_the_last_epoch(
     assert list(result.rewards) == [r.reward.total for r in result.history]
     assert [r.reward.terminal != 0.0 for r in result.history] == [False] * (n - 1) + [True]
     last = result.history[-1]
-    weight = SCRIPTED_CONFIG.reward.terminal_weight
+    weight = SCRIPTED_CONFIG.reward.accuracy_weight
     assert last.reward.terminal == pytest.approx(weight * last.val.accuracy)
     # The scripted actions landed on the epochs they were scheduled for.
     for epoch, action in SCHEDULE.items():

@@ -56,12 +56,15 @@ class ComputeMeter:
         self._eval: dict[object, float] = {}
         self.host_train: float
         """Training FLOPs per item of the host without any seed."""
+        self.host_eval: float
+        """Evaluation FLOPs per item of the host without any seed."""
         self.seed_costs: Mapping[str, Mapping[str, SeedCost]]
         """Per slot, per blueprint of the host's topology: what a seed there would cost."""
         # Building blueprints to count them draws initial weights from torch's global
         # generator; the fork keeps the run's random stream exactly as without counting.
         with torch.random.fork_rng(devices=[]):
             self.host_train = train_flops(model.host, self.probe, criterion, task_type)
+            self.host_eval = eval_flops(model.host, self.probe, criterion, task_type)
             self.seed_costs = _seed_costs(model, self.probe[0])
         """Per slot, per blueprint of the host's topology: what a seed there would cost."""
 

@@ -6,7 +6,8 @@ Every epoch is one transaction in one fixed order, whatever the controller::
                 seed with alpha > 0 -> governor check (rollback and re-evaluate if
                 needed) -> signals
     controller.decide(signals, slots)
-    apply(action): apply the action -> lifecycle tick (gates) -> reward -> telemetry
+                -> the reward for reaching this epoch
+    apply(action): apply the action -> lifecycle tick (gates) -> record -> telemetry
 
 `run_episode` is that loop (`esper.training.heuristic` builds on it). The RL
 environment steps the same `EpisodeRunner`.
@@ -174,6 +175,7 @@ class _Measured:
     rollback: str | None
     train_flops: float
     eval_flops: float
+    reward: RewardTerms
     started: float
 
 
@@ -281,9 +283,18 @@ class EpisodeRunner:
             )
         for sid, measured in val.contributions.items():
             self.model.slot(sid).record(contribution=measured.pp, contribution_se=measured.se)
-        self._pending = _Measured(
-            train, val, rollback, train_per_item * train.samples, eval_flops, started
+        train_flops = train_per_item * train.samples
+        static = self.compute.host_train * train.samples + self.compute.host_eval * val.samples
+        reward = epoch_reward(
+            self.records[-1].val.accuracy if self.records else None,
+            val.accuracy,
+            train_flops + eval_flops,
+            static,
+            self.epoch,
+            self.config.epochs,
+            self.config.reward,
         )
+        self._pending = _Measured(train, val, rollback, train_flops, eval_flops, reward, started)
         signals = self.tracker.update(
             self.epoch,
             train.loss,
@@ -404,26 +415,16 @@ class EpisodeRunner:
     # ------------------------------------------------------------ phase 2
 
     def apply(self, action: FactoredAction) -> EpochRecord:
-        """Apply the controller's action, tick the lifecycle, pay the reward."""
+        """Apply the controller's action, tick the lifecycle, record the epoch."""
         if self._pending is None:
             raise RuntimeError("apply() called before observe()")
         measured, self._pending = self._pending, None
         val = measured.val
         self.counts[action.op] += 1
-        acted_on = val.contributions.get(action.slot) if action.slot is not None else None
         outcome = self._execute(action, val.accuracy)
         self._tick(val.accuracy)
         self.optimizers.sync(self.model)
         self.optimizers.check_ownership(self.model)
-        reward = epoch_reward(
-            action.op if outcome == "applied" else LifecycleOp.WAIT,
-            None if acted_on is None else acted_on.pp,
-            self.model.active_seed_params,
-            self.model.host_params,
-            val.accuracy,
-            self.epoch == self.config.epochs,
-            self.config.reward,
-        )
         record = EpochRecord(
             epoch=self.epoch,
             train=measured.train,
@@ -432,7 +433,7 @@ class EpisodeRunner:
             contributions=val.contributions,
             action=action,
             outcome=outcome,
-            reward=reward,
+            reward=measured.reward,
             stages=self.model.stages(),
             alphas={s.slot_id: s.alpha for s in self.model.slots()},
             train_flops=measured.train_flops,

@@ -380,19 +380,24 @@ def train_flops(model: nn.Module, batch: Batch, criterion: nn.Module, task_type:
 
 @torch.no_grad()
 def eval_flops(
-    model: MorphogeneticModel,
+    model: nn.Module,
     batch: Batch,
     criterion: nn.Module,
     task_type: TaskType,
     counterfactual: Sequence[str] = (),
 ) -> float:
-    """FLOPs per scored item of one `evaluate` step, counterfactual branches included."""
+    """FLOPs per scored item of one `evaluate` step, counterfactual branches included
+    (``counterfactual`` needs a `MorphogeneticModel`; any module can be counted without)."""
     inputs, targets = batch
     was_training = model.training
     model.eval()
     try:
         with FlopCounterMode(display=False) as counter:
-            model.forward_counterfactual(inputs, counterfactual)
+            if counterfactual:
+                assert isinstance(model, MorphogeneticModel)
+                model.forward_counterfactual(inputs, counterfactual)
+            else:
+                model(inputs)
     finally:
         model.train(was_training)
     return float(counter.get_total_flops()) / targets.numel()

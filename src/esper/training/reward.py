@@ -1,58 +1,98 @@
-"""The per-epoch reward: three small terms, the same for every controller.
+"""The reward: what a run's final accuracy bought, net of the compute it spent.
 
-``reward = contribution + rent + terminal``:
+Every run records it, epoch by epoch, whatever its controller, so a learned controller's
+return compares with the heuristic's and the static host's. Epoch ``t``'s reward is the
+reward for *reaching* epoch ``t`` (the action taken after epoch ``t - 1`` led there):
 
-* **contribution** — the measured counterfactual contribution (pp) of the seed the
-  action acted on, paid once when the controller commits: ``+w·c`` for FOSSILIZE,
-  ``-w·c`` for CULL (culling a seed that helps costs what it gave; culling one that
-  hurts earns it). WAIT and GERMINATE act on no measured seed and earn nothing here.
-* **rent** — every epoch, ``-rent_weight · ln(1 + seed_params / host_params)`` for the
-  parameters seeds have added (live and fossilized): growth is not free.
-* **terminal** — on the last epoch only, ``terminal_weight · val_accuracy`` (pp), so the
-  episode's return rewards the accuracy it ends with.
+* **terminal** - on the last epoch, ``accuracy_weight x`` its validation accuracy (pp):
+  the accuracy the controller bought. A seed's contribution is in it once: it is never
+  paid per step or again on fossilization.
+* **compute** - every epoch, ``-compute_weight x`` the compute spent beyond the static
+  host's (training and evaluation FLOPs, counterfactual passes included), as a fraction
+  of what the static host spends over the whole episode. Summed over the episode:
+  ``-compute_weight x (spent / static - 1)``.
+* **shaping** - potential-based (Ng, Harada & Russell 1999): ``gamma Phi(s') - Phi(s)``
+  with ``Phi(s) = shaping_weight x`` the validation accuracy after the epoch and
+  ``Phi = 0`` once the episode has ended, so over any episode the discounted shaping sums
+  to ``-Phi(first state)``, whatever the controller did: it speeds learning up without
+  changing which policy is best. Nothing is paid on reaching epoch 1 (no action led there).
 
-Heuristic runs record the same reward so their returns compare with the PPO agent's.
+Each term is a small pure function of numbers the episode measured.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from esper.config import RewardConfig
-from esper.lifecycle import LifecycleOp
 
-__all__ = ["RewardTerms", "epoch_reward"]
+__all__ = [
+    "RewardTerms",
+    "compute_charge",
+    "epoch_reward",
+    "potential",
+    "shaping",
+    "terminal_reward",
+]
 
 
 @dataclass(frozen=True)
 class RewardTerms:
-    contribution: float
-    rent: float
+    shaping: float
+    compute: float
     terminal: float
 
     @property
     def total(self) -> float:
-        return self.contribution + self.rent + self.terminal
+        return self.shaping + self.compute + self.terminal
+
+
+def potential(val_accuracy: float, ended: bool, config: RewardConfig) -> float:
+    """Phi of the state after an epoch: ``shaping_weight x`` accuracy, 0 once ended."""
+    return 0.0 if ended else config.shaping_weight * val_accuracy
+
+
+def shaping(before: float, after: float, ended: bool, config: RewardConfig) -> float:
+    """``gamma Phi(s') - Phi(s)`` for a step from accuracy ``before`` to ``after``."""
+    return config.gamma * potential(after, ended, config) - potential(before, False, config)
+
+
+def compute_charge(
+    spent_flops: float, static_flops: float, epochs: int, config: RewardConfig
+) -> float:
+    """Charge for one epoch's compute beyond the static host's ``static_flops`` (the
+    same epoch's), in units of the static host's whole episode (``epochs`` epochs)."""
+    extra = (spent_flops - static_flops) / max(static_flops * epochs, 1.0)
+    return -config.compute_weight * extra
+
+
+def terminal_reward(final_accuracy: float, config: RewardConfig) -> float:
+    """``accuracy_weight x`` the final validation accuracy (pp)."""
+    return config.accuracy_weight * final_accuracy
 
 
 def epoch_reward(
-    op: LifecycleOp,
-    contribution: float | None,
-    seed_params: int,
-    host_params: int,
-    val_accuracy: float,
-    is_last_epoch: bool,
+    previous_accuracy: float | None,
+    accuracy: float,
+    spent_flops: float,
+    static_flops: float,
+    epoch: int,
+    epochs: int,
     config: RewardConfig,
 ) -> RewardTerms:
-    """The reward for one epoch. ``contribution`` is that of the acted-on seed (pp)."""
-    c = 0.0 if contribution is None else contribution
-    if op is LifecycleOp.FOSSILIZE:
-        paid = config.contribution_weight * c
-    elif op is LifecycleOp.CULL:
-        paid = -config.contribution_weight * c
-    else:
-        paid = 0.0
-    rent = -config.rent_weight * math.log1p(seed_params / max(host_params, 1))
-    terminal = config.terminal_weight * val_accuracy if is_last_epoch else 0.0
-    return RewardTerms(paid, rent, terminal)
+    """The reward for reaching ``epoch`` (1-based) of ``epochs``.
+
+    Args:
+        previous_accuracy: validation accuracy after the previous epoch (None on epoch 1).
+        accuracy: validation accuracy after this epoch.
+        spent_flops: training and evaluation FLOPs this epoch spent.
+        static_flops: what the static host would have spent on the same epoch.
+    """
+    ended = epoch == epochs
+    return RewardTerms(
+        shaping=0.0
+        if previous_accuracy is None
+        else shaping(previous_accuracy, accuracy, ended, config),
+        compute=compute_charge(spent_flops, static_flops, epochs, config),
+        terminal=terminal_reward(accuracy, config) if ended else 0.0,
+    )

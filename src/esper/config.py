@@ -329,8 +329,11 @@ class RunConfig:
 
     task: str = "digits"
     """Registered task (``esper --help`` lists them)."""
-    controller: Literal["heuristic", "baseline"] = "heuristic"
-    """Who decides: the rule-based heuristic, or the static baseline that never grows."""
+    controller: Literal["heuristic", "baseline", "ppo"] = "heuristic"
+    """Who decides: the rule-based heuristic, the static baseline that never grows, or a
+    policy trained by ``esper ppo train`` (see ``policy``)."""
+    policy: str | None = None
+    """The trained policy (a ``policy.pt`` or its run directory) when controller is ppo."""
     slots: tuple[str, ...] | None = None
     """Enabled slot ids (None: every injection point of the host)."""
     width_multiplier: float = 1.0

@@ -33,6 +33,7 @@ from esper.contracts import Controller
 from esper.controller import HeuristicController, StaticController
 from esper.model.blueprints import blueprint_names
 from esper.model.morphogenetic import MorphogeneticModel
+from esper.rl.agent import PolicyController, PolicyError, load_policy
 from esper.rundir import (
     CHECKPOINT,
     Checkpoint,
@@ -153,6 +154,14 @@ def _build(config: RunConfig, telemetry: Telemetry) -> _Run:
     controller: StatefulController
     if config.controller == "baseline":
         controller = StaticController()
+    elif config.controller == "ppo":
+        if config.policy is None:
+            raise RunError("controller ppo needs a policy: pass --policy DIR")
+        try:
+            policy, meta = load_policy(Path(config.policy), config.task, model.slot_ids)
+        except PolicyError as error:
+            raise RunError(str(error)) from None
+        controller = PolicyController(policy, meta, data.random_guess_loss)
     else:
         try:
             controller = HeuristicController(

@@ -17,6 +17,7 @@ decision). Environments without ``info["masks"]`` are unmasked.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +28,16 @@ from torch import Tensor
 
 from esper.rl.buffer import RolloutBuffer
 from esper.rl.policy import ActionMasks, ActorCritic, PolicyState
+from esper.rl.workers import EnvPool
 
-__all__ = ["EpisodeRecord", "Rollout", "RolloutCollector", "env_info"]
+__all__ = [
+    "EpisodeRecord",
+    "EpisodeSummary",
+    "Rollout",
+    "RolloutCollector",
+    "collect_episodes",
+    "env_info",
+]
 
 
 @dataclass(frozen=True)
@@ -197,3 +206,109 @@ class RolloutCollector:
             )
             self.returns[i], self.lengths[i] = 0.0, 0
         return finished
+
+
+@dataclass(frozen=True)
+class EpisodeSummary:
+    """One finished episode of an `EnvPool` rollout."""
+
+    env: int
+    seed: int
+    episode_return: float
+    length: int
+    summary: dict[str, Any]
+    """The environment's ``info["summary"]`` at the end (final accuracy, seeds, FLOPs)."""
+
+
+def collect_episodes(
+    pool: EnvPool,
+    policy: ActorCritic,
+    seeds: Sequence[int],
+    steps: int,
+    generator: torch.Generator | None = None,
+    next_seed: Callable[[], int] | None = None,
+) -> tuple[RolloutBuffer, list[EpisodeSummary]]:
+    """A rollout of whole episodes: every environment starts a fresh episode (``seeds``)
+    and takes ``steps`` steps; episodes are fixed-length, so all end on the last step.
+
+    An environment whose episode ends early (a run the governor had to stop) starts
+    another at once, with seed ``next_seed()``, so every sequence is ``steps`` long; an
+    episode still running at the end is bootstrapped from its value, never dropped.
+    """
+    device = next(policy.parameters()).device
+
+    def tensor(array: Any) -> Tensor:
+        return torch.as_tensor(np.asarray(array), dtype=torch.float32, device=device)
+
+    def stack_masks(infos: list[dict[str, Any]]) -> ActionMasks | None:
+        if not all("masks" in info for info in infos):
+            return None
+        arrays = {
+            key: np.stack([info["masks"][key] for info in infos]) for key in infos[0]["masks"]
+        }
+        return ActionMasks.from_numpy(arrays, device)
+
+    n = pool.num_envs
+    obs_array, infos = pool.reset(seeds)
+    obs, masks = tensor(obs_array), stack_masks(infos)
+    current = list(seeds)
+    state = policy.initial_state(n)
+    initial_state = state
+    starts = torch.ones(n, device=device)
+    returns, lengths = np.zeros(n), np.zeros(n, dtype=np.int64)
+    columns: dict[str, list[Tensor]] = {}
+    step_masks: list[ActionMasks] = []
+    finished: list[EpisodeSummary] = []
+    for _ in range(steps):
+        with torch.no_grad():
+            out = policy.act(obs, state, masks, starts, generator=generator)
+        result = pool.step(out.action.cpu().numpy())
+        ended = result.terminated | result.truncated
+        row = {
+            "obs": obs,
+            "actions": out.action,
+            "log_probs": out.log_prob,
+            "values": out.value,
+            "rewards": tensor(result.rewards),
+            "starts": starts,
+            "terminated": tensor(result.terminated),
+            "truncated": tensor(result.truncated & ~result.terminated),
+            "final_values": torch.zeros(n, device=device),  # episodes end by terminating
+        }
+        for name, value in row.items():
+            columns.setdefault(name, []).append(value)
+        if masks is not None:
+            step_masks.append(masks)
+        returns += result.rewards
+        lengths += 1
+        next_infos = list(result.infos)
+        next_obs = result.obs.copy()
+        done = np.flatnonzero(ended)
+        for i in done:
+            finished.append(
+                EpisodeSummary(
+                    int(i),
+                    current[i],
+                    float(returns[i]),
+                    int(lengths[i]),
+                    dict(result.infos[i].get("summary", {})),
+                )
+            )
+            returns[i], lengths[i] = 0.0, 0
+        if len(done) and next_seed is not None and _ < steps - 1:
+            restart = [next_seed() for _ in done]
+            fresh_obs, fresh_infos = pool.reset(restart, done.tolist())
+            for k, i in enumerate(done):
+                next_obs[i], next_infos[i], current[i] = fresh_obs[k], fresh_infos[k], restart[k]
+        obs, state, masks = tensor(next_obs), out.state, stack_masks(next_infos)
+        starts = tensor(ended)
+    stacked = {name: torch.stack(values) for name, values in columns.items()}
+    with torch.no_grad():
+        last_value = policy.value(obs, state, starts)
+    buffer = RolloutBuffer(
+        **stacked,
+        masks=ActionMasks.stack(step_masks) if step_masks else None,
+        initial_state=initial_state,
+        last_value=last_value,
+    )
+    return buffer, finished

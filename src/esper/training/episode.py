@@ -90,6 +90,8 @@ class Observation:
 
     signals: TrainingSignals
     slots: tuple[SlotReport, ...]
+    reward: RewardTerms
+    """The reward for reaching this epoch (see `esper.training.reward`)."""
 
 
 @dataclass(frozen=True)
@@ -305,7 +307,7 @@ class EpisodeRunner:
             self.model.active_seed_params,
             host_train_flops=self.compute.host_train,
         )
-        return Observation(signals, self.reports())
+        return Observation(signals, self.reports(), reward)
 
     def _measured_slots(self) -> list[str]:
         """Slots whose seed's counterfactual is measured this epoch: every live seed with

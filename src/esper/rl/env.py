@@ -1,0 +1,240 @@
+"""MorphogenesisEnv: a morphogenetic training run as a Gymnasium environment.
+
+One episode is one run of a task: ``reset(seed=...)`` builds a fresh host (initial
+weights and data order from the seed) and trains its first epoch; each ``step(action)``
+applies the action to the epoch just measured, then trains and measures the next
+(`EpisodeRunner`, the same per-epoch transaction every controller drives). After the last
+epoch is measured the episode is ``terminated`` (an action after it would change
+nothing: there is no epoch left to train).
+
+* Observation: ``Box(float32)``, layout version `OBSERVATION_VERSION` of
+  `esper.controller.features` (``observation_names`` names every index).
+* Action: ``MultiDiscrete([4, slots, blueprints, 3])`` = (op, slot, blueprint, blend).
+  A combination that is not legal now is applied as WAIT; ``info["illegal"]`` says why.
+* Masks: ``info["masks"]`` holds the conditional masks of the next decision (numpy
+  booleans: op ``[4]``, slot ``[4, slots]``, blueprint ``[slots, blueprints]``, blend
+  ``[3]``); `action_masks` gives sb3-contrib's MaskablePPO its flat, independent-heads
+  form.
+* Reward: the run's own (`esper.training.reward`): final accuracy net of compute, with
+  potential-based shaping. With ``paired_baseline`` the terminal reward is paid relative
+  to the static host's final accuracy on the same seed (computed once per seed): the
+  same optimal policy, far less variance between seeds.
+* ``info["record"]`` is the applied epoch's `EpochRecord` as plain data.
+
+Registered as ``Esper/Morphogenesis-v0`` (``gymnasium.make("Esper/Morphogenesis-v0",
+task="digits")`` after ``import esper.rl``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from esper.config import RunConfig, from_dict, to_dict
+from esper.contracts import SlotReport
+from esper.controller import StaticController
+from esper.controller.features import (
+    BLENDS,
+    HIGH,
+    OBSERVATION_VERSION,
+    conditional_masks,
+    decode_action,
+    observation,
+    observation_size,
+)
+from esper.data import SplitData
+from esper.lifecycle import FactoredAction, LifecycleOp
+from esper.model.blueprints import blueprint_names
+from esper.rl.policy import flat_action_mask
+from esper.training.batches import SplitBatches
+from esper.training.episode import EpisodeRunner, Observation, run_episode
+from esper.training.governor import GovernorStopError
+from esper.training.tasks import TaskOptions, get_task
+
+__all__ = ["ENV_ID", "MorphogenesisEnv", "env_config"]
+
+ENV_ID = "Esper/Morphogenesis-v0"
+
+
+def env_config(config: RunConfig | dict[str, Any] | None = None, **overrides: Any) -> RunConfig:
+    """A `RunConfig` for the environment: the task's defaults, then ``config`` (a
+    RunConfig or its plain-data form), then ``overrides`` (``task``, ``epochs``,
+    ``max_batches``, ``max_val_batches``, ``data_dir``, ``text_file`` or any top-level
+    RunConfig field)."""
+    data = to_dict(config) if isinstance(config, RunConfig) else dict(config or {})
+    task = overrides.pop("task", None) or data.get("task", "digits")
+    spec = get_task(task)
+    base = to_dict(RunConfig(task=task, batch_size=spec.batch_size, episode=spec.default_config()))
+    merged = {**base, **data, "task": task}
+    episode = {**base["episode"], **data.get("episode", {})}
+    training = {**episode["training"]}
+    for key in ("max_batches", "max_val_batches"):
+        if key in overrides:
+            training[key] = overrides.pop(key)
+    if "epochs" in overrides:
+        episode["epochs"] = overrides.pop("epochs")
+    episode["training"] = training
+    merged["episode"] = episode
+    merged.update({k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()})
+    return from_dict(RunConfig, merged)
+
+
+class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
+    """A run of ``task`` as an episode (see the module docstring).
+
+    Args:
+        config: a `RunConfig` (or its plain data) for everything but the seed, which
+            ``reset`` sets.
+        paired_baseline: pay the terminal reward relative to the static host's final
+            accuracy on the same seed.
+        **overrides: shortcuts for fields of ``config`` (see `env_config`).
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium's contract)
+
+    def __init__(
+        self,
+        config: RunConfig | dict[str, Any] | None = None,
+        paired_baseline: bool = False,
+        **overrides: Any,
+    ) -> None:
+        super().__init__()
+        self.config = env_config(config, **overrides)
+        self.task = get_task(self.config.task)
+        self.split: SplitData = self.task.load(
+            TaskOptions(
+                data_dir=Path(self.config.data_dir) if self.config.data_dir else None,
+                text_file=Path(self.config.text_file) if self.config.text_file else None,
+            )
+        )
+        probe = self.task.build_model(self.split, self.config.slots, None, 1.0)
+        self.slot_ids = probe.slot_ids
+        self.blueprints = blueprint_names(self.task.topology)
+        self.paired_baseline = paired_baseline
+        self._baselines: dict[int, float] = {}
+        size = observation_size(len(self.slot_ids), len(self.blueprints))
+        self.observation_space = gym.spaces.Box(-1.0, HIGH, (size,), np.float32)
+        self.action_space = gym.spaces.MultiDiscrete(
+            [len(LifecycleOp), len(self.slot_ids), len(self.blueprints), len(BLENDS)]
+        )
+        self.observation_version = OBSERVATION_VERSION
+        self.runner: EpisodeRunner | None = None
+        self.episode_seed = 0
+        self._steps = self._illegal = 0
+        self._slots: tuple[SlotReport, ...] = ()
+        self._masks: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------ gymnasium API
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self.episode_seed = int(seed if seed is not None else self.np_random.integers(2**31))
+        if self.paired_baseline:
+            self.static_accuracy(self.episode_seed)  # before the episode: its own timing
+        self.runner = self._runner(self.episode_seed)
+        self._steps = self._illegal = 0
+        first = self.runner.observe()
+        return self._observe(first), {"masks": self._masks, "epoch": 1, "seed": self.episode_seed}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        runner = self.runner
+        if runner is None or runner.done:
+            raise RuntimeError("step() before reset(), or after the episode ended")
+        chosen, illegal = decode_action(np.asarray(action).tolist(), self._slots, self.blueprints)
+        self._steps += 1
+        self._illegal += illegal is not None
+        record = runner.apply(chosen)
+        info: dict[str, Any] = {
+            "record": _plain(record),
+            "illegal": illegal or "",
+            "action": _describe(chosen),
+        }
+        try:
+            following = runner.observe()
+        except GovernorStopError as error:  # a persistent fault: the episode cannot go on
+            info.update(
+                stopped=str(error), masks=self._masks, epoch=runner.epoch, summary=self._summary()
+            )
+            return self._last_obs, 0.0, True, False, info
+        reward = self._reward(following)
+        terminated = runner.epoch >= runner.config.epochs
+        if terminated:
+            last = runner.apply(FactoredAction.wait())  # closes the final epoch's record
+            info["final"] = _plain(last)
+            info["final_accuracy"] = last.val.accuracy
+            info["summary"] = self._summary()
+        obs = self._observe(following)
+        info.update(masks=self._masks, epoch=runner.epoch)
+        return obs, reward, terminated, False, info
+
+    def action_masks(self) -> np.ndarray:
+        """sb3-contrib's MaskablePPO mask: the heads' masks concatenated (independent)."""
+        return flat_action_mask(self._masks)
+
+    # ------------------------------------------------------------ internals
+
+    def _runner(self, seed: int) -> EpisodeRunner:
+        episode = dataclasses.replace(self.config.episode, seed=seed)
+        torch.manual_seed(seed)
+        model = self.task.build_model(
+            self.split, self.config.slots, episode.lifecycle, self.config.width_multiplier
+        )
+        data = SplitBatches(self.split, self.config.batch_size, seed, augment=self.task.augment)
+        return EpisodeRunner(model, data, episode)
+
+    def _observe(self, seen: Observation) -> np.ndarray:
+        assert self.runner is not None
+        self._slots = seen.slots
+        masks = conditional_masks(seen.slots, self.blueprints)
+        self._masks = {key: np.asarray(value, dtype=bool) for key, value in masks.items()}
+        values = observation(
+            seen.signals, seen.slots, self.blueprints, self.runner.data.random_guess_loss
+        )
+        self._last_obs = np.asarray(values, dtype=np.float32)
+        return self._last_obs
+
+    def _summary(self) -> dict[str, Any]:
+        """The episode's result as plain data (no wall time), with how many of the
+        agent's actions were illegal."""
+        assert self.runner is not None
+        summary = self.runner.result().to_json()
+        summary.pop("wall_seconds")
+        summary["illegal_fraction"] = self._illegal / max(self._steps, 1)
+        return summary
+
+    def _reward(self, seen: Observation) -> float:
+        reward = seen.reward.total
+        if self.paired_baseline and seen.reward.terminal != 0.0:
+            static = self.static_accuracy(self.episode_seed)
+            reward -= self.config.episode.reward.accuracy_weight * static
+        return float(reward)
+
+    def static_accuracy(self, seed: int) -> float:
+        """Final accuracy of the static host on ``seed`` (trained once, then remembered)."""
+        if seed not in self._baselines:
+            with torch.random.fork_rng(devices=[]):
+                result = run_episode(self._runner(seed), StaticController())
+            self._baselines[seed] = result.final_accuracy
+        return self._baselines[seed]
+
+
+def _describe(action: FactoredAction) -> str:
+    words = [action.op.name, action.slot or ""]
+    if action.op is LifecycleOp.GERMINATE:
+        words += [action.blueprint or "", action.blend.value]
+    return " ".join(w for w in words if w)
+
+
+def _plain(record: Any) -> dict[str, Any]:
+    """An `EpochRecord` as plain data, without its wall time (so that the same seed and
+    actions give the same info, as Gymnasium's determinism check demands)."""
+    plain: dict[str, Any] = to_dict(record)
+    plain.pop("seconds", None)
+    return plain

@@ -1,0 +1,339 @@
+"""Training the learned controller: episodes of `MorphogenesisEnv`, PPO updates, a run dir.
+
+Each update collects one episode from each of ``envs`` environments (stepped in
+``workers`` processes), then runs `ppo_update` on those whole sequences. Training
+episodes draw their seeds from a fixed pool (`train_seed`) far from the small seeds used
+for evaluation, so ``esper ppo eval --seeds 100-109`` is always held out. With the paired
+baseline each pool seed's static run is trained once per environment process.
+
+A training directory holds ``config.json`` (a `PPOTrainConfig`), ``updates.jsonl`` (one
+row per update), ``policy.pt`` (`esper.rl.agent`), ``trainer.pt`` (optimizer and random
+state for ``--resume``; tensors and plain data only) and ``training_curve.png``. A run
+resumed after any interruption gives the policy an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from esper.config import RunConfig, from_dict, reject_non_finite, to_dict
+from esper.rl.agent import POLICY_FILE, PolicyMeta, save_policy
+from esper.rl.env import MorphogenesisEnv, env_config
+from esper.rl.ppo import PPOConfig, UpdateStats, ppo_update
+from esper.rl.rollout import EpisodeSummary, collect_episodes
+from esper.rl.workers import EnvPool
+
+__all__ = [
+    "TRAINER_FILE",
+    "UPDATES_FILE",
+    "PPOTrainConfig",
+    "UpdateRow",
+    "load_train_config",
+    "plot_training",
+    "read_updates",
+    "resolve_train_config",
+    "train",
+    "train_seed",
+]
+
+TRAINER_FILE = "trainer.pt"
+UPDATES_FILE = "updates.jsonl"
+
+
+def _esper_ppo() -> PPOConfig:
+    # Few, expensive episodes: a larger step than CleanRL's Atari default, two
+    # minibatches of whole episodes, four passes.
+    return PPOConfig(learning_rate=1e-3, num_minibatches=2, update_epochs=4, ent_coef=0.01)
+
+
+@dataclass(frozen=True)
+class PPOTrainConfig:
+    """An ``esper ppo train`` run, as saved to its ``config.json``."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    """The environment: task, episode length, gates, reward (its gamma is PPO's too)."""
+    ppo: PPOConfig = field(default_factory=_esper_ppo)
+    """PPO's hyperparameters; ``gamma`` is always ``run.episode.reward.gamma``."""
+    episodes: int = 64
+    """Training episodes in all (rounded up to whole updates of ``envs`` episodes)."""
+    envs: int = 4
+    """Episodes per update, run side by side."""
+    workers: int = 1
+    """Processes the environments step in (one torch thread each)."""
+    seed: int = 0
+    """Seeds the policy's initial weights, action sampling and minibatch order."""
+    train_seeds: int = 16
+    """Size of the pool of episode seeds training cycles through (see `train_seed`)."""
+    hidden: int = 128
+    """Width of the policy's encoder and LSTM."""
+    paired_baseline: bool = True
+    """Pay the terminal reward relative to the static host on the same seed."""
+
+    def __post_init__(self) -> None:
+        reject_non_finite(self)
+        for name in ("episodes", "envs", "workers", "train_seeds", "hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.ppo.num_minibatches > self.envs:
+            raise ValueError(
+                f"ppo.num_minibatches ({self.ppo.num_minibatches}) cannot exceed envs "
+                f"({self.envs}): minibatches are whole episodes"
+            )
+        if self.ppo.gamma != self.run.episode.reward.gamma:
+            raise ValueError(
+                "the discount is set once, as run.episode.reward.gamma (shaping and PPO "
+                "must agree); leave ppo.gamma out"
+            )
+
+    @property
+    def updates(self) -> int:
+        return math.ceil(self.episodes / self.envs)
+
+
+def train_seed(config: PPOTrainConfig, episode: int) -> int:
+    """Seed of training episode ``episode`` (0-based): the pool 1,000,000 + 1,000 x seed
+    + (episode mod train_seeds), far from evaluation's small seeds."""
+    return 1_000_000 + 1_000 * config.seed + episode % config.train_seeds
+
+
+@dataclass(frozen=True)
+class UpdateRow:
+    """One update, as written to ``updates.jsonl``."""
+
+    update: int
+    episodes: int
+    mean_return: float
+    mean_final_accuracy: float
+    mean_added_params: float
+    mean_seeds_kept: float
+    illegal_fraction: float
+    learning_rate: float
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    approx_kl: float
+    clip_fraction: float
+    ratio_min: float
+    ratio_max: float
+    explained_variance: float
+    rollout_seconds: float
+    update_seconds: float
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+                for k, v in dataclasses.asdict(self).items()
+            }
+        )
+
+
+def read_updates(path: Path) -> list[UpdateRow]:
+    """Rows of an ``updates.jsonl`` (a half-written last line is ignored)."""
+    rows = []
+    lines = path.read_text().splitlines() if path.is_file() else []
+    for line in lines:
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        cleaned = {k: math.nan if v is None else v for k, v in data.items()}
+        rows.append(from_dict(UpdateRow, cleaned))
+    return rows
+
+
+def _factory(config: PPOTrainConfig) -> Callable[[], MorphogenesisEnv]:
+    return functools.partial(
+        MorphogenesisEnv, config=to_dict(config.run), paired_baseline=config.paired_baseline
+    )
+
+
+def _save_trainer(path: Path, state: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def train(
+    out: Path,
+    config: PPOTrainConfig,
+    on_update: Callable[[UpdateRow], None] = lambda row: None,
+    resume: bool = False,
+) -> list[UpdateRow]:
+    """Train (or, with ``resume``, continue training) a policy into ``out``."""
+    probe = MorphogenesisEnv(config=config.run)
+    meta = PolicyMeta(
+        config.run.task, tuple(probe.slot_ids), tuple(probe.blueprints), config.hidden
+    )
+    steps = config.run.episode.epochs - 1  # the first epoch is trained by reset
+    torch.manual_seed(config.seed)
+    policy = meta.build()
+    optimizer = torch.optim.Adam(
+        policy.parameters(), lr=config.ppo.learning_rate, eps=config.ppo.adam_eps
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    rows: list[UpdateRow] = []
+    start = 0
+    if resume:
+        state = torch.load(out / TRAINER_FILE, map_location="cpu", weights_only=True)
+        policy.load_state_dict(state["policy"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start = int(state["updates"])
+        rows = read_updates(out / UPDATES_FILE)[:start]
+        _write_rows(out / UPDATES_FILE, rows)
+    else:
+        (out / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
+        (out / UPDATES_FILE).write_text("")
+    with EnvPool(_factory(config), config.envs, config.workers) as pool:
+        for update in range(start, config.updates):
+            fraction = 1.0 - update / config.updates if config.ppo.anneal_lr else 1.0
+            learning_rate = fraction * config.ppo.learning_rate
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate
+            began = time.perf_counter()
+            first = update * config.envs
+            seeds = [train_seed(config, first + i) for i in range(config.envs)]
+            buffer, episodes = collect_episodes(
+                pool, policy, seeds, steps, generator, next_seed=_spare_seeds(config, update)
+            )
+            collected = time.perf_counter()
+            policy.train()
+            stats = ppo_update(policy, optimizer, buffer, config.ppo, generator)
+            policy.eval()
+            row = _row(update + 1, first + config.envs, learning_rate, stats, episodes)
+            row = dataclasses.replace(
+                row,
+                rollout_seconds=collected - began,
+                update_seconds=time.perf_counter() - collected,
+            )
+            rows.append(row)
+            with (out / UPDATES_FILE).open("a") as handle:
+                handle.write(row.to_json() + "\n")
+            save_policy(out / POLICY_FILE, policy, meta)
+            _save_trainer(
+                out / TRAINER_FILE,
+                {
+                    "policy": policy.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "updates": update + 1,
+                },
+            )
+            plot_training(rows, out / "training_curve.png", config.run.task)
+            on_update(row)
+    return rows
+
+
+def _spare_seeds(config: PPOTrainConfig, update: int) -> Callable[[], int]:
+    """Seeds for episodes started within an update after one ended early (a run the
+    governor stopped): a pool of its own, determined by the update, so resume replays it."""
+    counter = iter(range(10**6))
+    return lambda: 2_000_000 + 1_000 * config.seed + 100 * update + next(counter)
+
+
+def _write_rows(path: Path, rows: list[UpdateRow]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write("".join(row.to_json() + "\n" for row in rows))
+    os.replace(tmp, path)
+
+
+def _row(
+    update: int,
+    episodes: int,
+    learning_rate: float,
+    stats: UpdateStats,
+    finished: list[EpisodeSummary],
+) -> UpdateRow:
+    def mean(values: list[float]) -> float:
+        return float(np.mean(values)) if values else math.nan
+
+    summaries = [e.summary for e in finished]
+    return UpdateRow(
+        update=update,
+        episodes=episodes,
+        mean_return=mean([e.episode_return for e in finished]),
+        mean_final_accuracy=mean([s.get("final_accuracy", math.nan) for s in summaries]),
+        mean_added_params=mean([s.get("seed_params", math.nan) for s in summaries]),
+        mean_seeds_kept=mean([s.get("seeds_fossilized", math.nan) for s in summaries]),
+        illegal_fraction=mean([s.get("illegal_fraction", 0.0) for s in summaries]),
+        learning_rate=learning_rate,
+        policy_loss=stats.policy_loss,
+        value_loss=stats.value_loss,
+        entropy=stats.entropy,
+        approx_kl=stats.approx_kl,
+        clip_fraction=stats.clip_fraction,
+        ratio_min=stats.ratio_min,
+        ratio_max=stats.ratio_max,
+        explained_variance=stats.explained_variance,
+        rollout_seconds=0.0,
+        update_seconds=0.0,
+    )
+
+
+def plot_training(rows: list[UpdateRow], path: Path, task: str) -> None:
+    """Return and final accuracy per update above approx-KL, clip fraction and entropy."""
+    fig = Figure(figsize=(9, 6))
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    episodes = [r.episodes for r in rows]
+    top.plot(episodes, [r.mean_final_accuracy for r in rows], color="black", label="final acc (%)")
+    twin = top.twinx()
+    twin.plot(episodes, [r.mean_return for r in rows], color="#d35400", label="return")
+    top.set_ylabel("mean final accuracy (%)")
+    twin.set_ylabel("mean return", color="#d35400")
+    top.set_title(f"PPO on {task}: per update")
+    top.grid(alpha=0.3)
+    bottom.plot(episodes, [r.approx_kl for r in rows], label="approx KL")
+    bottom.plot(episodes, [r.clip_fraction for r in rows], label="clip fraction")
+    bottom.plot(episodes, [r.entropy / 10 for r in rows], label="entropy / 10")
+    bottom.set_xlabel("training episodes")
+    bottom.legend(fontsize=8)
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def load_train_config(path: Path) -> PPOTrainConfig:
+    """A saved ``config.json`` of a training run."""
+    config: PPOTrainConfig = from_dict(PPOTrainConfig, json.loads(path.read_text()))
+    return config
+
+
+def resolve_train_config(
+    file_data: dict[str, Any], run_overrides: dict[str, Any], flags: dict[str, Any]
+) -> PPOTrainConfig:
+    """Defaults, then a config file's data, then flags: ``run_overrides`` go to the
+    environment (`env_config`: task, epochs, ...), ``flags`` to the top level (episodes,
+    envs, ...). The discount comes from the environment's reward config only."""
+    run = env_config(file_data.get("run"), **run_overrides)
+    ppo_data = dict(file_data.get("ppo", {}))
+    if "gamma" in ppo_data:
+        raise ValueError("set the discount as run.episode.reward.gamma, not ppo.gamma")
+    gamma = run.episode.reward.gamma
+    base = to_dict(PPOTrainConfig(run=run, ppo=dataclasses.replace(_esper_ppo(), gamma=gamma)))
+    merged = {**base, **{k: v for k, v in file_data.items() if k not in ("run", "ppo")}}
+    merged["run"] = to_dict(run)
+    merged["ppo"] = {**base["ppo"], **ppo_data, "gamma": gamma}
+    merged.update(flags)
+    config: PPOTrainConfig = from_dict(PPOTrainConfig, merged)
+    return config

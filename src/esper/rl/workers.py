@@ -1,0 +1,168 @@
+"""EnvPool: N environments stepped in W worker processes, one torch thread each.
+
+Each worker owns a contiguous block of the environments and steps them one after the
+other; the pool steps all workers at once. ``workers=1`` keeps every environment in this
+process, so a run gives the same results whatever the number of workers (each
+environment's episode depends only on its own seed and actions).
+
+Worker processes are spawned, not forked: a forked child would inherit torch's thread
+pools mid-state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import signal
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["EnvPool", "EnvWorkerError", "StepResult"]
+
+EnvFactory = Callable[[], Any]
+"""Builds one environment (a picklable callable, e.g. a ``functools.partial``)."""
+
+
+class EnvWorkerError(RuntimeError):
+    """An environment raised in a worker; the message carries its traceback's last line."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step of every environment: ``obs [N, D]``, ``rewards [N]``, end flags ``[N]``
+    and each environment's ``info``."""
+
+    obs: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    infos: list[dict[str, Any]]
+
+
+class EnvPool:
+    """``num_envs`` environments from ``factory``, in ``workers`` processes."""
+
+    def __init__(self, factory: EnvFactory, num_envs: int, workers: int = 1) -> None:
+        if num_envs < 1:
+            raise ValueError(f"--envs must be at least 1, got {num_envs}")
+        if not workers >= 1:
+            raise ValueError(f"--workers must be at least 1, got {workers}")
+        self.num_envs = num_envs
+        self.workers = min(workers, num_envs)
+        blocks = np.array_split(np.arange(num_envs), self.workers)
+        self._blocks = [block.tolist() for block in blocks]
+        self._local: list[Any] = []
+        self._pipes: list[Connection] = []
+        self._processes: list[Any] = []
+        if self.workers == 1:
+            self._local = [factory() for _ in range(num_envs)]
+        else:
+            context = multiprocessing.get_context("spawn")
+            for block in self._blocks:
+                parent, child = context.Pipe()
+                process = context.Process(
+                    target=_worker, args=(child, factory, len(block)), daemon=True
+                )
+                process.start()
+                child.close()
+                self._pipes.append(parent)
+                self._processes.append(process)
+            for pipe in self._pipes:
+                self._receive(pipe)  # "ready", or the error that stopped the worker
+
+    def reset(
+        self, seeds: Sequence[int], which: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Start an episode in environments ``which`` (default: all), the k-th of them
+        with ``seeds[k]``; returns their first observations ``[len(which), D]`` and infos."""
+        chosen = list(range(self.num_envs)) if which is None else [int(i) for i in which]
+        if len(seeds) != len(chosen):
+            raise ValueError(f"{len(chosen)} environments need {len(chosen)} seeds")
+        seed_of = dict(zip(chosen, (int(s) for s in seeds), strict=True))
+        arguments = [{i - b[0]: seed_of[i] for i in b if i in seed_of} for b in self._blocks]
+        found: dict[int, Any] = {}
+        for block, reply in zip(self._blocks, self._call("reset", arguments), strict=True):
+            found.update({block[0] + k: result for k, result in reply.items()})
+        return np.stack([found[i][0] for i in chosen]), [found[i][1] for i in chosen]
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        """Step every environment with its row of ``actions``."""
+        replies = self._call("step", [actions[b[0] : b[-1] + 1] for b in self._blocks])
+        flat = [r for reply in replies for r in reply]
+        return StepResult(
+            obs=np.stack([r[0] for r in flat]),
+            rewards=np.array([r[1] for r in flat], dtype=np.float64),
+            terminated=np.array([r[2] for r in flat], dtype=bool),
+            truncated=np.array([r[3] for r in flat], dtype=bool),
+            infos=[r[4] for r in flat],
+        )
+
+    def close(self) -> None:
+        for pipe in self._pipes:
+            with contextlib.suppress(BrokenPipeError, OSError):  # already gone
+                pipe.send(("close", None))
+        for process in self._processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+        self._pipes, self._processes = [], []
+
+    def __enter__(self) -> EnvPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ internals
+
+    def _call(self, command: str, arguments: list[Any]) -> list[Any]:
+        if self.workers == 1:
+            return [_apply(self._local, command, arguments[0])]
+        for pipe, argument in zip(self._pipes, arguments, strict=True):
+            pipe.send((command, argument))
+        return [self._receive(pipe) for pipe in self._pipes]
+
+    @staticmethod
+    def _receive(pipe: Connection) -> Any:
+        try:
+            status, payload = pipe.recv()
+        except EOFError:
+            raise EnvWorkerError("an environment worker died") from None
+        if status == "error":
+            raise EnvWorkerError(payload)
+        return payload
+
+
+def _apply(envs: list[Any], command: str, argument: Any) -> Any:
+    if command == "reset":  # {index in the block: seed}
+        return {k: envs[k].reset(seed=seed) for k, seed in argument.items()}
+    if command == "step":
+        return [env.step(action) for env, action in zip(envs, argument, strict=True)]
+    raise ValueError(f"unknown command {command!r}")
+
+
+def _worker(pipe: Connection, factory: EnvFactory, count: int) -> None:
+    # Ctrl-C is the parent's to handle: it stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    try:
+        envs = [factory() for _ in range(count)]
+        pipe.send(("ok", "ready"))
+        while True:
+            command, argument = pipe.recv()
+            if command == "close":
+                return
+            pipe.send(("ok", _apply(envs, command, argument)))
+    except (EOFError, KeyboardInterrupt):
+        return
+    except Exception as error:  # reported to the parent as one line, with where it was
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        message = f"{type(error).__name__}: {error} ({where.filename}:{where.lineno})"
+        with contextlib.suppress(BrokenPipeError, OSError):  # the parent is gone
+            pipe.send(("error", message))

@@ -1,0 +1,124 @@
+"""MorphogenesisEnv: Gymnasium's checker, the spaces and masks, illegal actions applied as
+WAIT, the same episode as the runner's, and sb3-contrib's MaskablePPO as a client."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import esper.rl
+from esper.controller.features import observation_names, observation_size
+from esper.lifecycle import LifecycleOp
+from esper.rl.env import ENV_ID, MorphogenesisEnv
+
+SHORT: dict[str, Any] = {"task": "digits", "epochs": 6, "max_batches": 3}
+WAIT, GERMINATE, FOSSILIZE, CULL = (int(op) for op in LifecycleOp)
+
+
+@pytest.fixture(scope="module")
+def env() -> MorphogenesisEnv:
+    return MorphogenesisEnv(**SHORT)
+
+
+def test_gymnasium_checker_passes(env: MorphogenesisEnv) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning from the checker either
+        check_env(env, skip_render_check=True)
+
+
+def test_registered_under_its_id_with_the_task_as_a_keyword() -> None:
+    assert esper.rl is not None and ENV_ID == "Esper/Morphogenesis-v0"
+    made = gym.make(ENV_ID, **SHORT)
+    assert isinstance(made.unwrapped, MorphogenesisEnv)
+    assert made.unwrapped.config.task == "digits"
+    assert made.unwrapped.config.episode.epochs == 6
+
+
+def test_spaces_and_the_documented_layout(env: MorphogenesisEnv) -> None:
+    slots, blueprints = len(env.slot_ids), len(env.blueprints)
+    assert isinstance(env.action_space, gym.spaces.MultiDiscrete)
+    assert env.action_space.nvec.tolist() == [4, slots, blueprints, 3]
+    assert env.observation_space.shape == (observation_size(slots, blueprints),)
+    assert len(observation_names(env.slot_ids, env.blueprints)) == env.observation_space.shape[0]
+    obs, info = env.reset(seed=5)
+    assert env.observation_space.contains(obs)
+    masks = info["masks"]
+    assert masks["op"].tolist() == [True, True, False, False]  # only WAIT or GERMINATE
+    assert masks["slot"].shape == (4, slots) and not masks["slot"][WAIT].any()
+    assert masks["slot"][GERMINATE].all() and not masks["slot"][CULL].any()
+    assert masks["blueprint"].shape == (slots, blueprints) and masks["blueprint"].all()
+    assert env.action_masks().tolist() == [True, True, False, False] + [True] * (
+        slots + blueprints + 3
+    )
+
+
+def _run(
+    env: MorphogenesisEnv, actions: dict[int, list[int]], seed: int = 1
+) -> list[dict[str, Any]]:
+    env.reset(seed=seed)
+    infos, done = [], False
+    while not done:
+        epoch = env.runner.epoch if env.runner else 0
+        action = actions.get(epoch, [WAIT, 0, 0, 0])
+        _, reward, terminated, truncated, info = env.step(np.array(action))
+        info["reward"] = reward
+        infos.append(info)
+        done = terminated or truncated
+    return infos
+
+
+def test_an_illegal_action_is_applied_as_wait_and_info_says_so(env: MorphogenesisEnv) -> None:
+    infos = _run(env, {1: [CULL, 0, 0, 0], 2: [GERMINATE, 2, 1, 0], 3: [GERMINATE, 2, 0, 0]})
+    assert infos[0]["action"] == "WAIT" and "CULL is not legal in r0c0" in infos[0]["illegal"]
+    assert infos[1]["action"] == "GERMINATE r0c2 conv_heavy linear" and not infos[1]["illegal"]
+    assert infos[2]["action"] == "WAIT" and "GERMINATE is not legal in r0c2" in infos[2]["illegal"]
+    record = infos[1]["record"]
+    assert record["epoch"] == 2 and record["outcome"] == "applied"
+    assert record["action"]["op"] == GERMINATE
+
+
+def test_the_episode_is_the_runners_and_terminates_on_the_last_epoch(
+    env: MorphogenesisEnv,
+) -> None:
+    infos = _run(env, {2: [GERMINATE, 1, 0, 0]})
+    assert len(infos) == 5  # epochs 2..6 are reached by an action
+    assert [i["epoch"] for i in infos] == [2, 3, 4, 5, 6]
+    records = [i["record"] for i in infos] + [infos[-1]["final"]]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6]
+    # Every reward is the run's own: the reward recorded for the epoch it reached.
+    rewards = [i["reward"] for i in infos]
+    recorded = [sum(r["reward"].values()) for r in records[1:]]
+    assert rewards == pytest.approx(recorded)
+    assert infos[-1]["final_accuracy"] == records[-1]["val"]["accuracy"]
+    # The same seed and actions give the same episode.
+    again = _run(env, {2: [GERMINATE, 1, 0, 0]})
+    assert [i["reward"] for i in again] == rewards
+
+
+def test_the_paired_baseline_only_moves_the_terminal_reward() -> None:
+    plain = _run(MorphogenesisEnv(**SHORT), {})
+    paired_env = MorphogenesisEnv(paired_baseline=True, **SHORT)
+    paired = _run(paired_env, {})
+    assert [i["reward"] for i in paired[:-1]] == pytest.approx([i["reward"] for i in plain[:-1]])
+    # A static episode, paired with the static run on its own seed: it bought nothing.
+    static = paired_env.static_accuracy(1)
+    assert static == plain[-1]["final_accuracy"]
+    assert paired[-1]["reward"] == pytest.approx(plain[-1]["reward"] - 0.1 * static)
+
+
+def test_maskable_ppo_from_sb3_contrib_trains_on_it() -> None:
+    sb3 = pytest.importorskip("sb3_contrib")
+    from sb3_contrib.common.wrappers import ActionMasker
+
+    inner = MorphogenesisEnv(**SHORT)
+    env = ActionMasker(inner, lambda e: inner.action_masks())
+    model = sb3.MaskablePPO("MlpPolicy", env, n_steps=10, batch_size=10, seed=0, verbose=0)
+    model.learn(total_timesteps=20)
+    obs, _ = env.reset(seed=2)
+    action, _ = model.predict(obs, action_masks=inner.action_masks())
+    assert env.action_space.contains(action)

@@ -65,7 +65,8 @@ __all__ = [
 
 ARM_HELP = (
     "static, heuristic, static-matched (a static host widened to the grown runs' mean "
-    "final parameter count) or static@X (every host width scaled by X, e.g. static@1.5)"
+    "final parameter count), static@X (every host width scaled by X, e.g. static@1.5) or "
+    "ppo:DIR (a policy trained by 'esper ppo train', shown as 'learned')"
 )
 
 
@@ -77,6 +78,8 @@ class Arm:
     label: str
     controller: str
     width: float | None = 1.0
+    policy: str | None = None
+    """The trained policy a ``ppo`` arm runs with."""
 
     @property
     def grows(self) -> bool:
@@ -92,6 +95,8 @@ def parse_arms(text: str) -> list[Arm]:
             arm = Arm("static", "baseline", 1.0)
         elif name == "heuristic":
             arm = Arm("heuristic", "heuristic", 1.0)
+        elif name.startswith("ppo:"):
+            arm = Arm("learned", "ppo", 1.0, name.removeprefix("ppo:"))
         elif name == "static-matched":
             arm = Arm("static-matched", "baseline", None)
         elif name.startswith("static@"):
@@ -331,7 +336,8 @@ def _options(config: RunConfig) -> TaskOptions:
 def _run_config(base: RunConfig, arm: Arm, width: float, seed: int) -> RunConfig:
     return replace(
         base,
-        controller="baseline" if arm.controller == "baseline" else "heuristic",
+        controller=arm.controller,  # type: ignore[arg-type]
+        policy=arm.policy,
         width_multiplier=width,
         threads=1,
         telemetry_level="lifecycle",

@@ -126,6 +126,7 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
         self.runner: EpisodeRunner | None = None
         self.episode_seed = 0
         self._steps = self._illegal = 0
+        self._rng = torch.get_rng_state()
         self._slots: tuple[SlotReport, ...] = ()
         self._masks: dict[str, np.ndarray] = {}
 
@@ -138,15 +139,28 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
         self.episode_seed = int(seed if seed is not None else self.np_random.integers(2**31))
         if self.paired_baseline:
             self.static_accuracy(self.episode_seed)  # before the episode: its own timing
-        self.runner = self._runner(self.episode_seed)
-        self._steps = self._illegal = 0
-        first = self.runner.observe()
+        with torch.random.fork_rng(devices=[]):
+            self.runner = self._runner(self.episode_seed)  # seeds torch's generator
+            self._steps = self._illegal = 0
+            first = self.runner.observe()
+            self._rng = torch.get_rng_state()
         return self._observe(first), {"masks": self._masks, "epoch": 1, "seed": self.episode_seed}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         runner = self.runner
         if runner is None or runner.done:
             raise RuntimeError("step() before reset(), or after the episode ended")
+        with torch.random.fork_rng(devices=[]):
+            # The episode draws from its own random stream (new seeds' initial weights),
+            # so environments sharing a process do not shift each other's episodes.
+            torch.set_rng_state(self._rng)
+            result = self._step(runner, action)
+            self._rng = torch.get_rng_state()
+        return result
+
+    def _step(
+        self, runner: EpisodeRunner, action: Any
+    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         chosen, illegal = decode_action(np.asarray(action).tolist(), self._slots, self.blueprints)
         self._steps += 1
         self._illegal += illegal is not None

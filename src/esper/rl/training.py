@@ -179,7 +179,10 @@ def train(
     on_update: Callable[[UpdateRow], None] = lambda row: None,
     resume: bool = False,
 ) -> list[UpdateRow]:
-    """Train (or, with ``resume``, continue training) a policy into ``out``."""
+    """Train (or, with ``resume``, continue training) a policy into ``out``.
+
+    Resuming continues after the last update whose state was saved (``trainer.pt``), or
+    starts again if none was."""
     probe = MorphogenesisEnv(config=config.run)
     meta = PolicyMeta(
         config.run.task, tuple(probe.slot_ids), tuple(probe.blueprints), config.hidden
@@ -193,7 +196,7 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)
     rows: list[UpdateRow] = []
     start = 0
-    if resume:
+    if resume and (out / TRAINER_FILE).is_file():
         state = torch.load(out / TRAINER_FILE, map_location="cpu", weights_only=True)
         policy.load_state_dict(state["policy"])
         optimizer.load_state_dict(state["optimizer"])
@@ -201,7 +204,7 @@ def train(
         start = int(state["updates"])
         rows = read_updates(out / UPDATES_FILE)[:start]
         _write_rows(out / UPDATES_FILE, rows)
-    else:
+    else:  # a new run, or one that stopped before its first update was saved
         (out / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
         (out / UPDATES_FILE).write_text("")
     with EnvPool(_factory(config), config.envs, config.workers) as pool:

@@ -1,0 +1,168 @@
+"""``esper compare``: every arm on every seed, and the table that answers the question."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from esper.cli.runs import resolve_config
+from esper.compare import (
+    ARM_HELP,
+    CompareResult,
+    LocalPool,
+    RunOutcome,
+    compare,
+    parse_arms,
+    parse_seeds,
+    provenance,
+    table,
+    write_outputs,
+)
+from esper.run import RunError
+from esper.telemetry.report import format_flops
+from esper.training.tasks import TASKS
+
+__all__ = ["add_parser", "compare_command", "print_compare"]
+
+
+def add_parser(commands: Any) -> None:
+    """Register compare on the ``esper`` subcommand parser."""
+    compare_parser = commands.add_parser(
+        "compare",
+        help="train grown and static arms on several seeds and compare them",
+        description="Train every arm on every seed (a local process pool, one torch thread "
+        "per run) and print a table of mean and 95%% interval over seeds: final and best "
+        "accuracy, parameters, training and evaluation FLOPs, wall time, seeds kept, and "
+        "each arm's paired difference against the first. Writes compare.json, compare.md "
+        "and accuracy_vs_flops.png to --out. Finished runs are kept and interrupted ones "
+        "resume: rerun the same command to continue.",
+    )
+    compare_options(compare_parser)
+
+
+def compare_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--task", help=f"task to train: {', '.join(TASKS.names())} (default: digits)")
+    add(
+        "--arms",
+        default="static,heuristic,static-matched",
+        help=f"comma-separated arms (default: %(default)s): {ARM_HELP}",
+    )
+    add(
+        "--seeds",
+        default="5",
+        help="a count (5: seeds 0-4), an inclusive range (100-109) or a list (1,3,7) "
+        "(default: %(default)s)",
+    )
+    add("--epochs", type=int, metavar="N", help="epochs per run (default: the task's)")
+    add(
+        "--workers",
+        type=int,
+        metavar="W",
+        help="runs trained at once, one torch thread each (default: one per CPU core)",
+    )
+    add("--max-batches", type=int, metavar="N", help="train on at most N batches per epoch")
+    add("--max-val-batches", type=int, metavar="N", help="validate on at most N batches")
+    add("--batch-size", type=int, metavar="N", help="training batch size (default: the task's)")
+    add("--data-dir", metavar="DIR", help="data directory for cifar10 / fashion_mnist")
+    add("--text-file", metavar="PATH", help="UTF-8 text file for the text task")
+    add(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="JSON run configuration shared by every arm (e.g. heuristic settings)",
+    )
+    add(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="where the runs and results go (default: runs/compare-<task>); the same "
+        "--out continues an interrupted compare",
+    )
+    add("--quiet", action="store_true", help="no line per finished run, only the table")
+
+
+def compare_command(args: argparse.Namespace, console: Console) -> int:
+    try:
+        arms = parse_arms(args.arms)
+        seeds = parse_seeds(args.seeds)
+    except ValueError as error:
+        raise RunError(str(error)) from None
+    base = resolve_config(args)
+    out: Path = args.out or Path("runs") / f"compare-{base.task}"
+    total = len(arms) * len(seeds)
+    workers = args.workers if args.workers is not None else min(os.cpu_count() or 1, total)
+    if workers < 1:
+        raise RunError(f"--workers must be at least 1, got {workers}")
+    if not args.quiet:
+        console.print(
+            f"compare {', '.join(a.label for a in arms)} on {base.task}, seeds "
+            f"{args.seeds}: {total} runs, {workers} at a time, in {out}",
+            soft_wrap=True,
+        )
+
+    def on_done(outcome: RunOutcome, done: int, total: int) -> None:
+        if args.quiet:
+            return
+        if outcome.summary is None:
+            console.print(
+                f"[{done}/{total}] {outcome.arm} seed {outcome.seed}: FAILED: {outcome.error}",
+                soft_wrap=True,
+                markup=False,
+            )
+            return
+        s = outcome.summary
+        how = "cached" if outcome.cached else f"{s['wall_seconds']:.0f} s"
+        console.print(
+            f"[{done}/{total}] {outcome.arm} seed {outcome.seed}: final "
+            f"{s['final_accuracy']:.2f}%, {s['params']:,} params, "
+            f"{format_flops(s['train_flops'])} training ({how})",
+            soft_wrap=True,
+            markup=False,
+        )
+
+    pool = LocalPool(workers)
+    try:
+        result = compare(out, base, arms, seeds, pool, on_done)
+    except KeyboardInterrupt:
+        console.print(
+            "interrupted; rerun the same command to continue (finished runs are kept, "
+            "unfinished ones resume from their last epoch)",
+            soft_wrap=True,
+        )
+        return 130
+    write_outputs(result, provenance(" ".join(["esper", *map(shlex.quote, args.argv)])))
+    return print_compare(result, out, console)
+
+
+def print_compare(result: CompareResult, out: Path, console: Console) -> int:
+    """Print the table (arms as columns), where the files are, and failed runs; returns
+    the exit status: 1 if a run failed, else 0."""
+    header, rows = table(result)
+    # Arms as columns: a few arms fit 80 columns, eleven metrics would not.
+    grid = Table(title=f"{result.task}, {result.epochs} epochs, {len(result.seeds)} seeds")
+    grid.add_column("")
+    for row in rows:
+        grid.add_column(row[0], justify="right")
+    for index, name in enumerate(header[1:], start=1):
+        grid.add_row(name, *(row[index] for row in rows))
+    console.print(grid)
+    console.print(
+        f"mean ± 95% interval over seeds; results in {out / 'compare.md'}, "
+        f"{out / 'compare.json'}, {out / 'accuracy_vs_flops.png'}",
+        soft_wrap=True,
+    )
+    failed = [o for arm in result.arms for o in arm.failed]
+    for outcome in failed:
+        Console(stderr=True).print(
+            f"esper: run failed: {outcome.arm} seed {outcome.seed}: {outcome.error}",
+            markup=False,
+            soft_wrap=True,
+        )
+    return 1 if failed else 0

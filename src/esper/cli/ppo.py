@@ -1,0 +1,292 @@
+"""``esper ppo train|eval|run``: train the learned controller, compare it, watch it grow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from esper.cli.compare import print_compare
+from esper.cli.runs import run_options, train_command
+from esper.compare import LocalPool, compare, parse_arms, parse_seeds, provenance, write_outputs
+from esper.config import RunConfig
+from esper.rl.agent import PolicyError, load_policy
+from esper.rl.env import env_config
+from esper.rl.training import (
+    PPOTrainConfig,
+    UpdateRow,
+    load_train_config,
+    resolve_train_config,
+    train,
+)
+from esper.run import RunError
+from esper.training.tasks import TASKS
+
+__all__ = ["add_parser", "ppo_command"]
+
+
+def add_parser(commands: Any) -> None:
+    """Register ppo (train, eval, run) on the ``esper`` subcommand parser."""
+    ppo = commands.add_parser(
+        "ppo",
+        help="train the learned (PPO) controller, evaluate it, or run one episode with it",
+        description="The learned controller: a recurrent policy over the run's signals, "
+        "trained with PPO on episodes of the task (see 'esper ppo train --help').",
+    )
+    actions = ppo.add_subparsers(dest="ppo_command", required=True, metavar="ACTION")
+    _train_options(
+        actions.add_parser(
+            "train",
+            help="train a policy with PPO",
+            description="Train a policy: each update runs --envs episodes side by side "
+            "(in --workers processes) and takes PPO steps on them. Writes config.json, "
+            "updates.jsonl, policy.pt, trainer.pt and training_curve.png to --out; "
+            "--resume DIR continues an interrupted training.",
+        )
+    )
+    evaluate = actions.add_parser(
+        "eval",
+        help="compare a trained policy with the heuristic and the static host",
+        description="Run the policy, the heuristic and the static host on held-out seeds "
+        "and print mean and 95%% interval of final accuracy, added parameters and "
+        "training FLOPs (an 'esper compare' with the policy as an arm).",
+    )
+    _eval_options(evaluate)
+    once = actions.add_parser(
+        "run",
+        help="one episode driven by a trained policy, with the run directory of 'heuristic'",
+        description="Train the task's host while a trained policy decides; writes the same "
+        "run directory and timeline as 'esper heuristic'.",
+    )
+    run_options(once)
+    once.add_argument("--policy", metavar="DIR", help="the training run (or policy.pt)")
+    once.set_defaults(controller="ppo")
+
+
+def _train_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--task", help=f"task to train on: {', '.join(TASKS.names())} (default: digits)")
+    add("--episodes", type=int, metavar="E", help="training episodes in all (default: 64)")
+    add("--envs", type=int, metavar="N", help="episodes per update, side by side (default: 4)")
+    add(
+        "--workers",
+        type=int,
+        metavar="W",
+        help="processes the environments step in, one torch thread each (default: 1)",
+    )
+    add("--epochs", type=int, metavar="N", help="epochs per episode (default: the task's)")
+    add("--max-batches", type=int, metavar="N", help="train on at most N batches per epoch")
+    add("--max-val-batches", type=int, metavar="N", help="validate on at most N batches")
+    add("--seed", type=int, metavar="N", help="seed of the policy and its sampling (default 0)")
+    add("--data-dir", metavar="DIR", help="data directory for cifar10 / fashion_mnist")
+    add("--text-file", metavar="PATH", help="UTF-8 text file for the text task")
+    add(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="JSON training configuration ({'run': ..., 'ppo': ..., 'episodes': ...})",
+    )
+    add("--out", metavar="DIR", help="training directory (default: runs/ppo-train-<task>-<time>)")
+    add("--resume", type=Path, metavar="DIR", help="continue an interrupted training")
+    add("--quiet", action="store_true", help="only the final line")
+
+
+def _eval_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--policy", required=True, metavar="DIR", help="the training run (or its policy.pt)")
+    add("--task", help="task (default: the policy's)")
+    add("--seeds", default="100-109", help="held-out seeds (default: %(default)s)")
+    add(
+        "--arms",
+        default="learned,heuristic,static",
+        help="arms to compare (default: %(default)s; 'learned' is the policy)",
+    )
+    add("--epochs", type=int, metavar="N", help="epochs per run (default: the policy's)")
+    add("--max-batches", type=int, metavar="N", help="train on at most N batches per epoch")
+    add("--max-val-batches", type=int, metavar="N", help="validate on at most N batches")
+    add("--workers", type=int, metavar="W", help="runs trained at once (default: cores)")
+    add("--data-dir", metavar="DIR", help="data directory for cifar10 / fashion_mnist")
+    add("--text-file", metavar="PATH", help="UTF-8 text file for the text task")
+    add("--out", type=Path, metavar="DIR", help="results (default: POLICY/eval-<task>)")
+    add("--quiet", action="store_true", help="no line per finished run, only the table")
+
+
+def ppo_command(args: argparse.Namespace, console: Console) -> int:
+    if args.ppo_command == "train":
+        return _train(args, console)
+    if args.ppo_command == "eval":
+        return _eval(args, console)
+    if args.policy is None and args.resume is None:
+        raise RunError("esper ppo run needs --policy DIR (a training run)")
+    if args.policy is not None:
+        _check_policy(Path(args.policy), args.task)
+    return train_command(args, console)
+
+
+def _check_policy(path: Path, task: str | None) -> None:
+    try:
+        _, meta = load_policy(path)
+    except PolicyError as error:
+        raise RunError(str(error)) from None
+    if task is not None and task != meta.task:
+        raise RunError(
+            f"{path} was trained on task {meta.task!r}, not {task!r}: use --task {meta.task}"
+        )
+
+
+# ---------------------------------------------------------------- train
+
+
+def _train(args: argparse.Namespace, console: Console) -> int:
+    for name in ("episodes", "envs", "workers"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise RunError(f"--{name} must be at least 1, got {value}")
+    if args.resume is not None:
+        out: Path = args.resume
+        if not (out / "config.json").is_file():
+            raise RunError(f"{out} holds no config.json to resume (not an 'esper ppo train' run)")
+        try:
+            config = load_train_config(out / "config.json")
+        except (ValueError, OSError) as error:
+            raise RunError(f"{out / 'config.json'}: {str(error).splitlines()[0]}") from None
+        resume = True
+    else:
+        config = _resolve(args)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        if args.out is not None and not args.out.strip():
+            raise RunError("--out is empty; name the training directory")
+        out = Path(args.out) if args.out else Path("runs") / f"ppo-train-{config.run.task}-{stamp}"
+        if (out / "config.json").exists():
+            raise RunError(f"{out} already holds a training run; continue it with --resume {out}")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunError(
+                f"cannot create {out} ({error.strerror}); choose another --out"
+            ) from None
+        resume = False
+    if not args.quiet:
+        console.print(
+            f"training {config.updates} updates of {config.envs} episodes "
+            f"({config.run.task}, {config.run.episode.epochs} epochs each, "
+            f"{config.workers} worker(s)) in {out}",
+            soft_wrap=True,
+        )
+    progress = Progress(
+        TextColumn("update"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        disable=args.quiet or not console.is_terminal,
+    )
+    with progress:
+        bar = progress.add_task("ppo", total=config.updates, status="collecting episodes")
+
+        def on_update(row: UpdateRow) -> None:
+            status = _status(row)
+            progress.update(bar, completed=row.update, status=status)
+            if not console.is_terminal and not args.quiet:
+                console.print(f"update {row.update}/{config.updates}  {status}", soft_wrap=True)
+
+        try:
+            rows = train(out, config, on_update, resume=resume)
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print(
+                f"interrupted; continue with: esper ppo train --resume {out}", soft_wrap=True
+            )
+            return 130
+    last = rows[-1] if rows else None
+    if last is not None:
+        console.print(f"done: {_status(last)}; policy in {out / 'policy.pt'}", soft_wrap=True)
+    return 0
+
+
+def _status(row: UpdateRow) -> str:
+    return (
+        f"episodes {row.episodes}  return {row.mean_return:+.3f}  final acc "
+        f"{row.mean_final_accuracy:.2f}%  KL {row.approx_kl:.4f}  clip {row.clip_fraction:.3f}  "
+        f"entropy {row.entropy:.2f}"
+    )
+
+
+def _resolve(args: argparse.Namespace) -> PPOTrainConfig:
+    file_data: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            file_data = json.loads(args.config.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise RunError(f"cannot read --config {args.config} ({error})") from None
+        if not isinstance(file_data, dict):
+            raise RunError(f"--config {args.config} must hold a JSON object")
+    run = {
+        name: getattr(args, name)
+        for name in ("task", "epochs", "max_batches", "max_val_batches", "data_dir", "text_file")
+        if getattr(args, name) is not None
+    }
+    flags = {
+        name: getattr(args, name)
+        for name in ("episodes", "envs", "workers", "seed")
+        if getattr(args, name) is not None
+    }
+    try:
+        return resolve_train_config(file_data, run, flags)
+    except ValueError as error:
+        raise RunError(str(error).splitlines()[0]) from None
+
+
+# ---------------------------------------------------------------- eval
+
+
+def _eval(args: argparse.Namespace, console: Console) -> int:
+    policy_dir = Path(args.policy)
+    try:
+        _, meta = load_policy(policy_dir, args.task)
+    except PolicyError as error:
+        raise RunError(str(error)) from None
+    trained = policy_dir / "config.json"
+    base = load_train_config(trained).run if trained.is_file() else None
+    try:
+        seeds = parse_seeds(args.seeds)
+        arms = parse_arms(args.arms.replace("learned", f"ppo:{policy_dir}"))
+    except ValueError as error:
+        raise RunError(str(error)) from None
+    run = _eval_config(args, meta.task, base)
+    out: Path = args.out or (policy_dir if policy_dir.is_dir() else policy_dir.parent) / (
+        f"eval-{run.task}"
+    )
+    total = len(arms) * len(seeds)
+    workers = args.workers or min(os.cpu_count() or 1, total)
+    if workers < 1:
+        raise RunError(f"--workers must be at least 1, got {workers}")
+    if not args.quiet:
+        console.print(f"evaluating {policy_dir} on seeds {args.seeds}: {total} runs in {out}")
+    try:
+        result = compare(out, run, arms, seeds, LocalPool(workers))
+    except KeyboardInterrupt:
+        console.print("interrupted; rerun the same command to continue")
+        return 130
+    write_outputs(result, provenance(" ".join(["esper", *map(shlex.quote, args.argv)])))
+    return print_compare(result, out, console)
+
+
+def _eval_config(args: argparse.Namespace, task: str, base: RunConfig | None) -> RunConfig:
+    """The training run's environment (if the task is the same), with the flags on top."""
+    overrides = {
+        name: getattr(args, name)
+        for name in ("epochs", "max_batches", "max_val_batches", "data_dir", "text_file")
+        if getattr(args, name) is not None
+    }
+    if base is not None and base.task == task:
+        return env_config(base, **overrides)
+    return env_config(None, task=task, **overrides)

@@ -1,0 +1,154 @@
+"""``esper ppo train|eval|run`` end to end on digits: the training directory, a policy
+that eval and run load, exact resume, one worker or two, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import esper.rl.agent
+import esper.rl.training
+from esper.cli import main
+from esper.rl.agent import POLICY_FILE, load_policy
+from esper.rl.training import read_updates
+
+SHORT = ["--task", "digits", "--epochs", "6", "--max-batches", "3", "--quiet"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _train(out: Path, *flags: str) -> int:
+    return main(
+        ["ppo", "train", *SHORT, "--episodes", "4", "--envs", "2", "--out", str(out), *flags]
+    )
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    policy, _ = load_policy(out)
+    return policy.state_dict()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ppo") / "train"
+    assert _train(out) == 0
+    return out
+
+
+def test_training_writes_its_directory(trained: Path) -> None:
+    for name in ("config.json", "updates.jsonl", POLICY_FILE, "trainer.pt"):
+        assert (trained / name).is_file(), name
+    assert (trained / "training_curve.png").read_bytes()[:8] == PNG_MAGIC
+    rows = read_updates(trained / "updates.jsonl")
+    assert [r.update for r in rows] == [1, 2] and rows[-1].episodes == 4
+    assert all(r.approx_kl >= 0 and 0 <= r.clip_fraction <= 1 for r in rows)
+    config = json.loads((trained / "config.json").read_text())
+    assert config["run"]["task"] == "digits" and config["run"]["episode"]["epochs"] == 6
+    assert config["ppo"]["gamma"] == config["run"]["episode"]["reward"]["gamma"]
+    # Weights and plain metadata only: loadable without unpickling code.
+    payload = torch.load(trained / POLICY_FILE, weights_only=True)
+    assert payload["meta"]["task"] == "digits"
+
+
+def test_eval_and_run_load_the_policy(trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    flags = ["--seeds", "100-101", "--workers", "1", "--out", str(out), "--quiet"]
+    assert main(["ppo", "eval", "--policy", str(trained), *flags]) == 0
+    data = json.loads((out / "compare.json").read_text())
+    assert [a["arm"] for a in data["arms"]] == ["learned", "heuristic", "static"]
+    assert {r["seed"] for r in data["runs"]} == {100, 101}
+    assert all(r["summary"]["epochs"] == 6 for r in data["runs"])  # the training's episodes
+    run_dir = tmp_path / "run"
+    assert main(["ppo", "run", "--policy", str(trained), *SHORT, "--out", str(run_dir)]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["controller"] == "ppo" and summary["epochs"] == 6
+
+
+def test_an_interrupted_training_resumes_to_the_same_policy(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "train"
+    real = esper.rl.agent.save_policy
+    calls: list[int] = []
+
+    def save(*args: Any) -> None:
+        real(*args)
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # after the first update's policy, before its trainer state
+
+    with monkeypatch.context() as patch:
+        patch.setattr(esper.rl.training, "save_policy", save)
+        assert _train(out) == 130
+    assert main(["ppo", "train", "--resume", str(out), "--quiet"]) == 0
+    for key, value in _weights(trained).items():
+        assert torch.equal(_weights(out)[key], value), key
+    rows = [r.episodes for r in read_updates(out / "updates.jsonl")]
+    assert rows == [2, 4]
+
+
+def test_two_workers_train_the_same_policy_as_one(trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "train"
+    assert _train(out, "--workers", "2") == 0
+    for key, value in _weights(trained).items():
+        assert torch.equal(_weights(out)[key], value), key
+
+
+def _corrupt(tmp_path: Path, trained: Path) -> list[str]:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / POLICY_FILE).write_bytes(b"not a policy")
+    return ["ppo", "eval", "--policy", str(bad)]
+
+
+def _other_layout(tmp_path: Path, trained: Path) -> list[str]:
+    payload = torch.load(trained / POLICY_FILE, weights_only=True)
+    payload["meta"]["observation_version"] = 0
+    other = tmp_path / "old"
+    other.mkdir()
+    torch.save(payload, other / POLICY_FILE)
+    return ["ppo", "run", "--policy", str(other), "--out", str(tmp_path / "r")]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (
+            lambda p, t: ["ppo", "eval", "--policy", str(p / "none")],
+            ["no policy", "esper ppo train"],
+        ),
+        (_corrupt, ["not a readable policy file"]),
+        (_other_layout, ["observation layout v0", "train a new policy"]),
+        (
+            lambda p, t: ["ppo", "eval", "--policy", str(t), "--task", "cifar10"],
+            ["trained on task 'digits'", "--task digits"],
+        ),
+        (
+            lambda p, t: ["ppo", "run", "--policy", str(t), "--task", "fashion_mnist"],
+            ["trained on task 'digits'"],
+        ),
+        (lambda p, t: ["ppo", "train", "--envs", "0"], ["--envs must be at least 1"]),
+        (lambda p, t: ["ppo", "train", "--episodes", "0"], ["--episodes must be at least 1"]),
+        (lambda p, t: ["ppo", "train", "--resume", str(p)], ["no config.json to resume"]),
+        (lambda p, t: ["ppo", "run", "--epochs", "2"], ["needs --policy"]),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    argv: Any,
+    needles: list[str],
+    trained: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")
+    capsys.readouterr()
+    assert main(argv(tmp_path, trained)) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and len(lines) == 1, lines
+    for needle in needles:
+        assert needle in lines[0], lines[0]

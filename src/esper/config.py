@@ -141,11 +141,11 @@ class HeuristicConfig:
     When and how much to grow live here; when a seed is good or bad enough to keep or
     remove is the lifecycle's (`LifecycleConfig.fossilize_z`, ``cull_z``)."""
 
-    start_epoch: int = 2
+    start_epoch: int = 1
     """Germinate from this epoch on: early, while the learning rate is high."""
-    min_epochs_left: int = 10
+    min_epochs_left: int = 8
     """Never germinate when fewer epochs than this remain: with the default gates a seed
-    needs 3 epochs of training, 5 of blending and 1 of probation before it can be kept."""
+    needs 1 epoch of training, 5 of blending and 1 of probation before it can be kept."""
     max_growth_params: float | None = 4.0
     """Seeds (live and fossilized) may add at most this many times the host's parameters
     (None: no parameter budget)."""

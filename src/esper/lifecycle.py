@@ -142,8 +142,10 @@ class FactoredAction:
 class LifecycleConfig:
     """Thresholds of the quality gates and timers. Accuracies in percentage points."""
 
-    min_training_epochs: int = 3
-    """G2: epochs a seed must spend in TRAINING before it may start blending."""
+    min_training_epochs: int = 1
+    """G2: epochs a seed must spend in TRAINING before it may start blending. One: with
+    its change capped (``incubation_radius``), longer incubation only delays a seed's use
+    while the learning rate is highest (see the README's growth results)."""
     min_gradient_ratio: float = 0.10
     """G2: the seed's per-parameter gradient norm relative to the host's, averaged over
     the last training epoch, must reach this (the seed is really learning)."""

@@ -543,12 +543,12 @@ def run(
     return state, outcomes
 
 
-def test_default_path_reaches_blending_after_4_ticks() -> None:
-    # 1 tick leaves GERMINATED (G1), then min_training_epochs=3 ticks in TRAINING (G2).
+def test_default_path_reaches_blending_after_2_ticks() -> None:
+    # 1 tick leaves GERMINATED (G1), then min_training_epochs=1 tick in TRAINING (G2).
     cfg = LifecycleConfig()
-    assert 1 + cfg.min_training_epochs == 4
-    state, _ = run(germinated(), 3)
-    assert state.stage is S.TRAINING and state.epochs_in_stage == 2
+    assert 1 + cfg.min_training_epochs == 2
+    state, _ = run(germinated(), 1)
+    assert state.stage is S.TRAINING and state.epochs_in_stage == 0
     state, outcomes = run(state, 1)
     assert state.stage is S.BLENDING
     assert outcomes[-1].transitions == ((S.TRAINING, S.BLENDING),)
@@ -562,26 +562,26 @@ def test_default_path_reaches_blending_never_without_gradient_ratio() -> None:
     assert state.stage is S.TRAINING
 
 
-def test_default_linear_ramp_reaches_probation_after_9_ticks() -> None:
+def test_default_linear_ramp_reaches_probation_after_7_ticks() -> None:
     # BLENDING trains at blend_step 1..5 (alpha 0.2 .. 1.0); G3 needs alpha >= 0.95, i.e.
-    # step 5, so blending lasts blending_steps=5 ticks: probation after 4 + 5 = 9 ticks.
-    state, _ = run(germinated(), 8)
+    # step 5, so blending lasts blending_steps=5 ticks: probation after 2 + 5 = 7 ticks.
+    state, _ = run(germinated(), 6)
     assert state.stage is S.BLENDING and state.blend_step == 5 and state.epochs_in_stage == 4
     state, outcomes = run(state, 1)
     assert state.stage is S.PROBATIONARY
     assert outcomes[-1].transitions == ((S.BLENDING, S.PROBATIONARY),)
 
 
-def test_default_sigmoid_ramp_reaches_probation_after_8_ticks() -> None:
+def test_default_sigmoid_ramp_reaches_probation_after_6_ticks() -> None:
     # Sigmoid alpha at step 4/5 is 1/(1+e^-3.6) ~ 0.973 >= 0.95: one epoch earlier.
-    state, _ = run(germinated(BlendAlgorithm.SIGMOID), 7)
+    state, _ = run(germinated(BlendAlgorithm.SIGMOID), 5)
     assert state.stage is S.BLENDING
     state, _ = run(state, 1)
     assert state.stage is S.PROBATIONARY
 
 
 def test_default_probation_times_out_after_5_ticks_then_recovers_in_5() -> None:
-    state, _ = run(germinated(), 9)
+    state, _ = run(germinated(), 7)
     assert state.stage is S.PROBATIONARY
     # A contribution within noise (+0.5 pp, z 1.6): neither kept nor culled early.
     unclear = Contribution(gained=7, lost=2, items=1000)
@@ -599,7 +599,7 @@ def test_default_probation_times_out_after_5_ticks_then_recovers_in_5() -> None:
     assert state.history == (
         (S.DORMANT, 0),
         (S.GERMINATED, 1),
-        (S.TRAINING, 3),
+        (S.TRAINING, 1),
         (S.BLENDING, 5),
         (S.PROBATIONARY, 5),
         (S.CULLED, 1),
@@ -610,7 +610,7 @@ def test_default_probation_times_out_after_5_ticks_then_recovers_in_5() -> None:
 
 
 def test_default_harmful_counterfactual_is_culled_on_the_first_probation_tick() -> None:
-    state, _ = run(germinated(), 9)
+    state, _ = run(germinated(), 7)
     state, outcomes = run(state, 1, measured=Contribution(gained=1, lost=12, items=360))
     assert state.stage is S.CULLED
     assert outcomes[-1].cull_reason is not None
@@ -620,13 +620,13 @@ def test_default_harmful_counterfactual_is_culled_on_the_first_probation_tick() 
 @pytest.mark.parametrize(("gained", "lost"), [(0, 1), (0, 2), (1, 3), (0, 0)])
 def test_default_a_sample_or_two_against_a_seed_is_not_a_verdict(gained: int, lost: int) -> None:
     # One digits image is 0.28 pp: the old rule (cull at <= 0 pp) culled on one flip.
-    state, _ = run(germinated(), 9)
+    state, _ = run(germinated(), 7)
     state, outcomes = run(state, 1, measured=Contribution(gained, lost, items=360))
     assert state.stage is S.PROBATIONARY and outcomes[-1].cull_reason is None
 
 
 def test_default_fossilize_then_absorbing() -> None:
-    state, _ = run(germinated(), 9, measured=Contribution(gained=60, lost=10, items=1000))
+    state, _ = run(germinated(), 7, measured=Contribution(gained=60, lost=10, items=1000))
     assert state.stage is S.PROBATIONARY
     assert gate_fossilize(state, LifecycleConfig()).passed
     state = transition(state, S.FOSSILIZED)

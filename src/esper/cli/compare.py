@@ -28,7 +28,7 @@ from esper.run import RunError
 from esper.telemetry.report import format_flops
 from esper.training.tasks import TASKS
 
-__all__ = ["add_parser", "compare_command", "print_compare"]
+__all__ = ["add_parser", "compare_command", "compare_options", "print_compare"]
 
 
 def add_parser(commands: Any) -> None:

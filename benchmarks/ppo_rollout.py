@@ -1,0 +1,136 @@
+"""What the learned controller's rollouts cost beyond the training they drive.
+
+Run by hand on a quiet machine, e.g.::
+
+    .venv/bin/python -m benchmarks.ppo_rollout --task digits --rounds 5
+
+Two measurements, each a ratio taken in one run so machine noise cancels:
+
+* **plumbing overhead**: the same episodes (same seeds, same actions) driven directly
+  through `EpisodeRunner` by a scripted controller, and through `MorphogenesisEnv` in an
+  `EnvPool` with the policy choosing (observation, masks, policy inference, IPC);
+  interleaved, one worker, one thread. Target: <= 1.05.
+* **parallel speed-up**: episodes per minute of `collect_episodes` with 4 environments in
+  1 worker process and in 2. Target (2 cores): >= 1.6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.common import write_result
+from esper.config import to_dict
+from esper.controller.features import decode_action
+from esper.lifecycle import FactoredAction
+from esper.rl.agent import PolicyMeta
+from esper.rl.env import MorphogenesisEnv, env_config
+from esper.rl.rollout import collect_episodes
+from esper.rl.workers import EnvPool
+from esper.training.episode import ScriptedController, run_episode
+
+
+def _actions_of(
+    env: MorphogenesisEnv, policy: torch.nn.Module, seed: int
+) -> dict[int, FactoredAction]:
+    """Play one episode with the policy through the env; return its decoded actions."""
+    with EnvPool(functools.partial(MorphogenesisEnv, config=to_dict(env.config)), 1) as pool:
+        steps = env.config.episode.epochs - 1
+        buffer, _ = collect_episodes(pool, policy, [seed], steps)
+    chosen: dict[int, FactoredAction] = {}
+    env.reset(seed=seed)
+    for t in range(steps):
+        action = buffer.actions[t, 0].tolist()
+        decoded, _ = decode_action(action, env._slots, env.blueprints)
+        chosen[t + 1] = decoded
+        env.step(np.array(action))
+    return chosen
+
+
+def plumbing(task: str, rounds: int, epochs: int | None) -> dict[str, float]:
+    config = env_config(None, task=task, **({"epochs": epochs} if epochs else {}))
+    env = MorphogenesisEnv(config=config)
+    meta = PolicyMeta(config.task, tuple(env.slot_ids), tuple(env.blueprints), 128)
+    torch.manual_seed(0)
+    policy = meta.build().eval()
+    steps = config.episode.epochs - 1
+    direct, wrapped = [], []
+    for r in range(rounds):
+        seed = 500 + r
+        schedule = _actions_of(env, policy, seed)
+        start = time.perf_counter()
+        run_episode(env._runner(seed), ScriptedController(schedule))
+        direct.append(time.perf_counter() - start)
+        with EnvPool(functools.partial(MorphogenesisEnv, config=to_dict(config)), 1) as pool:
+            start = time.perf_counter()
+            collect_episodes(pool, policy, [seed], steps)
+            wrapped.append(time.perf_counter() - start)
+    ratios = [w / d for w, d in zip(wrapped, direct, strict=True)]
+    return {
+        "direct_seconds": statistics.median(direct),
+        "wrapped_seconds": statistics.median(wrapped),
+        "overhead_ratio": statistics.median(ratios),
+    }
+
+
+def speedup(task: str, rounds: int, epochs: int | None, envs: int = 4) -> dict[str, float]:
+    config = env_config(None, task=task, **({"epochs": epochs} if epochs else {}))
+    probe = MorphogenesisEnv(config=config)
+    meta = PolicyMeta(config.task, tuple(probe.slot_ids), tuple(probe.blueprints), 128)
+    torch.manual_seed(0)
+    policy = meta.build().eval()
+    steps = config.episode.epochs - 1
+    factory = functools.partial(MorphogenesisEnv, config=to_dict(config))
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    pools = {w: EnvPool(factory, envs, w) for w in (1, 2)}
+    try:
+        for r in range(rounds):
+            for workers, pool in pools.items():  # interleaved: both see the same machine
+                seeds = [700 + r * envs + i for i in range(envs)]
+                start = time.perf_counter()
+                collect_episodes(pool, policy, seeds, steps)
+                rates[workers].append(envs / (time.perf_counter() - start) * 60)
+    finally:
+        for pool in pools.values():
+            pool.close()
+    return {
+        "episodes_per_minute_1": statistics.median(rates[1]),
+        "episodes_per_minute_2": statistics.median(rates[2]),
+        "speedup": statistics.median(b / a for a, b in zip(rates[1], rates[2], strict=True)),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="digits")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    over = plumbing(args.task, args.rounds, args.epochs)
+    fast = speedup(args.task, args.rounds, args.epochs)
+    table = "\n".join(
+        [
+            f"### Rollouts on {args.task} ({args.rounds} rounds, medians)",
+            "",
+            "| measurement | value | target |",
+            "|---|---|---|",
+            f"| episode through runner + scripted controller | {over['direct_seconds']:.2f} s | |",
+            f"| same episode through env + pool + policy | {over['wrapped_seconds']:.2f} s | |",
+            f"| plumbing overhead (ratio) | {over['overhead_ratio']:.3f} | <= 1.05 |",
+            f"| episodes/min, 4 envs in 1 worker | {fast['episodes_per_minute_1']:.1f} | |",
+            f"| episodes/min, 4 envs in 2 workers | {fast['episodes_per_minute_2']:.1f} | |",
+            f"| speed-up of 2 workers (ratio) | {fast['speedup']:.2f} | >= 1.6 |",
+        ]
+    )
+    path = write_result(f"ppo-rollout-{args.task}", {**over, **fast, "rounds": args.rounds}, table)
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -30,6 +30,7 @@ from esper.controller.features import decode_action
 from esper.lifecycle import FactoredAction
 from esper.rl.agent import PolicyMeta
 from esper.rl.env import MorphogenesisEnv, env_config
+from esper.rl.policy import RecurrentFactoredPolicy
 from esper.rl.rollout import collect_episodes
 from esper.rl.workers import EnvPool
 from esper.training.episode import ScriptedController, run_episode

@@ -37,7 +37,7 @@ from esper.training.episode import ScriptedController, run_episode
 
 
 def _actions_of(
-    env: MorphogenesisEnv, policy: torch.nn.Module, seed: int
+    env: MorphogenesisEnv, policy: RecurrentFactoredPolicy, seed: int
 ) -> dict[int, FactoredAction]:
     """Play one episode with the policy through the env; return its decoded actions."""
     with EnvPool(functools.partial(MorphogenesisEnv, config=to_dict(env.config)), 1) as pool:

@@ -127,6 +127,8 @@ def compare_command(args: argparse.Namespace, console: Console) -> int:
             markup=False,
         )
 
+    # The code that ran is the code at the start: HEAD may move during a long compare.
+    meta = provenance(" ".join(["esper", *map(shlex.quote, args.argv)]))
     pool = LocalPool(workers)
     try:
         result = compare(out, base, arms, seeds, pool, on_done)
@@ -137,7 +139,7 @@ def compare_command(args: argparse.Namespace, console: Console) -> int:
             soft_wrap=True,
         )
         return 130
-    write_outputs(result, provenance(" ".join(["esper", *map(shlex.quote, args.argv)])))
+    write_outputs(result, meta)
     return print_compare(result, out, console)
 
 

@@ -271,13 +271,13 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
         raise RunError(f"--workers must be at least 1, got {workers}")
     if not args.quiet:
         console.print(f"evaluating {policy_dir} on seeds {args.seeds}: {total} runs in {out}")
-    meta = provenance(" ".join(["esper", *map(shlex.quote, args.argv)]))  # before HEAD moves
+    started = provenance(" ".join(["esper", *map(shlex.quote, args.argv)]))  # before HEAD moves
     try:
         result = compare(out, run, arms, seeds, LocalPool(workers))
     except KeyboardInterrupt:
         console.print("interrupted; rerun the same command to continue")
         return 130
-    write_outputs(result, meta)
+    write_outputs(result, started)
     return print_compare(result, out, console)
 
 

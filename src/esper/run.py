@@ -341,7 +341,8 @@ def _train(
         history = LineFile(run_dir / "history.jsonl", history_lines)
         while not runner.done:
             observation = runner.observe()
-            record = runner.apply(controller.decide(observation.signals, observation.slots))
+            action = controller.decide(observation.signals, observation.slots)
+            record = runner.apply(action, controller.last_reason)
             row = _row(record, runner, controller.last_reason)
             history.append(row.to_json())
             _save_checkpoint(directory, built, history)

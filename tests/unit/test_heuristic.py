@@ -322,13 +322,20 @@ def test_a_seed_that_measurably_hurts_is_culled(stage: SeedStage) -> None:
         assert probation_verdict(seed, LIFECYCLE) is not None
 
 
-def test_a_seed_stalled_in_training_is_culled() -> None:
-    controller = _controller(stalled_training_epochs=8)
-    stalled = _slots(_seed(SeedStage.TRAINING, epochs_in_stage=8), budget=False)
-    assert controller.decide(_signals(), stalled) == _op(LifecycleOp.CULL)
+def test_a_seed_stalled_in_training_is_culled_and_not_grown_there_again() -> None:
+    controller = _controller(stalled_training_epochs=8, max_growth_params=None)
+    young = _slots(DORMANT, DORMANT, _seed(SeedStage.TRAINING, "conv_heavy", epochs_in_stage=7))
+    assert controller.decide(_signals(), young) == _germinate("r0c1", "conv_heavy")
+    stalled = _slots(
+        DORMANT, DORMANT, _seed(SeedStage.TRAINING, "conv_heavy", epochs_in_stage=8), budget=False
+    )
+    assert controller.decide(_signals(), stalled) == _op(LifecycleOp.CULL, "r0c2")
     assert "stalled" in controller.last_reason
-    young = _slots(_seed(SeedStage.TRAINING, epochs_in_stage=7), budget=False)
-    assert controller.decide(_signals(), young) == WAIT
+    # Once r0c2 is open again, conv_heavy is not grown there (other slots keep it).
+    controller.penalties.clear()
+    reopened = _slots(_seed(SeedStage.FOSSILIZED), _seed(SeedStage.FOSSILIZED), DORMANT)
+    assert controller.decide(_signals(), reopened) == _germinate("r0c2", "conv_light")
+    assert controller.state_dict()["stalled"] == [["r0c2", "conv_heavy"]]
 
 
 def test_judging_a_seed_comes_before_germinating_and_goes_in_slot_order() -> None:

@@ -11,7 +11,8 @@ rests on evidence rather than on a sample or two. The rules, in order, each epoc
    (a probationary one is culled by the lifecycle itself). A contribution within noise
    is neither: the seed keeps going until the evidence is clear or probation times out.
    A seed that G2 keeps in TRAINING for ``stalled_training_epochs`` is CULLED: its
-   gradients are too weak to blend it in, and it holds the slot.
+   gradients are too weak to blend it in, and it holds the slot; that blueprint is not
+   grown in that slot again.
 2. **Grow on a schedule, within a budget.** From ``start_epoch`` on, while at least
    ``min_epochs_left`` epochs remain (time for a seed to be trained, blended and judged),
    GERMINATE one seed per epoch into an open slot while the seeds' parameters and
@@ -72,6 +73,8 @@ class HeuristicController:
             )
         self.allowed = allowed
         self.penalties: dict[str, float] = {}
+        self.stalled: set[tuple[str, str]] = set()
+        """(slot, blueprint) pairs G2 kept from blending: never grown there again."""
         self.last_reason = ""
         self._seen: dict[str, SeedStage] = {}
 
@@ -96,6 +99,8 @@ class HeuristicController:
                 and state.epochs_in_stage >= self.config.stalled_training_epochs
             ):
                 why = f"stalled in TRAINING for {state.epochs_in_stage} epochs (G2)"
+                if state.blueprint_id is not None:
+                    self.stalled.add((report.slot_id, state.blueprint_id))
                 return self._op(LifecycleOp.CULL, report), why
         return None
 
@@ -158,6 +163,7 @@ class HeuristicController:
             and report.costs[name].params <= params_left
             and report.costs[name].train_flops <= flops_left
             and self.penalties.get(name, 0.0) < self.config.penalty_threshold
+            and (report.slot_id, name) not in self.stalled
         ]
         return max(fitting, key=lambda name: report.costs[name].params, default=None)
 
@@ -188,11 +194,13 @@ class HeuristicController:
     def state_dict(self) -> dict[str, Any]:
         return {
             "penalties": dict(self.penalties),
+            "stalled": sorted([slot, name] for slot, name in self.stalled),
             "seen": {sid: int(stage) for sid, stage in self._seen.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.penalties = dict(state["penalties"])
+        self.stalled = {(str(slot), str(name)) for slot, name in state.get("stalled", [])}
         self._seen = {sid: SeedStage(stage) for sid, stage in state["seen"].items()}
 
     @staticmethod

@@ -416,14 +416,16 @@ class EpisodeRunner:
 
     # ------------------------------------------------------------ phase 2
 
-    def apply(self, action: FactoredAction) -> EpochRecord:
-        """Apply the controller's action, tick the lifecycle, record the epoch."""
+    def apply(self, action: FactoredAction, reason: str = "") -> EpochRecord:
+        """Apply the controller's action, tick the lifecycle, record the epoch.
+
+        ``reason`` is why the controller chose it; a cull's events carry it."""
         if self._pending is None:
             raise RuntimeError("apply() called before observe()")
         measured, self._pending = self._pending, None
         val = measured.val
         self.counts[action.op] += 1
-        outcome = self._execute(action, val.accuracy)
+        outcome = self._execute(action, val.accuracy, reason)
         self._tick(val.accuracy)
         self.optimizers.sync(self.model)
         self.optimizers.check_ownership(self.model)
@@ -447,7 +449,7 @@ class EpisodeRunner:
         self._emit_epoch(record)
         return record
 
-    def _execute(self, action: FactoredAction, accuracy: float) -> str:
+    def _execute(self, action: FactoredAction, accuracy: float, reason: str) -> str:
         if action.op is LifecycleOp.WAIT:
             return "applied"
         reports = {r.slot_id: r for r in self.reports()}
@@ -461,7 +463,7 @@ class EpisodeRunner:
         if action.op is LifecycleOp.GERMINATE:
             return self._germinate(sid, action, accuracy)
         if action.op is LifecycleOp.CULL:
-            self._cull(sid, "controller", automatic=False)
+            self._cull(sid, reason or "controller", automatic=False)
             return "applied"
         slot = self.model.slot(sid)
         seed_id, blueprint = slot.state.seed_id or "", slot.state.blueprint_id or ""

@@ -163,6 +163,7 @@ def test_compute_is_counted_once_per_architecture_and_leaves_the_run_unchanged(
         return counted(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(compute, "train_flops", spy)
+    compute.clear_cache()
 
     def episode() -> tuple[list[float], list[float]]:
         torch.manual_seed(1)
@@ -182,7 +183,12 @@ def test_compute_is_counted_once_per_architecture_and_leaves_the_run_unchanged(
     assert flops[-1] > flops[0] * 1.2  # the seed costs compute
     assert all(f / samples == pytest.approx(round(f / samples)) for f in flops)
 
+    # A second episode in the same process counts nothing again.
+    calls.clear()
+    episode()
+    assert calls == []
     # Counting draws nothing from the run's random streams: without it, same losses.
+    compute.clear_cache()
     monkeypatch.setattr(compute, "train_flops", lambda *args: 0.0)
     monkeypatch.setattr(compute, "module_flops", lambda *args: (0.0, 0.0))
     assert episode()[0] == losses

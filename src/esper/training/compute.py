@@ -12,7 +12,8 @@ the validation pass, counterfactual branches included.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +23,7 @@ from esper.model.blueprints import blueprint_names, get_blueprint
 from esper.model.morphogenetic import MorphogeneticModel
 from esper.training.loop import Batch, eval_flops, module_flops, train_flops
 
-__all__ = ["ComputeMeter"]
+__all__ = ["ComputeMeter", "clear_cache"]
 
 PROBE_ITEMS = 4
 """Samples (sequences) in the probe batch; FLOPs per item do not depend on it."""
@@ -33,6 +34,17 @@ def _architecture(model: MorphogeneticModel) -> tuple[tuple[str, str, str | None
     return tuple(
         (s.slot_id, s.forward_mode, s.state.blueprint_id, s.gate is not None) for s in model.slots()
     )
+
+
+_COUNTS: dict[tuple[object, ...], float] = {}
+"""Per process: FLOPs per item by (host structure, probe shape, architecture, pass), so
+the episodes of a compare or of PPO training count each architecture once."""
+
+
+def clear_cache() -> None:
+    """Forget every count made in this process (tests measure the counting itself)."""
+    _COUNTS.clear()
+    _BLUEPRINT_COSTS.clear()
 
 
 class ComputeMeter:
@@ -48,41 +60,54 @@ class ComputeMeter:
         criterion: nn.Module,
         task_type: TaskType,
     ) -> None:
+        started = time.perf_counter()
         inputs, targets = probe
         self.probe: Batch = (inputs[:PROBE_ITEMS], targets[:PROBE_ITEMS])
         self.criterion = criterion
         self.task_type = task_type
-        self._train: dict[object, float] = {}
-        self._eval: dict[object, float] = {}
-        self.host_train: float
-        """Training FLOPs per item of the host without any seed."""
-        self.host_eval: float
-        """Evaluation FLOPs per item of the host without any seed."""
-        self.seed_costs: Mapping[str, Mapping[str, SeedCost]]
-        """Per slot, per blueprint of the host's topology: what a seed there would cost."""
+        # The host's structure (its modules and their sizes) and the probe's shape decide
+        # every count, whatever the weights.
+        self._host_key = (repr(model.host), tuple(inputs.shape[1:]), task_type.value)
+        self.seconds = 0.0
+        """Wall time spent counting so far (the cost of accounting itself)."""
         # Building blueprints to count them draws initial weights from torch's global
         # generator; the fork keeps the run's random stream exactly as without counting.
         with torch.random.fork_rng(devices=[]):
-            self.host_train = train_flops(model.host, self.probe, criterion, task_type)
-            self.host_eval = eval_flops(model.host, self.probe, criterion, task_type)
-            self.seed_costs = _seed_costs(model, self.probe[0])
-        """Per slot, per blueprint of the host's topology: what a seed there would cost."""
+            self.host_train = self._count(
+                ("host", "train"), lambda: train_flops(model.host, self.probe, criterion, task_type)
+            )
+            """Training FLOPs per item of the host without any seed."""
+            self.host_eval = self._count(
+                ("host", "eval"), lambda: eval_flops(model.host, self.probe, criterion, task_type)
+            )
+            """Evaluation FLOPs per item of the host without any seed."""
+            self.seed_costs: Mapping[str, Mapping[str, SeedCost]] = _seed_costs(
+                model, self.probe[0]
+            )
+            """Per slot, per blueprint of the host's topology: what a seed there costs."""
+        self.seconds = time.perf_counter() - started
+
+    def _count(self, key: tuple[object, ...], count: Callable[[], float]) -> float:
+        full = (*self._host_key, *key)
+        if full not in _COUNTS:
+            started = time.perf_counter()
+            _COUNTS[full] = count()
+            self.seconds += time.perf_counter() - started
+        return _COUNTS[full]
 
     def train_per_item(self, model: MorphogeneticModel) -> float:
         """Training FLOPs per item of ``model`` as it is now."""
-        key = _architecture(model)
-        if key not in self._train:
-            self._train[key] = train_flops(model, self.probe, self.criterion, self.task_type)
-        return self._train[key]
+        return self._count(
+            ("train", _architecture(model)),
+            lambda: train_flops(model, self.probe, self.criterion, self.task_type),
+        )
 
     def eval_per_item(self, model: MorphogeneticModel, counterfactual: Sequence[str]) -> float:
         """Evaluation FLOPs per item of ``model``, removing each of ``counterfactual``."""
-        key = (_architecture(model), tuple(counterfactual))
-        if key not in self._eval:
-            self._eval[key] = eval_flops(
-                model, self.probe, self.criterion, self.task_type, counterfactual
-            )
-        return self._eval[key]
+        return self._count(
+            ("eval", _architecture(model), tuple(counterfactual)),
+            lambda: eval_flops(model, self.probe, self.criterion, self.task_type, counterfactual),
+        )
 
 
 @torch.no_grad()
@@ -106,6 +131,11 @@ def _slot_features(model: MorphogeneticModel, inputs: Tensor) -> dict[str, Tenso
     return seen
 
 
+_BLUEPRINT_COSTS: dict[tuple[str, str, int, tuple[int, ...]], SeedCost] = {}
+"""Per process: a blueprint's cost depends only on its topology, name, width and the
+features' shape, so every episode after the first reuses it."""
+
+
 def _seed_costs(model: MorphogeneticModel, inputs: Tensor) -> Mapping[str, Mapping[str, SeedCost]]:
     features = _slot_features(model, inputs)
     topology = model.host.topology
@@ -114,7 +144,10 @@ def _seed_costs(model: MorphogeneticModel, inputs: Tensor) -> Mapping[str, Mappi
         feature = features[slot.slot_id].to("cpu", torch.float32)
         costs[slot.slot_id] = {}
         for name in blueprint_names(topology):
-            spec = get_blueprint(topology, name)
-            train, forward = module_flops(spec.build(slot.channels), feature)
-            costs[slot.slot_id][name] = SeedCost(spec.params(slot.channels), train, forward)
+            key = (topology.value, name, slot.channels, tuple(feature.shape))
+            if key not in _BLUEPRINT_COSTS:
+                spec = get_blueprint(topology, name)
+                train, forward = module_flops(spec.build(slot.channels), feature)
+                _BLUEPRINT_COSTS[key] = SeedCost(spec.params(slot.channels), train, forward)
+            costs[slot.slot_id][name] = _BLUEPRINT_COSTS[key]
     return costs

@@ -183,6 +183,9 @@ def train(
 
     Resuming continues after the last update whose state was saved (``trainer.pt``), or
     starts again if none was."""
+    # One torch thread: the policy is small, and the environments in this process (with
+    # --workers 1) are the same small runs each worker process trains on one thread.
+    torch.set_num_threads(1)
     probe = MorphogenesisEnv(config=config.run)
     meta = PolicyMeta(
         config.run.task, tuple(probe.slot_ids), tuple(probe.blueprints), config.hidden

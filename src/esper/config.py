@@ -125,9 +125,10 @@ class RewardConfig:
     shaping_weight: float = 0.1
     """Potential-based shaping: Phi = shaping_weight x validation accuracy (pp), 0 at the
     end; every epoch pays gamma * Phi(now) - Phi(before), which sums to -Phi(start)."""
-    gamma: float = 0.99
+    gamma: float = 1.0
     """Discount of returns. PPO's advantage estimate reads this same field: shaping is
-    only policy-invariant when both use one gamma."""
+    only policy-invariant when both use one gamma. 1: an episode is a fixed number of
+    epochs and only its end counts, and then the shaping sums to exactly -Phi(start)."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.gamma <= 1.0:

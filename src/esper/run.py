@@ -55,6 +55,7 @@ from esper.telemetry import (
 from esper.telemetry.report import EpochRow, SlotRow, plot_timeline, read_history
 from esper.telemetry.report import summarize as summarize_rows
 from esper.training.batches import SplitBatches
+from esper.training.builders import build_model, load_data
 from esper.training.episode import EpisodeRunner, EpochRecord
 from esper.training.governor import GovernorStopError
 from esper.training.tasks import TaskOptions, get_task
@@ -144,10 +145,10 @@ def _build(config: RunConfig, telemetry: Telemetry) -> _Run:
     device = _device(config.device)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    split = spec.load(options)
+    split = load_data(spec, options)
     episode = config.episode
     torch.manual_seed(episode.seed)
-    model = spec.build_model(split, config.slots, episode.lifecycle, config.width_multiplier)
+    model = build_model(spec, split, config.slots, episode.lifecycle, config.width_multiplier)
     model.to(device)
     data = SplitBatches(split, config.batch_size, episode.seed, augment=spec.augment)
     runner = EpisodeRunner(model, data, episode, telemetry, device)

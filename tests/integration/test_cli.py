@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+import esper
 import esper.run
 from esper.cli import main
 from esper.config import RunConfig, from_dict
@@ -443,6 +447,45 @@ def test_run_commands_document_every_common_flag(
 
 def test_report_help_names_the_run_directory(capsys: pytest.CaptureFixture[str]) -> None:
     assert "RUN_DIR" in _help(capsys, "report")
+
+
+# What the command line must not load before it knows which command runs.
+HEAVY = ("torch", "numpy", "matplotlib", "sklearn", "scipy", "gymnasium", "PIL")
+_PROBE = """
+import sys
+from esper.cli import main
+try:
+    main(sys.argv[2:])
+except SystemExit:
+    pass
+print(sorted({name.split(".")[0] for name in sys.modules} & set(sys.argv[1].split(","))))
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["--version"],
+        ["heuristic", "--help"],
+        ["compare", "--help"],
+        ["ppo", "train", "--help"],
+        ["heuristic", "--epochs", "many"],  # an argument error
+        ["baseline", "--threads", "0"],
+        ["fly"],  # an unknown command
+    ],
+)
+def test_help_and_argument_errors_import_no_torch(argv: list[str]) -> None:
+    # Start-up time without a clock: what the answer needed, not how long it took.
+    env = {**os.environ, "PYTHONPATH": str(Path(esper.__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, ",".join(HEAVY), *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
 
 
 # ---------------------------------------------------------------- baseline

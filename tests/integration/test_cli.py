@@ -131,6 +131,7 @@ def wide_columns(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_short_run_leaves_a_complete_run_directory(tmp_path: Path) -> None:
     out = tmp_path / "run"
+    torch.set_num_threads(2)  # what torch would start with on two cores
     assert _heuristic(out, "--epochs", "4") == 0
     for name in RUN_FILES:
         assert (out / name).is_file(), name
@@ -141,6 +142,9 @@ def test_a_short_run_leaves_a_complete_run_directory(tmp_path: Path) -> None:
     assert config.batch_size == digits.batch_size  # resolved from the task, not the default
     assert config.episode.epochs == 4
     assert config.episode.optim == digits.optim
+    # --threads auto (the default) chose one thread for the tiny digits host, and saved
+    # the count so that a resume computes in the same order.
+    assert config.threads == 1 and torch.get_num_threads() == 1
 
     events = read_events(out / "events.jsonl")
     assert isinstance(events[0], RunStarted) and events[0].task == "digits"
@@ -486,6 +490,25 @@ def test_help_and_argument_errors_import_no_torch(argv: list[str]) -> None:
         check=True,
     )
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
+def test_openmp_threads_wait_without_spinning() -> None:
+    # The command sets OMP_WAIT_POLICY before torch loads its OpenMP runtime; GNU
+    # OpenMP (torch's on Linux) then shows a spin count of 0 in its verbose settings.
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(esper.__file__).parents[1]),
+        "OMP_DISPLAY_ENV": "VERBOSE",
+    }
+    env.pop("OMP_WAIT_POLICY", None)
+    probe = "import esper.cli, torch; torch.ones(1)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    if "GOMP_SPINCOUNT" not in done.stderr:
+        pytest.skip("torch's OpenMP runtime is not GNU OpenMP here")
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in done.stderr
+    assert "GOMP_SPINCOUNT = '0'" in done.stderr
 
 
 # ---------------------------------------------------------------- baseline

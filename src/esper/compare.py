@@ -34,7 +34,6 @@ from typing import Any
 
 import torch
 from matplotlib.figure import Figure
-from scipy import stats
 
 from esper.arms import ARM_HELP, Arm, parse_arms, parse_seeds
 from esper.config import RunConfig, from_dict, to_dict
@@ -227,6 +226,10 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float]:
     mean = statistics.fmean(values) if values else math.nan
     if len(values) < 2:
         return mean, math.nan
+    # Imported here, for start-up time only: scipy.stats takes a noticeable part of a
+    # second to import, and every command that loads this module need not pay it.
+    from scipy import stats
+
     half = float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values)
     return mean, half / math.sqrt(len(values))
 

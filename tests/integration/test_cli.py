@@ -492,6 +492,21 @@ def test_help_and_argument_errors_import_no_torch(argv: list[str]) -> None:
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
 
 
+def test_the_commands_import_no_compiler_and_no_unneeded_libraries() -> None:
+    # Dynamo (--compile), scikit-learn (the digits data) and scipy (compare's intervals)
+    # each cost up to a second to import; they load only where they are used.
+    env = {**os.environ, "PYTHONPATH": str(Path(esper.__file__).parents[1])}
+    probe = (
+        "import sys, esper.cli.commands\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')"
+        " or m == 'torch._dynamo'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def test_openmp_threads_wait_without_spinning() -> None:
     # The command sets OMP_WAIT_POLICY before torch loads its OpenMP runtime; GNU
     # OpenMP (torch's on Linux) then shows a spin count of 0 in its verbose settings.

@@ -118,12 +118,17 @@ def busy_cores(interval: float = 0.2) -> float:
 def auto_threads(flops_per_step: float, cores: int | None = None, busy: float | None = None) -> int:
     """Threads for a model doing ``flops_per_step`` training FLOPs per batch.
 
-    One per `FLOPS_PER_THREAD` of work, at most ``cores`` (default: `physical_cores`)
-    less the cores other processes keep busy (``busy``, rounded; default: `busy_cores`,
-    measured only when more than one thread is in question), and at least one.
+    One per `FLOPS_PER_THREAD` of work, at most ``cores`` (default: `physical_cores`, and
+    no more than ``OMP_NUM_THREADS`` when the environment sets it) less the cores other
+    processes keep busy (``busy``, rounded; default: `busy_cores`, measured only when
+    more than one thread is in question), and at least one.
     """
     by_work = max(1, int(flops_per_step // FLOPS_PER_THREAD))
-    cores = physical_cores() if cores is None else cores
+    if cores is None:
+        cores = physical_cores()
+        limit = os.environ.get("OMP_NUM_THREADS", "")
+        if limit.isdigit() and int(limit) > 0:  # a cluster's or a user's own cap
+            cores = min(cores, int(limit))
     wanted = min(by_work, cores)
     if wanted <= 1:
         return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -31,6 +32,11 @@ def test_on_this_machine_auto_stays_within_its_physical_cores() -> None:
     assert 1 <= cores <= (os.cpu_count() or 1)
     assert 0.0 <= busy_cores(0.05) <= len(os.sched_getaffinity(0))
     assert 1 <= auto_threads(1e15) <= cores
+
+
+def test_auto_keeps_within_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert auto_threads(1e15) == 1
 
 
 def _flops_per_step(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:

@@ -34,11 +34,12 @@ from typing import Any
 
 import torch
 from matplotlib.figure import Figure
-from scipy import stats
 
+from esper.arms import ARM_HELP, Arm, parse_arms, parse_seeds
 from esper.config import RunConfig, from_dict, to_dict
 from esper.run import CHECKPOINT, RunError, prepare_run_dir, read_config, run
 from esper.telemetry.report import format_flops
+from esper.training.builders import build_model, load_data
 from esper.training.tasks import TaskOptions, get_task
 
 __all__ = [
@@ -62,83 +63,6 @@ __all__ = [
     "table",
     "write_outputs",
 ]
-
-ARM_HELP = (
-    "static, heuristic, static-matched (a static host widened to the grown runs' mean "
-    "final parameter count), static@X (every host width scaled by X, e.g. static@1.5) or "
-    "ppo:DIR (a policy trained by 'esper ppo train', shown as 'learned')"
-)
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One way to train the task. ``width`` None means "matched": resolved from the
-    grown runs' parameter counts once they are done."""
-
-    label: str
-    controller: str
-    width: float | None = 1.0
-    policy: str | None = None
-    """The trained policy a ``ppo`` arm runs with."""
-
-    @property
-    def grows(self) -> bool:
-        return self.controller != "baseline"
-
-
-def parse_arms(text: str) -> list[Arm]:
-    """Arms from ``static,heuristic,static-matched,static@2``; ValueError names the fix."""
-    arms: list[Arm] = []
-    for raw in text.split(","):
-        name = raw.strip()
-        if name == "static":
-            arm = Arm("static", "baseline", 1.0)
-        elif name == "heuristic":
-            arm = Arm("heuristic", "heuristic", 1.0)
-        elif name.startswith("ppo:"):
-            arm = Arm("learned", "ppo", 1.0, name.removeprefix("ppo:"))
-        elif name == "static-matched":
-            arm = Arm("static-matched", "baseline", None)
-        elif name.startswith("static@"):
-            try:
-                width = float(name.removeprefix("static@"))
-            except ValueError:
-                width = math.nan
-            if not (math.isfinite(width) and width > 0):
-                raise ValueError(f"arm {name!r}: the width after @ must be a positive number")
-            arm = Arm(f"static@{width:g}", "baseline", width)
-        else:
-            raise ValueError(f"unknown arm {name!r}; arms are {ARM_HELP}")
-        if any(a.label == arm.label for a in arms):
-            raise ValueError(f"arm {arm.label!r} is listed twice")
-        arms.append(arm)
-    if any(a.width is None for a in arms) and not any(a.grows for a in arms):
-        raise ValueError("static-matched needs an arm that grows (e.g. heuristic) to match")
-    return arms
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``5`` (seeds 0-4), ``100-109`` (inclusive) or ``1,3,7``; ValueError names the fix."""
-    form = "use a count (5), an inclusive range (100-109) or a list (1,3,7)"
-    try:
-        if "," in text:
-            seeds = [int(part) for part in text.split(",")]
-        elif "-" in text.strip("-"):
-            low, high = (int(part) for part in text.split("-", 1))
-            if high < low:
-                raise ValueError
-            seeds = list(range(low, high + 1))
-        else:
-            count = int(text)
-            if count < 1:
-                raise ValueError
-            seeds = list(range(count))
-    except ValueError:
-        raise ValueError(f"bad --seeds {text!r}: {form}") from None
-    if any(s < 0 or s >= 2**63 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ValueError(f"bad --seeds {text!r}: seeds must be distinct and >= 0; {form}")
-    return seeds
-
 
 # ---------------------------------------------------------------- one run
 
@@ -302,6 +226,10 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float]:
     mean = statistics.fmean(values) if values else math.nan
     if len(values) < 2:
         return mean, math.nan
+    # Imported here, for start-up time only: scipy.stats takes a noticeable part of a
+    # second to import, and every command that loads this module need not pay it.
+    from scipy import stats
+
     half = float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values)
     return mean, half / math.sqrt(len(values))
 
@@ -309,10 +237,10 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float]:
 def matched_width(config: RunConfig, target_params: float) -> float:
     """The width multiplier (to 0.01) whose static host has closest to ``target_params``."""
     spec = get_task(config.task)
-    split = spec.load(_options(config))
+    split = load_data(spec, _options(config))
 
     def params(multiplier: float) -> int:
-        return spec.build_model(split, config.slots, None, multiplier).host_params
+        return build_model(spec, split, config.slots, None, multiplier).host_params
 
     low, high = 100, 1600  # multipliers in hundredths; host params never fall with width
     while low < high:

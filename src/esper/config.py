@@ -343,9 +343,11 @@ class RunConfig:
     """Training batch size (the task's default unless set)."""
     device: str = "cpu"
     """cpu, cuda or cuda:N."""
-    threads: int | None = None
-    """CPU threads for torch (None: torch's default, one per core). Use 1 when several
-    runs share a machine: oversubscribed threads slow every run down many times over."""
+    threads: int | Literal["auto"] | None = "auto"
+    """CPU threads for torch. "auto": one when a batch is too small to split, else one
+    per physical core that other processes leave free when the run starts
+    (`esper.machine.auto_threads`); the count chosen is what the run's config.json
+    saves, so a resumed run uses it too. None: torch's default (one per core)."""
     telemetry_level: Literal["off", "lifecycle", "normal", "debug"] = "normal"
     """How much goes to events.jsonl and the console."""
     data_dir: str | None = None
@@ -357,7 +359,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _at_least(self, "batch_size", 1)
-        _at_least(self, "threads", 1)
+        if self.threads != "auto":
+            _at_least(self, "threads", 1)
         reject_non_finite(self)
         if self.width_multiplier <= 0:
             raise ValueError(f"width_multiplier must be > 0, got {self.width_multiplier}")

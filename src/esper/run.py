@@ -22,7 +22,7 @@ import errno
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,6 +31,7 @@ import torch
 from esper.config import ConfigError, RunConfig, from_dict, to_dict
 from esper.contracts import Controller
 from esper.controller import HeuristicController, StaticController
+from esper.machine import auto_threads
 from esper.model.blueprints import blueprint_names
 from esper.model.morphogenetic import MorphogeneticModel
 from esper.rl.agent import PolicyController, PolicyError, load_policy
@@ -55,6 +56,7 @@ from esper.telemetry import (
 from esper.telemetry.report import EpochRow, SlotRow, plot_timeline, read_history
 from esper.telemetry.report import summarize as summarize_rows
 from esper.training.batches import SplitBatches
+from esper.training.builders import build_model, load_data
 from esper.training.episode import EpisodeRunner, EpochRecord
 from esper.training.governor import GovernorStopError
 from esper.training.tasks import TaskOptions, get_task
@@ -142,15 +144,22 @@ def _build(config: RunConfig, telemetry: Telemetry) -> _Run:
         text_file=Path(config.text_file) if config.text_file else None,
     )
     device = _device(config.device)
-    if config.threads is not None:
+    if isinstance(config.threads, int):
         torch.set_num_threads(config.threads)
-    split = spec.load(options)
+    split = load_data(spec, options)
     episode = config.episode
     torch.manual_seed(episode.seed)
-    model = spec.build_model(split, config.slots, episode.lifecycle, config.width_multiplier)
+    model = build_model(spec, split, config.slots, episode.lifecycle, config.width_multiplier)
     model.to(device)
     data = SplitBatches(split, config.batch_size, episode.seed, augment=spec.augment)
     runner = EpisodeRunner(model, data, episode, telemetry, device)
+    if config.threads == "auto" and device.type == "cpu":
+        # The model's work per training step decides; the count is saved with the config
+        # (config.json), so a resumed run does its arithmetic in the same order.
+        items = config.batch_size * (split.block_size or 1)  # scored items per batch
+        threads = auto_threads(runner.compute.host_train * items)
+        torch.set_num_threads(threads)
+        config = replace(config, threads=threads)
     controller: StatefulController
     if config.controller == "baseline":
         controller = StaticController()
@@ -326,7 +335,7 @@ def _train(
     sinks: list[Sink] = [JsonlSink(run_dir / "events.jsonl"), *extra_sinks]
     with Telemetry(level, sinks) as telemetry:
         built = _build(config, telemetry)
-        runner, controller = built.runner, built.controller
+        config, runner, controller = built.config, built.runner, built.controller
         if checkpoint is not None:
             runner.load_state_dict(checkpoint.state["runner"])
             controller.load_state_dict(checkpoint.state["controller"])

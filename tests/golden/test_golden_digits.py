@@ -15,6 +15,7 @@ import torch
 from esper.data import load_digits
 from esper.lifecycle import FactoredAction, LifecycleOp, SeedStage
 from esper.training.batches import SplitBatches
+from esper.training.builders import build_model
 from esper.training.episode import ScriptedController
 from esper.training.heuristic import run_heuristic_episode
 from esper.training.tasks import get_task
@@ -29,7 +30,7 @@ def test_golden_digits_episode() -> None:
     split = load_digits()
     torch.manual_seed(0)
     config = dataclasses.replace(task.default_config(), seed=0, epochs=6)
-    model = task.build_model(split, lifecycle=config.lifecycle)
+    model = build_model(task, split, lifecycle=config.lifecycle)
     data = SplitBatches(split, task.batch_size, seed=0)
     schedule = {2: FactoredAction(LifecycleOp.GERMINATE, "r0c1", "conv_heavy")}
     result = run_heuristic_episode(ScriptedController(schedule), model, data, config)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+import esper
 import esper.run
 from esper.cli import main
 from esper.config import RunConfig, from_dict
@@ -127,6 +131,7 @@ def wide_columns(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_short_run_leaves_a_complete_run_directory(tmp_path: Path) -> None:
     out = tmp_path / "run"
+    torch.set_num_threads(2)  # what torch would start with on two cores
     assert _heuristic(out, "--epochs", "4") == 0
     for name in RUN_FILES:
         assert (out / name).is_file(), name
@@ -137,6 +142,9 @@ def test_a_short_run_leaves_a_complete_run_directory(tmp_path: Path) -> None:
     assert config.batch_size == digits.batch_size  # resolved from the task, not the default
     assert config.episode.epochs == 4
     assert config.episode.optim == digits.optim
+    # --threads auto (the default) chose one thread for the tiny digits host, and saved
+    # the count so that a resume computes in the same order.
+    assert config.threads == 1 and torch.get_num_threads() == 1
 
     events = read_events(out / "events.jsonl")
     assert isinstance(events[0], RunStarted) and events[0].task == "digits"
@@ -443,6 +451,79 @@ def test_run_commands_document_every_common_flag(
 
 def test_report_help_names_the_run_directory(capsys: pytest.CaptureFixture[str]) -> None:
     assert "RUN_DIR" in _help(capsys, "report")
+
+
+# What the command line must not load before it knows which command runs.
+HEAVY = ("torch", "numpy", "matplotlib", "sklearn", "scipy", "gymnasium", "PIL")
+_PROBE = """
+import sys
+from esper.cli import main
+try:
+    main(sys.argv[2:])
+except SystemExit:
+    pass
+print(sorted({name.split(".")[0] for name in sys.modules} & set(sys.argv[1].split(","))))
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["--version"],
+        ["heuristic", "--help"],
+        ["compare", "--help"],
+        ["ppo", "train", "--help"],
+        ["heuristic", "--epochs", "many"],  # an argument error
+        ["baseline", "--threads", "0"],
+        ["fly"],  # an unknown command
+    ],
+)
+def test_help_and_argument_errors_import_no_torch(argv: list[str]) -> None:
+    # Start-up time without a clock: what the answer needed, not how long it took.
+    env = {**os.environ, "PYTHONPATH": str(Path(esper.__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, ",".join(HEAVY), *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
+def test_the_commands_import_no_compiler_and_no_unneeded_libraries() -> None:
+    # Dynamo (--compile), scikit-learn (the digits data) and scipy (compare's intervals)
+    # each cost up to a second to import; they load only where they are used.
+    env = {**os.environ, "PYTHONPATH": str(Path(esper.__file__).parents[1])}
+    probe = (
+        "import sys, esper.cli.commands\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')"
+        " or m == 'torch._dynamo'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_openmp_threads_wait_without_spinning() -> None:
+    # The command sets OMP_WAIT_POLICY before torch loads its OpenMP runtime; GNU
+    # OpenMP (torch's on Linux) then shows a spin count of 0 in its verbose settings.
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(esper.__file__).parents[1]),
+        "OMP_DISPLAY_ENV": "VERBOSE",
+    }
+    env.pop("OMP_WAIT_POLICY", None)
+    probe = "import esper.cli, torch; torch.ones(1)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    if "GOMP_SPINCOUNT" not in done.stderr:
+        pytest.skip("torch's OpenMP runtime is not GNU OpenMP here")
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in done.stderr
+    assert "GOMP_SPINCOUNT = '0'" in done.stderr
 
 
 # ---------------------------------------------------------------- baseline

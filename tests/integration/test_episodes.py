@@ -14,6 +14,7 @@ from esper.lifecycle import FactoredAction, LifecycleOp, SeedStage
 from esper.model import MorphogeneticModel
 from esper.telemetry import GovernorRollback, MemorySink, SeedFossilized, Telemetry, TelemetryLevel
 from esper.training.batches import SplitBatches
+from esper.training.builders import build_model
 from esper.training.episode import EpisodeResult, EpisodeRunner, ScriptedController
 from esper.training.heuristic import run_heuristic_episode, train_heuristic
 from esper.training.tasks import get_task
@@ -27,7 +28,7 @@ def _setup(
 ) -> tuple[MorphogeneticModel, SplitBatches, EpisodeConfig]:
     torch.manual_seed(seed)
     config = dataclasses.replace(TASK.default_config(), seed=seed, **changes)  # type: ignore[arg-type]
-    model = TASK.build_model(SPLIT, lifecycle=config.lifecycle)
+    model = build_model(TASK, SPLIT, lifecycle=config.lifecycle)
     return model, SplitBatches(SPLIT, TASK.batch_size, seed), config
 
 

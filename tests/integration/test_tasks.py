@@ -19,6 +19,7 @@ from esper.cli import main
 from esper.contracts import Topology
 from esper.model.blueprints import blueprint_names
 from esper.telemetry.report import read_history
+from esper.training.builders import loader
 from esper.training.tasks import TASKS
 
 SHORT = ["--epochs", "1", "--max-batches", "2", "--max-val-batches", "2", "--quiet"]
@@ -103,6 +104,13 @@ def _text_file(path: Path, repeats: int = 25) -> Path:
 def test_every_registered_task_is_covered_here() -> None:
     covered = {"digits", "cifar10", "fashion_mnist", "text", "shakespeare", "tinystories"}
     assert set(TASKS.names()) == covered
+
+
+@pytest.mark.parametrize("name", TASKS.names())
+def test_every_task_names_a_loader_that_exists(name: str) -> None:
+    # The catalogue names loaders by import path (it stays torch-free); a typo would
+    # otherwise show only when someone runs that task.
+    assert callable(loader(TASKS.get(name)))
 
 
 def test_digits(tmp_path: Path) -> None:

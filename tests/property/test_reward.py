@@ -17,6 +17,7 @@ from esper.controller import HeuristicController, StaticController
 from esper.data import load_digits
 from esper.model.blueprints import blueprint_names
 from esper.training.batches import SplitBatches
+from esper.training.builders import build_model
 from esper.training.episode import EpisodeResult, EpisodeRunner, run_episode
 from esper.training.reward import (
     compute_charge,
@@ -75,7 +76,7 @@ def _episode(controller: str, seed: int = 3) -> EpisodeResult:
     split = load_digits()
     config = dataclasses.replace(task.default_config(), epochs=14, seed=seed)
     torch.manual_seed(seed)
-    model = task.build_model(split, lifecycle=config.lifecycle)
+    model = build_model(task, split, lifecycle=config.lifecycle)
     runner = EpisodeRunner(model, SplitBatches(split, task.batch_size, seed), config)
     heuristic = HeuristicController(blueprint_names(Topology.CNN), lifecycle=config.lifecycle)
     policy = heuristic if controller == "heuristic" else StaticController()

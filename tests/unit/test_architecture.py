@@ -8,10 +8,12 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src" / "esper"
 
 # Which top-level parts of esper each part may import (besides itself).
-BOTTOM = {"lifecycle", "contracts", "config", "registry"}
+BOTTOM = {"lifecycle", "contracts", "config", "registry", "machine"}
 ALLOWED: dict[str, set[str]] = {
     "lifecycle": set(),
     "registry": set(),
+    "machine": set(),
+    "arms": set(),
     "contracts": {"lifecycle"},
     "config": {"lifecycle"},
     "data": {"contracts"},
@@ -22,10 +24,27 @@ ALLOWED: dict[str, set[str]] = {
     "rl": BOTTOM | {"data", "model", "controller", "telemetry", "training"},
     "rundir": set(),
     "run": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "rundir"},
-    "compare": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "run"},
+    "compare": BOTTOM
+    | {"arms", "data", "model", "controller", "telemetry", "training", "rl", "run"},
     "cli": BOTTOM
-    | {"data", "model", "controller", "telemetry", "training", "rl", "rundir", "run", "compare"},
+    | {
+        "arms",
+        "data",
+        "model",
+        "controller",
+        "telemetry",
+        "training",
+        "rl",
+        "rundir",
+        "run",
+        "compare",
+    },
 }
+
+# The only esper imports allowed inside a function, each for start-up time alone: the
+# command line parses its arguments (and answers --help) before the command it runs
+# imports torch and friends. (file, imported module)
+LAZY_FOR_START_UP = {("cli/__init__.py", "esper.cli.commands")}
 
 
 def _part(path: Path) -> str:
@@ -61,15 +80,17 @@ def test_imports_point_downward() -> None:
 
 
 def test_no_import_inside_functions() -> None:
-    # Lazy imports hide cycles; the only allowed ones load optional extras.
+    # Lazy imports hide cycles; the only allowed ones load optional extras, and the
+    # command's modules once the command line is parsed (LAZY_FOR_START_UP).
     lazy = []
     for path in sorted(SRC.rglob("*.py")):
+        where = path.relative_to(SRC).as_posix()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 for inner in ast.walk(node):
                     if isinstance(inner, ast.Import | ast.ImportFrom):
                         mod = inner.module if isinstance(inner, ast.ImportFrom) else None
-                        names = [a.name for a in inner.names]
-                        if (mod or names[0]).startswith("esper"):
-                            lazy.append(f"{path.relative_to(SRC)}:{inner.lineno}")
+                        name = mod or inner.names[0].name
+                        if name.startswith("esper") and (where, name) not in LAZY_FOR_START_UP:
+                            lazy.append(f"{where}:{inner.lineno}")
     assert not lazy, f"esper imported inside a function: {lazy}"

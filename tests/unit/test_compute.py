@@ -17,6 +17,7 @@ from esper.model.hosts import CNNHost, TransformerHost
 from esper.model.morphogenetic import MorphogeneticModel
 from esper.training import compute, loop
 from esper.training.batches import SplitBatches
+from esper.training.builders import build_model
 from esper.training.episode import EpisodeRunner, ScriptedController, run_episode
 from esper.training.loop import eval_flops, evaluate, train_flops
 from esper.training.tasks import get_task
@@ -124,7 +125,7 @@ def test_contributions_in_a_real_episode_equal_the_old_two_pass_measurement() ->
     split = load_digits()
     config = dataclasses.replace(task.default_config(), epochs=9, seed=2)
     torch.manual_seed(2)
-    model = task.build_model(split, lifecycle=config.lifecycle)
+    model = build_model(task, split, lifecycle=config.lifecycle)
     data = SplitBatches(split, task.batch_size, seed=2)
     runner = EpisodeRunner(model, data, config)
     schedule = {1: FactoredAction(LifecycleOp.GERMINATE, "r0c1", "conv_light")}
@@ -167,7 +168,7 @@ def test_compute_is_counted_once_per_architecture_and_leaves_the_run_unchanged(
 
     def episode() -> tuple[list[float], list[float]]:
         torch.manual_seed(1)
-        model = task.build_model(split, lifecycle=config.lifecycle)
+        model = build_model(task, split, lifecycle=config.lifecycle)
         runner = EpisodeRunner(model, SplitBatches(split, task.batch_size, seed=1), config)
         schedule = {2: FactoredAction(LifecycleOp.GERMINATE, "r0c2", "conv_heavy")}
         result = run_episode(runner, ScriptedController(schedule))

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import esper.data.images as images_module
@@ -227,6 +229,40 @@ def test_random_crop_flip_is_a_shifted_or_mirrored_copy() -> None:
         assert any(torch.equal(out[n], c) for c in candidates)
     plain = random_crop_flip(images, torch.Generator(), padding=0, flip=False)
     assert torch.equal(plain, images)
+
+
+def _crop_flip_image_by_image(
+    images: torch.Tensor, generator: torch.Generator, padding: int, flip: bool
+) -> torch.Tensor:
+    """The per-image loop random_crop_flip replaced: same draws, one slice per image."""
+    n, _, h, w = images.shape
+    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator).tolist()
+    mirror = (torch.rand(n, generator=generator) < 0.5).tolist()
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    out = torch.empty_like(images)
+    for i, ((dy, dx), mirrored) in enumerate(zip(offsets, mirror, strict=True)):
+        crop = padded[i, :, dy : dy + h, dx : dx + w]
+        out[i] = crop.flip(-1) if flip and mirrored else crop
+    return out
+
+
+@given(
+    shape=st.tuples(st.integers(1, 9), st.integers(1, 3), st.integers(1, 12), st.integers(1, 12)),
+    padding=st.integers(0, 5),
+    flip=st.booleans(),
+    seed=st.integers(0, 2**32),
+)
+@settings(max_examples=60, deadline=None)
+def test_random_crop_flip_equals_cropping_image_by_image(
+    shape: tuple[int, int, int, int], padding: int, flip: bool, seed: int
+) -> None:
+    # Whole-batch augmentation must not change a run: same random draws, same pixels,
+    # and the generator left where the per-image loop left it.
+    images = torch.randn(shape)
+    ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    out = random_crop_flip(images, ours, padding, flip)
+    assert torch.equal(out, _crop_flip_image_by_image(images, theirs, padding, flip))
+    assert torch.equal(torch.rand(4, generator=ours), torch.rand(4, generator=theirs))
 
 
 def test_augmented_images_deterministic_per_generator() -> None:

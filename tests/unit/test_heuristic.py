@@ -27,6 +27,7 @@ from esper.lifecycle import (
 )
 from esper.model.blueprints import blueprint_names, get_blueprint
 from esper.training.batches import SplitBatches
+from esper.training.builders import build_model
 from esper.training.episode import EpisodeResult, EpisodeRunner, run_episode
 from esper.training.tasks import get_task
 
@@ -404,7 +405,7 @@ def _episode(epochs: int, **limits: object) -> EpisodeResult:
         **limits,  # type: ignore[arg-type]
     )
     torch.manual_seed(config.seed)
-    model = DIGITS.build_model(SPLIT, lifecycle=config.lifecycle)
+    model = build_model(DIGITS, SPLIT, lifecycle=config.lifecycle)
     runner = EpisodeRunner(model, SplitBatches(SPLIT, DIGITS.batch_size, config.seed), config)
     controller = HeuristicController(CNN, EAGER, FAST)
     return run_episode(runner, controller)

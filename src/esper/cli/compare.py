@@ -6,14 +6,12 @@ import argparse
 import os
 import shlex
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from esper.cli.runs import resolve_config
 from esper.compare import (
-    ARM_HELP,
     CompareResult,
     LocalPool,
     RunOutcome,
@@ -26,66 +24,8 @@ from esper.compare import (
 )
 from esper.run import RunError
 from esper.telemetry.report import format_flops
-from esper.training.tasks import TASKS
 
-__all__ = ["add_parser", "compare_command", "compare_options", "print_compare"]
-
-
-def add_parser(commands: Any) -> None:
-    """Register compare on the ``esper`` subcommand parser."""
-    compare_parser = commands.add_parser(
-        "compare",
-        help="train grown and static arms on several seeds and compare them",
-        description="Train every arm on every seed (a local process pool, one torch thread "
-        "per run) and print a table of mean and 95%% interval over seeds: final and best "
-        "accuracy, parameters, training and evaluation FLOPs, wall time, seeds kept, and "
-        "each arm's paired difference against the first. Writes compare.json, compare.md "
-        "and accuracy_vs_flops.png to --out. Finished runs are kept and interrupted ones "
-        "resume: rerun the same command to continue.",
-    )
-    compare_options(compare_parser)
-
-
-def compare_options(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--task", help=f"task to train: {', '.join(TASKS.names())} (default: digits)")
-    add(
-        "--arms",
-        default="static,heuristic,static-matched",
-        help=f"comma-separated arms (default: %(default)s): {ARM_HELP}",
-    )
-    add(
-        "--seeds",
-        default="5",
-        help="a count (5: seeds 0-4), an inclusive range (100-109) or a list (1,3,7) "
-        "(default: %(default)s)",
-    )
-    add("--epochs", type=int, metavar="N", help="epochs per run (default: the task's)")
-    add(
-        "--workers",
-        type=int,
-        metavar="W",
-        help="runs trained at once, one torch thread each (default: one per CPU core)",
-    )
-    add("--max-batches", type=int, metavar="N", help="train on at most N batches per epoch")
-    add("--max-val-batches", type=int, metavar="N", help="validate on at most N batches")
-    add("--batch-size", type=int, metavar="N", help="training batch size (default: the task's)")
-    add("--data-dir", metavar="DIR", help="data directory for cifar10 / fashion_mnist")
-    add("--text-file", metavar="PATH", help="UTF-8 text file for the text task")
-    add(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="JSON run configuration shared by every arm (e.g. heuristic settings)",
-    )
-    add(
-        "--out",
-        type=Path,
-        metavar="DIR",
-        help="where the runs and results go (default: runs/compare-<task>); the same "
-        "--out continues an interrupted compare",
-    )
-    add("--quiet", action="store_true", help="no line per finished run, only the table")
+__all__ = ["compare_command", "print_compare"]
 
 
 def compare_command(args: argparse.Namespace, console: Console) -> int:

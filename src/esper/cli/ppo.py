@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from esper.cli.compare import print_compare
-from esper.cli.runs import run_options, train_command
+from esper.cli.runs import train_command
 from esper.compare import LocalPool, compare, parse_arms, parse_seeds, provenance, write_outputs
 from esper.config import RunConfig
 from esper.rl.agent import PolicyError, load_policy
@@ -27,95 +27,8 @@ from esper.rl.training import (
     train,
 )
 from esper.run import RunError
-from esper.training.tasks import TASKS
 
-__all__ = ["add_parser", "ppo_command"]
-
-
-def add_parser(commands: Any) -> None:
-    """Register ppo (train, eval, run) on the ``esper`` subcommand parser."""
-    ppo = commands.add_parser(
-        "ppo",
-        help="train the learned (PPO) controller, evaluate it, or run one episode with it",
-        description="The learned controller: a recurrent policy over the run's signals, "
-        "trained with PPO on episodes of the task (see 'esper ppo train --help').",
-    )
-    actions = ppo.add_subparsers(dest="ppo_command", required=True, metavar="ACTION")
-    _train_options(
-        actions.add_parser(
-            "train",
-            help="train a policy with PPO",
-            description="Train a policy: each update runs --envs episodes side by side "
-            "(in --workers processes) and takes PPO steps on them. Writes config.json, "
-            "updates.jsonl, policy.pt, trainer.pt and training_curve.png to --out; "
-            "--resume DIR continues an interrupted training.",
-        )
-    )
-    evaluate = actions.add_parser(
-        "eval",
-        help="compare a trained policy with the heuristic and the static host",
-        description="Run the policy, the heuristic and the static host on held-out seeds "
-        "and print mean and 95%% interval of final accuracy, added parameters and "
-        "training FLOPs (an 'esper compare' with the policy as an arm).",
-    )
-    _eval_options(evaluate)
-    once = actions.add_parser(
-        "run",
-        help="one episode driven by a trained policy, with the run directory of 'heuristic'",
-        description="Train the task's host while a trained policy decides; writes the same "
-        "run directory and timeline as 'esper heuristic'.",
-    )
-    run_options(once)
-    once.add_argument("--policy", metavar="DIR", help="the training run (or policy.pt)")
-    once.set_defaults(controller="ppo")
-
-
-def _train_options(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--task", help=f"task to train on: {', '.join(TASKS.names())} (default: digits)")
-    add("--episodes", type=int, metavar="E", help="training episodes in all (default: 64)")
-    add("--envs", type=int, metavar="N", help="episodes per update, side by side (default: 4)")
-    add(
-        "--workers",
-        type=int,
-        metavar="W",
-        help="processes the environments step in, one torch thread each (default: 1)",
-    )
-    add("--epochs", type=int, metavar="N", help="epochs per episode (default: the task's)")
-    add("--max-batches", type=int, metavar="N", help="train on at most N batches per epoch")
-    add("--max-val-batches", type=int, metavar="N", help="validate on at most N batches")
-    add("--seed", type=int, metavar="N", help="seed of the policy and its sampling (default 0)")
-    add("--data-dir", metavar="DIR", help="data directory for cifar10 / fashion_mnist")
-    add("--text-file", metavar="PATH", help="UTF-8 text file for the text task")
-    add(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="JSON training configuration ({'run': ..., 'ppo': ..., 'episodes': ...})",
-    )
-    add("--out", metavar="DIR", help="training directory (default: runs/ppo-train-<task>-<time>)")
-    add("--resume", type=Path, metavar="DIR", help="continue an interrupted training")
-    add("--quiet", action="store_true", help="only the final line")
-
-
-def _eval_options(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--policy", required=True, metavar="DIR", help="the training run (or its policy.pt)")
-    add("--task", help="task (default: the policy's)")
-    add("--seeds", default="100-109", help="held-out seeds (default: %(default)s)")
-    add(
-        "--arms",
-        default="learned,heuristic,static",
-        help="arms to compare (default: %(default)s; 'learned' is the policy)",
-    )
-    add("--epochs", type=int, metavar="N", help="epochs per run (default: the policy's)")
-    add("--max-batches", type=int, metavar="N", help="train on at most N batches per epoch")
-    add("--max-val-batches", type=int, metavar="N", help="validate on at most N batches")
-    add("--workers", type=int, metavar="W", help="runs trained at once (default: cores)")
-    add("--data-dir", metavar="DIR", help="data directory for cifar10 / fashion_mnist")
-    add("--text-file", metavar="PATH", help="UTF-8 text file for the text task")
-    add("--out", type=Path, metavar="DIR", help="results (default: POLICY/eval-<task>)")
-    add("--quiet", action="store_true", help="no line per finished run, only the table")
+__all__ = ["ppo_command"]
 
 
 def ppo_command(args: argparse.Namespace, console: Console) -> int:

@@ -17,114 +17,12 @@ from esper.config import ConfigError, RunConfig, from_dict, to_dict
 from esper.run import RunError, finish_report, prepare_run_dir, read_config, run
 from esper.telemetry import ConsoleSink
 from esper.telemetry.report import EpochRow, format_flops
-from esper.training.tasks import TASKS, get_task
+from esper.training.tasks import get_task
 
-__all__ = [
-    "COMMANDS",
-    "add_parsers",
-    "report_command",
-    "resolve_config",
-    "run_options",
-    "train_command",
-]
+__all__ = ["COMMANDS", "report_command", "resolve_config", "train_command"]
 
 COMMANDS = {"heuristic": "heuristic", "baseline": "baseline", "ppo": "ppo run"}
 """The command that trains each controller's runs (for messages)."""
-
-
-def add_parsers(commands: Any) -> None:
-    """Register heuristic, baseline and report on the ``esper`` subcommand parser."""
-    heuristic = commands.add_parser(
-        "heuristic",
-        help="grow the network with the rule-based heuristic controller",
-        description="Train the task's host while the heuristic controller germinates, "
-        "blends, fossilizes and culls seeds. Writes a run directory (see --out).",
-    )
-    run_options(heuristic)
-    heuristic.set_defaults(controller="heuristic")
-    baseline = commands.add_parser(
-        "baseline",
-        help="train the same task, budget and seed with no growth (the static comparison)",
-        description="Train the task's host as a fixed network: same data, epochs, seed and "
-        "optimizer as 'esper heuristic', but no seed is ever germinated.",
-    )
-    run_options(baseline)
-    baseline.set_defaults(controller="baseline")
-    baseline.add_argument(
-        "--width-multiplier",
-        type=float,
-        metavar="X",
-        help="scale every host width by X, e.g. to train a static host of the grown size "
-        "(default: 1)",
-    )
-    report = commands.add_parser(
-        "report",
-        help="rebuild summary.json and timeline.png from a run directory",
-        description="Read RUN_DIR/history.jsonl and config.json, rewrite summary.json and "
-        "timeline.png, and print the summary. Works on interrupted runs too.",
-    )
-    report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory")
-
-
-def run_options(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--task", help=f"task to train: {', '.join(TASKS.names())} (default: digits)")
-    add("--epochs", type=int, metavar="N", help="epochs to train (default: the task's)")
-    add("--max-batches", type=int, metavar="N", help="train on at most N batches per epoch")
-    add(
-        "--max-val-batches",
-        type=int,
-        metavar="N",
-        help="validate on at most N batches (default: the whole validation set)",
-    )
-    add(
-        "--seed",
-        type=int,
-        metavar="N",
-        help="random seed for init, data order, everything (default: 0)",
-    )
-    add("--slots", nargs="+", metavar="ID", help="enabled slots, e.g. r0c0 r0c2 (default: all)")
-    add("--max-seeds", type=int, metavar="N", help="germinate at most N seeds in the run")
-    add("--batch-size", type=int, metavar="N", help="training batch size (default: the task's)")
-    add("--device", help="cpu, cuda or cuda:N (default: cpu)")
-    add(
-        "--threads",
-        type=int,
-        metavar="N",
-        help="CPU threads for torch (default: one per core; use 1 when runs share a machine)",
-    )
-    add(
-        "--compile",
-        action="store_true",
-        default=None,
-        help="compile forward + loss with torch.compile (slow start on CPU)",
-    )
-    add(
-        "--telemetry-level",
-        choices=["off", "lifecycle", "normal", "debug"],
-        help="what goes to events.jsonl and the console (default: normal)",
-    )
-    add("--data-dir", metavar="DIR", help="data directory for cifar10 / fashion_mnist")
-    add("--text-file", metavar="PATH", help="UTF-8 text file for the text task")
-    add(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="JSON run configuration (unknown keys are errors); flags override it",
-    )
-    add(
-        "--out",
-        metavar="DIR",
-        help="run directory: new, empty, or an Esper run that never started "
-        "(default: runs/<command>-<task>-<time>)",
-    )
-    add(
-        "--resume",
-        type=Path,
-        metavar="RUN_DIR",
-        help="continue an interrupted run from its last checkpoint",
-    )
-    add("--quiet", action="store_true", help="no progress bar or event lines, only the summary")
 
 
 # Flag -> path in the RunConfig dictionary.

@@ -26,8 +26,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
-from sklearn.datasets import load_digits as _sklearn_digits
-from sklearn.model_selection import train_test_split
 
 from esper.data.arrays import DataFormatError, DataUnavailableError, SplitData, image_split
 
@@ -95,6 +93,11 @@ def load_digits(val_fraction: float = 0.2, seed: int = 0) -> SplitData:
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    # Imported here, for start-up time only: scikit-learn (with scipy) takes about a
+    # second to import, and only this data set needs it.
+    from sklearn.datasets import load_digits as _sklearn_digits
+    from sklearn.model_selection import train_test_split
+
     bunch = _sklearn_digits()
     images = np.asarray(bunch.images, dtype=np.uint8)[:, None, :, :]
     labels = np.asarray(bunch.target, dtype=np.int64)

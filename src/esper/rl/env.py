@@ -52,6 +52,7 @@ from esper.lifecycle import FactoredAction, LifecycleOp
 from esper.model.blueprints import blueprint_names
 from esper.rl.policy import flat_action_mask
 from esper.training.batches import SplitBatches
+from esper.training.builders import build_model, load_data
 from esper.training.episode import EpisodeRunner, Observation, run_episode
 from esper.training.governor import GovernorStopError
 from esper.training.tasks import TaskOptions, get_task
@@ -106,13 +107,14 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
         super().__init__()
         self.config = env_config(config, **overrides)
         self.task = get_task(self.config.task)
-        self.split: SplitData = self.task.load(
+        self.split: SplitData = load_data(
+            self.task,
             TaskOptions(
                 data_dir=Path(self.config.data_dir) if self.config.data_dir else None,
                 text_file=Path(self.config.text_file) if self.config.text_file else None,
-            )
+            ),
         )
-        probe = self.task.build_model(self.split, self.config.slots, None, 1.0)
+        probe = build_model(self.task, self.split, self.config.slots, None, 1.0)
         self.slot_ids = probe.slot_ids
         self.blueprints = blueprint_names(self.task.topology)
         self.paired_baseline = paired_baseline
@@ -197,8 +199,12 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
     def _runner(self, seed: int) -> EpisodeRunner:
         episode = dataclasses.replace(self.config.episode, seed=seed)
         torch.manual_seed(seed)
-        model = self.task.build_model(
-            self.split, self.config.slots, episode.lifecycle, self.config.width_multiplier
+        model = build_model(
+            self.task,
+            self.split,
+            self.config.slots,
+            episode.lifecycle,
+            self.config.width_multiplier,
         )
         data = SplitBatches(self.split, self.config.batch_size, seed, augment=self.task.augment)
         return EpisodeRunner(model, data, episode)

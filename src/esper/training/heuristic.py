@@ -13,6 +13,7 @@ from esper.model.blueprints import blueprint_names
 from esper.model.morphogenetic import MorphogeneticModel
 from esper.telemetry import Telemetry
 from esper.training.batches import SplitBatches
+from esper.training.builders import build_model, load_data
 from esper.training.episode import EpisodeData, EpisodeResult, EpisodeRunner, run_episode
 from esper.training.tasks import TaskOptions, get_task
 
@@ -73,12 +74,12 @@ def train_heuristic(
     """
     spec = get_task(task)
     config = config or spec.default_config()
-    split = spec.load(options or TaskOptions())
+    split = load_data(spec, options or TaskOptions())
     results = []
     for episode in range(n_episodes):
         seed = config.seed + 1000 * episode
         torch.manual_seed(seed)
-        model = spec.build_model(split, slots, config.lifecycle).to(device)
+        model = build_model(spec, split, slots, config.lifecycle).to(device)
         data = SplitBatches(split, spec.batch_size, seed, augment=spec.augment)
         controller = HeuristicController(
             blueprint_names(spec.topology),

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch._dynamo  # recompile limit; Dynamo's config lives in a private module
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -96,9 +95,11 @@ class TrainStep:
         self.compiled = compile
         self._fn: StepFn = _forward_loss
         if compile:
-            torch._dynamo.config.cache_size_limit = max(
-                torch._dynamo.config.cache_size_limit, recompile_limit
-            )
+            # Imported here, for start-up time only: Dynamo takes about a second to import
+            # and only a compiled run needs it (its config lives in a private module).
+            from torch import _dynamo as dynamo
+
+            dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, recompile_limit)
             self._fn = torch.compile(_forward_loss, dynamic=False, backend=backend)
 
     def __call__(

@@ -2,6 +2,10 @@
 
 A task is one registered `TaskSpec`. Adding one means writing a loader and registering
 a spec; nothing else changes.
+
+This module is the catalogue and imports no torch, so that ``esper --help`` lists the
+tasks at once: a spec names its data loader by import path (``module:function``), and
+`esper.training.builders` loads the data and builds the model when a run needs them.
 """
 
 from __future__ import annotations
@@ -9,26 +13,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from esper.config import EpisodeConfig, OptimConfig
 from esper.contracts import TaskType, Topology
-from esper.data import (
-    DataUnavailableError,
-    SplitData,
-    load_cifar10,
-    load_digits,
-    load_fashion_mnist,
-    load_shakespeare,
-    load_text_file,
-    load_tinystories,
-)
 from esper.lifecycle import LifecycleConfig
-from esper.model.hosts import build_host
-from esper.model.morphogenetic import MorphogeneticModel
 from esper.registry import Registry
 
-__all__ = ["TASKS", "TaskOptions", "TaskSpec", "get_task"]
+if TYPE_CHECKING:
+    from esper.data import SplitData
+
+__all__ = ["LM_BLOCK", "TASKS", "TaskOptions", "TaskSpec", "get_task"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +46,9 @@ class TaskSpec:
     topology: Topology
     host: str
     """Registered host name."""
-    load: Callable[[TaskOptions], SplitData]
+    loader: str
+    """Import path ``module:function`` of the data loader, a function of `TaskOptions`
+    returning a `SplitData` (named, not imported: the catalogue stays torch-free)."""
     host_kwargs: Callable[[SplitData, float], dict[str, Any]]
     """(data, width multiplier) -> host constructor arguments."""
     batch_size: int
@@ -64,16 +61,6 @@ class TaskSpec:
     def default_config(self) -> EpisodeConfig:
         """An episode configuration with this task's epochs, optimizer and gates."""
         return EpisodeConfig(epochs=self.epochs, optim=self.optim, lifecycle=self.lifecycle)
-
-    def build_model(
-        self,
-        split: SplitData,
-        slots: Sequence[str] | None = None,
-        lifecycle: LifecycleConfig | None = None,
-        width_multiplier: float = 1.0,
-    ) -> MorphogeneticModel:
-        host = build_host(self.host, **self.host_kwargs(split, width_multiplier))
-        return MorphogeneticModel(host, slots, lifecycle or self.lifecycle)
 
 
 TASKS: Registry[TaskSpec] = Registry("task")
@@ -113,13 +100,8 @@ def _lm_host(
     return kwargs
 
 
-def _require(path: Path | None, flag: str, task: str) -> Path:
-    if path is None:
-        raise DataUnavailableError(f"the {task} task reads a file: pass {flag} PATH")
-    return path
-
-
 LM_BLOCK = 64
+"""Context length (characters) of the language-modelling tasks."""
 
 
 def _image_task(
@@ -127,7 +109,7 @@ def _image_task(
     help: str,
     host: str,
     widths: tuple[int, ...],
-    load: Callable[[TaskOptions], SplitData],
+    loader: str,
     *,
     batch_size: int,
     epochs: int,
@@ -140,7 +122,7 @@ def _image_task(
         task_type=TaskType.CLASSIFICATION,
         topology=Topology.CNN,
         host=host,
-        load=load,
+        loader=loader,
         host_kwargs=_image_host(widths),
         batch_size=batch_size,
         epochs=epochs,
@@ -149,7 +131,7 @@ def _image_task(
     )
 
 
-def _language_task(name: str, help: str, load: Callable[[TaskOptions], SplitData]) -> TaskSpec:
+def _language_task(name: str, help: str, loader: str) -> TaskSpec:
     """Character-level language modelling on a small GPT-style host (AdamW, 10 epochs)."""
     return TaskSpec(
         name=name,
@@ -157,7 +139,7 @@ def _language_task(name: str, help: str, load: Callable[[TaskOptions], SplitData
         task_type=TaskType.LANGUAGE_MODEL,
         topology=Topology.TRANSFORMER,
         host="transformer",
-        load=load,
+        loader=loader,
         host_kwargs=_lm_host(64, 3, 4, LM_BLOCK),
         batch_size=32,
         epochs=10,
@@ -171,7 +153,7 @@ for _spec in (
         "sklearn's 8x8 handwritten digits (ships with scikit-learn; works offline)",
         "cnn_digits",
         (2, 4, 8),
-        lambda options: load_digits(),
+        "esper.training.builders:digits",
         batch_size=64,
         epochs=40,
     ),
@@ -180,7 +162,7 @@ for _spec in (
         "CIFAR-10 from --data-dir (python-pickle or image-folder tree)",
         "cnn",
         (8, 16, 32),
-        lambda options: load_cifar10(options.data_dir),
+        "esper.training.builders:cifar10",
         batch_size=128,
         epochs=25,
         augment=True,
@@ -190,26 +172,24 @@ for _spec in (
         "Fashion-MNIST IDX files from --data-dir or /usr/share/datasets/fashion-mnist",
         "cnn_28",
         (4, 8, 16),
-        lambda options: load_fashion_mnist(options.data_dir),
+        "esper.training.builders:fashion_mnist",
         batch_size=128,
         epochs=15,
     ),
     _language_task(
         "text",
         "character-level language model on any UTF-8 file given with --text-file",
-        lambda options: load_text_file(
-            _require(options.text_file, "--text-file", "text"), LM_BLOCK
-        ),
+        "esper.training.builders:text",
     ),
     _language_task(
         "shakespeare",
         "character-level language model on 38 Shakespeare plays (extra: shakespeare)",
-        lambda options: load_shakespeare(LM_BLOCK),
+        "esper.training.builders:shakespeare",
     ),
     _language_task(
         "tinystories",
         "character-level TinyStories through Hugging Face datasets (extra: tinystories)",
-        lambda options: load_tinystories(LM_BLOCK),
+        "esper.training.builders:tinystories",
     ),
 ):
     TASKS.add(_spec.name, _spec)

@@ -1,0 +1,300 @@
+"""The ``esper`` command line: every command's arguments.
+
+Torch-free on purpose: ``esper --help``, ``esper COMMAND --help`` and argument errors are
+answered from this module alone, before any command imports torch and its friends.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, NoReturn
+
+from esper import __version__
+from esper.arms import ARM_HELP
+from esper.training.tasks import TASKS
+
+__all__ = ["build_parser", "compare_options", "run_options", "threads_argument"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that points at --help (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    tasks = "\n".join(f"  {name:<14} {spec.help}" for name, spec in TASKS.items())
+    parser = _Parser(
+        prog="esper",
+        description="Morphogenetic training: a host network grows seeds while it trains.",
+        epilog=f"tasks:\n{tasks}\n\nrun 'esper COMMAND --help' for each command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"esper {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_commands(commands)
+    _add_compare_command(commands)
+    _add_ppo_command(commands)
+    return parser
+
+
+def threads_argument(text: str) -> int | str:
+    """``--threads``: ``auto`` or a positive count."""
+    if text == "auto":
+        return text
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive number, got {text!r}")
+    return count
+
+
+# ---------------------------------------------------------------- heuristic, baseline, report
+
+
+def _add_run_commands(commands: Any) -> None:
+    """heuristic, baseline and report."""
+    heuristic = commands.add_parser(
+        "heuristic",
+        help="grow the network with the rule-based heuristic controller",
+        description="Train the task's host while the heuristic controller germinates, "
+        "blends, fossilizes and culls seeds. Writes a run directory (see --out).",
+    )
+    run_options(heuristic)
+    heuristic.set_defaults(controller="heuristic")
+    baseline = commands.add_parser(
+        "baseline",
+        help="train the same task, budget and seed with no growth (the static comparison)",
+        description="Train the task's host as a fixed network: same data, epochs, seed and "
+        "optimizer as 'esper heuristic', but no seed is ever germinated.",
+    )
+    run_options(baseline)
+    baseline.set_defaults(controller="baseline")
+    baseline.add_argument(
+        "--width-multiplier",
+        type=float,
+        metavar="X",
+        help="scale every host width by X, e.g. to train a static host of the grown size "
+        "(default: 1)",
+    )
+    report = commands.add_parser(
+        "report",
+        help="rebuild summary.json and timeline.png from a run directory",
+        description="Read RUN_DIR/history.jsonl and config.json, rewrite summary.json and "
+        "timeline.png, and print the summary. Works on interrupted runs too.",
+    )
+    report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory")
+
+
+def run_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--task", help=f"task to train: {', '.join(TASKS.names())} (default: digits)")
+    add("--epochs", type=int, metavar="N", help="epochs to train (default: the task's)")
+    add("--max-batches", type=int, metavar="N", help="train on at most N batches per epoch")
+    add(
+        "--max-val-batches",
+        type=int,
+        metavar="N",
+        help="validate on at most N batches (default: the whole validation set)",
+    )
+    add(
+        "--seed",
+        type=int,
+        metavar="N",
+        help="random seed for init, data order, everything (default: 0)",
+    )
+    add("--slots", nargs="+", metavar="ID", help="enabled slots, e.g. r0c0 r0c2 (default: all)")
+    add("--max-seeds", type=int, metavar="N", help="germinate at most N seeds in the run")
+    add("--batch-size", type=int, metavar="N", help="training batch size (default: the task's)")
+    add("--device", help="cpu, cuda or cuda:N (default: cpu)")
+    add(
+        "--threads",
+        type=threads_argument,
+        metavar="N",
+        help="CPU threads for torch, or 'auto' (default): one when a batch is too small to "
+        "split, else one per physical core that other processes leave free",
+    )
+    add(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="compile forward + loss with torch.compile (slow start on CPU)",
+    )
+    add(
+        "--telemetry-level",
+        choices=["off", "lifecycle", "normal", "debug"],
+        help="what goes to events.jsonl and the console (default: normal)",
+    )
+    add("--data-dir", metavar="DIR", help="data directory for cifar10 / fashion_mnist")
+    add("--text-file", metavar="PATH", help="UTF-8 text file for the text task")
+    add(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="JSON run configuration (unknown keys are errors); flags override it",
+    )
+    add(
+        "--out",
+        metavar="DIR",
+        help="run directory: new, empty, or an Esper run that never started "
+        "(default: runs/<command>-<task>-<time>)",
+    )
+    add(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last checkpoint",
+    )
+    add("--quiet", action="store_true", help="no progress bar or event lines, only the summary")
+
+
+# ---------------------------------------------------------------- compare
+
+
+def _add_compare_command(commands: Any) -> None:
+    compare_parser = commands.add_parser(
+        "compare",
+        help="train grown and static arms on several seeds and compare them",
+        description="Train every arm on every seed (a local process pool, one torch thread "
+        "per run) and print a table of mean and 95%% interval over seeds: final and best "
+        "accuracy, parameters, training and evaluation FLOPs, wall time, seeds kept, and "
+        "each arm's paired difference against the first. Writes compare.json, compare.md "
+        "and accuracy_vs_flops.png to --out. Finished runs are kept and interrupted ones "
+        "resume: rerun the same command to continue.",
+    )
+    compare_options(compare_parser)
+
+
+def compare_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--task", help=f"task to train: {', '.join(TASKS.names())} (default: digits)")
+    add(
+        "--arms",
+        default="static,heuristic,static-matched",
+        help=f"comma-separated arms (default: %(default)s): {ARM_HELP}",
+    )
+    add(
+        "--seeds",
+        default="5",
+        help="a count (5: seeds 0-4), an inclusive range (100-109) or a list (1,3,7) "
+        "(default: %(default)s)",
+    )
+    add("--epochs", type=int, metavar="N", help="epochs per run (default: the task's)")
+    add(
+        "--workers",
+        type=int,
+        metavar="W",
+        help="runs trained at once, one torch thread each (default: one per CPU core)",
+    )
+    add("--max-batches", type=int, metavar="N", help="train on at most N batches per epoch")
+    add("--max-val-batches", type=int, metavar="N", help="validate on at most N batches")
+    add("--batch-size", type=int, metavar="N", help="training batch size (default: the task's)")
+    add("--data-dir", metavar="DIR", help="data directory for cifar10 / fashion_mnist")
+    add("--text-file", metavar="PATH", help="UTF-8 text file for the text task")
+    add(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="JSON run configuration shared by every arm (e.g. heuristic settings)",
+    )
+    add(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="where the runs and results go (default: runs/compare-<task>); the same "
+        "--out continues an interrupted compare",
+    )
+    add("--quiet", action="store_true", help="no line per finished run, only the table")
+
+
+# ---------------------------------------------------------------- ppo
+
+
+def _add_ppo_command(commands: Any) -> None:
+    """ppo train, eval and run."""
+    ppo = commands.add_parser(
+        "ppo",
+        help="train the learned (PPO) controller, evaluate it, or run one episode with it",
+        description="The learned controller: a recurrent policy over the run's signals, "
+        "trained with PPO on episodes of the task (see 'esper ppo train --help').",
+    )
+    actions = ppo.add_subparsers(dest="ppo_command", required=True, metavar="ACTION")
+    _train_options(
+        actions.add_parser(
+            "train",
+            help="train a policy with PPO",
+            description="Train a policy: each update runs --envs episodes side by side "
+            "(in --workers processes) and takes PPO steps on them. Writes config.json, "
+            "updates.jsonl, policy.pt, trainer.pt and training_curve.png to --out; "
+            "--resume DIR continues an interrupted training.",
+        )
+    )
+    evaluate = actions.add_parser(
+        "eval",
+        help="compare a trained policy with the heuristic and the static host",
+        description="Run the policy, the heuristic and the static host on held-out seeds "
+        "and print mean and 95%% interval of final accuracy, added parameters and "
+        "training FLOPs (an 'esper compare' with the policy as an arm).",
+    )
+    _eval_options(evaluate)
+    once = actions.add_parser(
+        "run",
+        help="one episode driven by a trained policy, with the run directory of 'heuristic'",
+        description="Train the task's host while a trained policy decides; writes the same "
+        "run directory and timeline as 'esper heuristic'.",
+    )
+    run_options(once)
+    once.add_argument("--policy", metavar="DIR", help="the training run (or policy.pt)")
+    once.set_defaults(controller="ppo")
+
+
+def _train_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--task", help=f"task to train on: {', '.join(TASKS.names())} (default: digits)")
+    add("--episodes", type=int, metavar="E", help="training episodes in all (default: 64)")
+    add("--envs", type=int, metavar="N", help="episodes per update, side by side (default: 4)")
+    add(
+        "--workers",
+        type=int,
+        metavar="W",
+        help="processes the environments step in, one torch thread each (default: 1)",
+    )
+    add("--epochs", type=int, metavar="N", help="epochs per episode (default: the task's)")
+    add("--max-batches", type=int, metavar="N", help="train on at most N batches per epoch")
+    add("--max-val-batches", type=int, metavar="N", help="validate on at most N batches")
+    add("--seed", type=int, metavar="N", help="seed of the policy and its sampling (default 0)")
+    add("--data-dir", metavar="DIR", help="data directory for cifar10 / fashion_mnist")
+    add("--text-file", metavar="PATH", help="UTF-8 text file for the text task")
+    add(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="JSON training configuration ({'run': ..., 'ppo': ..., 'episodes': ...})",
+    )
+    add("--out", metavar="DIR", help="training directory (default: runs/ppo-train-<task>-<time>)")
+    add("--resume", type=Path, metavar="DIR", help="continue an interrupted training")
+    add("--quiet", action="store_true", help="only the final line")
+
+
+def _eval_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--policy", required=True, metavar="DIR", help="the training run (or its policy.pt)")
+    add("--task", help="task (default: the policy's)")
+    add("--seeds", default="100-109", help="held-out seeds (default: %(default)s)")
+    add(
+        "--arms",
+        default="learned,heuristic,static",
+        help="arms to compare (default: %(default)s; 'learned' is the policy)",
+    )
+    add("--epochs", type=int, metavar="N", help="epochs per run (default: the policy's)")
+    add("--max-batches", type=int, metavar="N", help="train on at most N batches per epoch")
+    add("--max-val-batches", type=int, metavar="N", help="validate on at most N batches")
+    add("--workers", type=int, metavar="W", help="runs trained at once (default: cores)")
+    add("--data-dir", metavar="DIR", help="data directory for cifar10 / fashion_mnist")
+    add("--text-file", metavar="PATH", help="UTF-8 text file for the text task")
+    add("--out", type=Path, metavar="DIR", help="results (default: POLICY/eval-<task>)")
+    add("--quiet", action="store_true", help="no line per finished run, only the table")

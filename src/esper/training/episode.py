@@ -31,7 +31,14 @@ from torch import nn
 
 from esper import telemetry as ev
 from esper.config import EpisodeConfig, from_dict, to_dict
-from esper.contracts import Contribution, Controller, SlotReport, TaskType, TrainingSignals
+from esper.contracts import (
+    Contribution,
+    Controller,
+    SlotReport,
+    TaskType,
+    Topology,
+    TrainingSignals,
+)
 from esper.lifecycle import (
     FactoredAction,
     LifecycleError,
@@ -201,6 +208,9 @@ class EpisodeRunner:
         self.data = data
         self.config = config
         self.telemetry = telemetry or ev.Telemetry.off()
+        self.channels_last = config.training.channels_last and model.host.topology is Topology.CNN
+        if self.channels_last:  # before the optimizers take the parameters
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.device = torch.device(device)
         self.criterion = nn.CrossEntropyLoss()
         self.optimizers = OptimizerSet(model, config.optim)
@@ -256,6 +266,7 @@ class EpisodeRunner:
             max_batches=cfg.max_batches,
             max_grad_norm=cfg.max_grad_norm,
             step=self.step_fn,
+            channels_last=self.channels_last,
         )
         for sid, stats in train.seed_gradients.items():
             self.model.slot(sid).record(gradient_ratio=stats.ratio)
@@ -333,6 +344,7 @@ class EpisodeRunner:
             self.device,
             max_batches=self.config.training.max_val_batches,
             counterfactual=measured,
+            channels_last=self.channels_last,
         )
         return val, self.compute.eval_per_item(self.model, measured) * val.samples
 

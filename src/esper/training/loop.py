@@ -230,13 +230,20 @@ class _Totals:
 
 
 def _batches(
-    loader: Iterable[Batch], max_batches: int | None, device: torch.device
+    loader: Iterable[Batch],
+    max_batches: int | None,
+    device: torch.device,
+    channels_last: bool = False,
 ) -> Iterator[Batch]:
-    """The first ``max_batches`` batches of ``loader`` (all if None), moved to ``device``."""
+    """The first ``max_batches`` batches of ``loader`` (all if None), moved to ``device``;
+    image batches (4-D) in channels_last memory format when asked."""
     for index, (inputs, targets) in enumerate(loader):
         if max_batches is not None and index >= max_batches:
             return
-        yield inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        inputs = inputs.to(device, non_blocking=True)
+        if channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        yield inputs, targets.to(device, non_blocking=True)
 
 
 _TRAINED_STAGES = (SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.PROBATIONARY)
@@ -253,6 +260,7 @@ def train_one_epoch(
     max_batches: int | None = None,
     max_grad_norm: float = 1.0,
     step: TrainStep | None = None,
+    channels_last: bool = False,
 ) -> EpochMetrics:
     """Train every live parameter for one pass over ``loader`` (at most ``max_batches``).
 
@@ -273,7 +281,7 @@ def train_one_epoch(
     }
     totals = _Totals(device)
     host_norm_sum = torch.zeros((), device=device)
-    for inputs, targets in _batches(loader, max_batches, device):
+    for inputs, targets in _batches(loader, max_batches, device, channels_last):
         optimizers.zero_grad()
         loss, correct, count = step(model, inputs, targets, criterion, task_type)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -328,6 +336,7 @@ def evaluate(
     max_batches: int | None = None,
     alpha_override: Mapping[str, float] | None = None,
     counterfactual: Sequence[str] = (),
+    channels_last: bool = False,
 ) -> EvalMetrics:
     """Loss and accuracy (0-100) over the whole ``loader`` unless ``max_batches`` is set.
 
@@ -341,7 +350,7 @@ def evaluate(
     totals = _Totals(device)
     flips = _Flips(counterfactual, device)
     with model.forced_alpha(alpha_override or {}):
-        for inputs, targets in _batches(loader, max_batches, device):
+        for inputs, targets in _batches(loader, max_batches, device, channels_last):
             outputs, branches = model.forward_counterfactual(inputs, counterfactual)
             totals.add(*compute_task_loss_with_metrics(outputs, targets, criterion, task_type))
             if branches:

@@ -16,6 +16,7 @@ paired difference in final accuracy against the first arm), ``compare.json``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
@@ -51,7 +52,9 @@ __all__ = [
     "LocalPool",
     "RunOutcome",
     "RunTask",
+    "commit",
     "compare",
+    "machine",
     "matched_width",
     "mean_interval",
     "paired_difference",
@@ -391,7 +394,8 @@ def table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _commit() -> str:
+def commit() -> str:
+    """The checked-out commit of Esper's source (``+dirty`` with local changes)."""
     source = Path(__file__).resolve().parent
     try:
         head = subprocess.run(
@@ -413,25 +417,28 @@ def _commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def provenance(command: str) -> dict[str, Any]:
-    """Command, commit, machine and date: what any result file records."""
+def machine() -> dict[str, Any]:
+    """The machine results come from: CPU model, cores, torch and Python versions."""
     cpu = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError):  # no /proc: keep platform's name
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    except OSError:
-        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def provenance(command: str) -> dict[str, Any]:
+    """Command, commit, machine and date: what any result file records."""
     return {
         "command": command,
-        "commit": _commit(),
-        "machine": {
-            "cpu": cpu,
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "commit": commit(),
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 

@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "controller": BOTTOM,
     "telemetry": BOTTOM,
     "training": BOTTOM | {"data", "model", "controller", "telemetry"},
-    "rl": BOTTOM | {"data", "model", "controller", "telemetry", "training"},
+    "rl": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rundir"},
     "rundir": set(),
     "run": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "rundir"},
     "compare": BOTTOM

@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import platform
 import queue
-import shutil
 import signal
 import statistics
 import subprocess
@@ -38,8 +37,8 @@ from matplotlib.figure import Figure
 
 from esper.arms import ARM_HELP, Arm, parse_arms, parse_seeds
 from esper.config import RunConfig, from_dict, to_dict
-from esper.run import CHECKPOINT, RunError, prepare_run_dir, read_config, run
-from esper.telemetry.report import format_flops
+from esper.run import RunError, finish_report, prepare_run_dir, read_config, run
+from esper.telemetry.report import format_flops, read_history
 from esper.training.builders import build_model, load_data
 from esper.training.tasks import TaskOptions, get_task
 
@@ -99,27 +98,39 @@ def run_task(task: RunTask) -> RunOutcome:
     bad run never stops the others.
     """
     run_dir = Path(task.run_dir)
-    summary_path = run_dir / "summary.json"
     try:
         config = from_dict(RunConfig, task.config)
-        if (run_dir / "config.json").is_file():
-            if read_config(run_dir) != config:
-                raise RunError(
-                    f"{run_dir} was trained with other settings; delete it or use another --out"
-                )
-            if summary_path.is_file():
-                summary = json.loads(summary_path.read_text())
-                if summary.get("epochs") == config.episode.epochs:
-                    return RunOutcome(task.arm, task.seed, task.run_dir, summary, cached=True)
-            if (run_dir / CHECKPOINT).is_file():
-                summary = run(run_dir, None, [], lambda row: None)
-                return RunOutcome(task.arm, task.seed, task.run_dir, summary)
-            shutil.rmtree(run_dir)  # died before its first checkpoint: start it again
-        summary = run(prepare_run_dir(run_dir), config, [], lambda row: None)
+        if not (run_dir / "config.json").is_file():
+            summary = run(prepare_run_dir(run_dir), config, [], lambda row: None)
+            return RunOutcome(task.arm, task.seed, task.run_dir, summary)
+        if read_config(run_dir) != config:
+            raise RunError(
+                f"{run_dir} was trained with other settings; delete it or use another --out"
+            )
+        finished = _finished(run_dir, config.episode.epochs)
+        if finished is not None:
+            return RunOutcome(task.arm, task.seed, task.run_dir, finished, cached=True)
+        # Interrupted: resume from its last checkpoint (or from epoch 1 if it had none).
+        summary = run(run_dir, None, [], lambda row: None)
         return RunOutcome(task.arm, task.seed, task.run_dir, summary)
     except Exception as error:  # reported per run; the compare goes on
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         return RunOutcome(task.arm, task.seed, task.run_dir, None, error=message)
+
+
+def _finished(run_dir: Path, epochs: int) -> dict[str, Any] | None:
+    """The summary of a run that trained all ``epochs`` (rebuilt from its history if it
+    stopped before writing it), or None."""
+    path = run_dir / "summary.json"
+    if path.is_file():
+        summary: dict[str, Any] = json.loads(path.read_text())
+        if summary.get("epochs") == epochs:
+            return summary
+    if (run_dir / "history.jsonl").is_file():
+        rows = read_history(run_dir / "history.jsonl")
+        if rows and rows[-1].epoch == epochs:
+            return finish_report(run_dir)
+    return None
 
 
 # ---------------------------------------------------------------- where runs execute

@@ -8,8 +8,10 @@ telemetry `Sink`). Both write to ``DIR/tensorboard/``, so ``tensorboard --logdir
 lays runs side by side.
 
 Files are opened at the first step written, with that step as TensorBoard's *purge
-step*: a resumed run re-trains the epochs after its last checkpoint, and TensorBoard
-then drops the earlier attempt's values from that step on instead of showing both.
+step*: TensorBoard drops what earlier files hold from that step on. A resumed run
+replays the epochs its files keep (from epoch 1) before it trains on, so its curves are
+exactly its history, whatever an interrupted attempt had written; a resumed training
+continues after its last saved update, the step its rows restart from.
 
 Needs the ``tensorboard`` package (``pip install 'esper[tensorboard]'``); it is imported
 only when a writer is made, and `require_tensorboard` says in one line when it is missing.
@@ -28,10 +30,11 @@ from esper.telemetry.events import (
     GradientStats,
     RunFinished,
     RunStarted,
+    event_from_dict,
 )
 from esper.telemetry.report import EpochRow, read_history
 from esper.telemetry.sinks import SinkError, format_event
-from esper.telemetry.updates import UpdateRow
+from esper.telemetry.updates import UPDATES_FILE, UpdateRow, read_updates
 
 __all__ = [
     "TENSORBOARD_DIR",
@@ -151,20 +154,42 @@ class RunTensorBoard:
     """TensorBoard files of one run: every history row's scalars and, as text, its
     lifecycle events and gate verdicts (a telemetry `Sink`; the run closes it).
 
-    Cumulative compute continues from ``history.jsonl`` when a resumed run writes its
-    first row, so a resumed run's curves join the earlier ones.
+    At the first epoch it sees, it first replays the epochs that ``history.jsonl`` and
+    ``events.jsonl`` already hold (a resumed run, or ``--tensorboard`` added on resume),
+    so TensorBoard always shows what the run's files say, from epoch 1.
     """
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self._writer = _Writer(run_dir / TENSORBOARD_DIR)
         self._pending: list[str] = []
-        self._totals: tuple[float, float] | None = None
+        self._totals = (0.0, 0.0)
+        self._started = False
 
     def emit(self, event: Event) -> None:
         """Collect the epoch's events (written with its row); gradient statistics are
         scalars, epoch summaries are already in the rows."""
-        if isinstance(event, EpochCompleted):
+        if isinstance(event, RunStarted):
+            # The configuration as a Markdown code block (indented four spaces).
+            config = json.dumps(event.config, indent=2).replace("\n", "\n    ")
+            title = f"{event.controller} on {event.task}"
+            self._writer.text("run", [title, "", "    " + config], 0)
+            return
+        if isinstance(event, RunFinished):
+            self._writer.text("run", [format_event(event)], event.epochs)
+            self._writer.flush()
+            return
+        self._start(event.epoch)
+        self._event(event)
+
+    def write_epoch(self, row: EpochRow) -> None:
+        """The row's scalars, then the events collected since the last row, at its epoch."""
+        self._start(row.epoch)
+        self._row(row)
+        self._writer.flush()
+
+    def _event(self, event: Event) -> None:
+        if isinstance(event, EpochCompleted | RunStarted | RunFinished):
             return
         if isinstance(event, GradientStats):
             prefix = f"gradients/{event.slot}"
@@ -173,49 +198,77 @@ class RunTensorBoard:
                 f"{prefix}/seed_host_ratio": event.ratio,
             }
             self._writer.scalars(values, event.epoch)
-        elif isinstance(event, RunStarted):
-            # The configuration as a Markdown code block (indented four spaces).
-            config = json.dumps(event.config, indent=2).replace("\n", "\n    ")
-            title = f"{event.controller} on {event.task}"
-            self._writer.text("run", [title, "", "    " + config], 0)
-        elif isinstance(event, RunFinished):
-            self._writer.text("run", [format_event(event)], event.epochs)
-            self._writer.flush()
         else:
             self._pending.append(format_event(event))
 
-    def write_epoch(self, row: EpochRow) -> None:
-        """The row's scalars, then the events collected since the last row, at its epoch."""
-        if self._totals is None:
-            self._totals = self._totals_before(row.epoch)
+    def _row(self, row: EpochRow) -> None:
         train, evaluation = self._totals
         self._totals = (train + row.train_flops, evaluation + row.eval_flops)
         self._writer.scalars(epoch_scalars(row, *self._totals), row.epoch)
         if self._pending:
             self._writer.text("lifecycle", self._pending, row.epoch)
             self._pending = []
-        self._writer.flush()
 
-    def _totals_before(self, epoch: int) -> tuple[float, float]:
-        history = self.run_dir / "history.jsonl"
+    def _start(self, epoch: int) -> None:
+        """Before the first epoch this process writes: replay the earlier ones."""
+        if self._started:
+            return
+        self._started = True
+        events: dict[int, list[Event]] = {}
+        for event in _read_events(self.run_dir / "events.jsonl"):
+            number = getattr(event, "epoch", None)
+            if isinstance(number, int) and not isinstance(event, RunFinished) and number < epoch:
+                events.setdefault(number, []).append(event)
         try:
-            earlier = [r for r in read_history(history) if r.epoch < epoch]
+            rows = [r for r in read_history(self.run_dir / "history.jsonl") if r.epoch < epoch]
         except (OSError, ValueError):
-            earlier = []
-        return sum(r.train_flops for r in earlier), sum(r.eval_flops for r in earlier)
+            rows = []  # the run itself refuses a damaged history; nothing to replay
+        for row in rows:
+            for event in events.get(row.epoch, []):
+                self._event(event)
+            self._row(row)
+        self._pending = []
 
     def close(self) -> None:
         self._writer.close()
 
 
+def _read_events(path: Path) -> list[Event]:
+    """The events of ``events.jsonl`` that parse (a line cut short is no event)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    events = []
+    for line in lines:
+        try:
+            data = json.loads(line)
+            events.append(event_from_dict(data))
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return events
+
+
 class TrainingTensorBoard:
     """TensorBoard files of an ``esper ppo train`` directory: each update's scalars at
-    the number of training episodes so far (comparable across ``--envs``)."""
+    the number of training episodes so far (comparable across ``--envs``). Like
+    `RunTensorBoard`, it first replays the updates ``updates.jsonl`` already holds."""
 
     def __init__(self, out: Path) -> None:
+        self.out = out
         self._writer = _Writer(out / TENSORBOARD_DIR)
+        self._started = False
 
     def write_update(self, row: UpdateRow) -> None:
+        if not self._started:
+            self._started = True
+            try:
+                earlier = read_updates(self.out / UPDATES_FILE)
+            except ValueError:
+                earlier = []  # a damaged file: show what this process trains
+            for old in earlier:
+                if old.update < row.update:
+                    self._writer.scalars(update_scalars(old), old.episodes)
         self._writer.scalars(update_scalars(row), row.episodes)
         self._writer.flush()
 

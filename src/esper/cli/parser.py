@@ -102,8 +102,8 @@ def _add_run_commands(commands: Any) -> None:
     report.add_argument(
         "run_dir",
         type=Path,
-        metavar="DIR",
-        help="a run, PPO training or compare directory",
+        metavar="RUN_DIR",
+        help="a run directory, an 'esper ppo train' directory or an 'esper compare' --out",
     )
 
 

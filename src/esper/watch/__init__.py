@@ -3,3 +3,5 @@
 `esper.watch.files` reads (torch-free, read-only); `esper.watch.app` shows (Textual,
 the optional extra ``esper[watch]``).
 """
+
+__all__: list[str] = []

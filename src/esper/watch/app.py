@@ -24,7 +24,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Horizontal, Vertical
 from textual.widget import Widget
-from textual.widgets import ContentSwitcher, Footer, Static
+from textual.widgets import ContentSwitcher, Footer, Header, Static
 from textual_plotext import PlotextPlot
 
 from esper.telemetry.events import (
@@ -38,7 +38,17 @@ from esper.telemetry.sinks import event_style, format_event
 from esper.telemetry.updates import UpdateRow
 from esper.watch.files import Kind, NotARunError, RunFiles, TrainingFiles, classify
 
-__all__ = ["WatchApp", "band_cells", "compute_table", "event_lines", "slot_band"]
+__all__ = [
+    "EventPanel",
+    "RunView",
+    "SlotBands",
+    "TrainingView",
+    "WatchApp",
+    "band_cells",
+    "compute_table",
+    "event_lines",
+    "slot_band",
+]
 
 _BLOCKS = "▁▂▃▄▅▆▇█"  # alpha as bar height: a live seed shows at least the lowest bar
 _FUTURE = "·"
@@ -64,8 +74,11 @@ def slot_band(rows: Sequence[EpochRow], slot_id: str, cells: Sequence[int]) -> T
     the alpha; dormant epochs blank, epochs still to come dotted."""
     by_epoch = {row.epoch: row for row in rows}
     text = Text()
-    for epoch in cells:
-        row = by_epoch.get(epoch)
+    first = 1
+    for index, last in enumerate(cells):
+        # The cell's newest written epoch: a cell of several epochs fills in as they come.
+        first = cells[index - 1] + 1 if index and cells[index - 1] < last else first
+        row = next((by_epoch[e] for e in range(last, first - 1, -1) if e in by_epoch), None)
         slot = row.slots.get(slot_id) if row is not None else None
         if row is None:
             text.append(_FUTURE, style="grey35")
@@ -170,14 +183,13 @@ def compute_table(rows: Sequence[EpochRow], planned: int | None) -> Table:
     evaluation = sum(r.eval_flops for r in rows)
     share = f" ({100 * evaluation / (train + evaluation):.0f}% of all)" if train else ""
     per_epoch = sum(r.epoch_seconds for r in rows) / len(rows)
-    left = ""
-    if planned is not None and last.epoch < planned and per_epoch > 0:
-        left = f", ~{_duration((planned - last.epoch) * per_epoch)} left"
     best = max(rows, key=lambda r: r.val_accuracy)
     table.add_row("epochs", f"{last.epoch} of {planned if planned is not None else '?'}")
     table.add_row("training", format_flops(train))
     table.add_row("evaluation", format_flops(evaluation) + share)
-    table.add_row("wall time", f"{_duration(last.seconds)} ({per_epoch:.1f} s/epoch{left})")
+    table.add_row("wall time", f"{_duration(last.seconds)} ({per_epoch:.1f} s/epoch)")
+    if planned is not None and last.epoch < planned and per_epoch > 0:
+        table.add_row("to go", f"~{_duration((planned - last.epoch) * per_epoch)}")
     table.add_row(
         "parameters",
         f"{last.params:,} (host {last.host_params:,} + seeds {last.seed_params:,})",
@@ -502,6 +514,7 @@ class WatchApp(App[int]):
         self.problem = ""
 
     def compose(self) -> ComposeResult:
+        yield Header(icon="")
         with ContentSwitcher(initial="waiting"):
             yield Static(id="waiting")
             yield RunView(id="run")

@@ -53,6 +53,7 @@ __all__ = [
     "RunTask",
     "commit",
     "compare",
+    "load_result",
     "machine",
     "matched_width",
     "mean_interval",
@@ -64,6 +65,7 @@ __all__ = [
     "run_task",
     "table",
     "write_outputs",
+    "write_report",
 ]
 
 # ---------------------------------------------------------------- one run
@@ -456,7 +458,6 @@ def provenance(command: str) -> dict[str, Any]:
 
 def write_outputs(result: CompareResult, meta: dict[str, Any]) -> None:
     """``compare.json``, ``compare.md`` and ``accuracy_vs_flops.png`` in ``result.out``."""
-    header, rows = table(result)
     payload = {
         **meta,
         "task": result.task,
@@ -489,6 +490,12 @@ def write_outputs(result: CompareResult, meta: dict[str, Any]) -> None:
         ],
     }
     (result.out / "compare.json").write_text(json.dumps(_plain(payload), indent=2) + "\n")
+    write_report(result, meta)
+
+
+def write_report(result: CompareResult, meta: dict[str, Any]) -> None:
+    """``compare.md`` and ``accuracy_vs_flops.png`` in ``result.out``."""
+    header, rows = table(result)
     machine = meta["machine"]
     lines = [
         f"Command: `{meta['command']}`  ",
@@ -511,6 +518,52 @@ def write_outputs(result: CompareResult, meta: dict[str, Any]) -> None:
     lines += [f"- failed: {o.arm} seed {o.seed}: {o.error}" for o in failures]
     (result.out / "compare.md").write_text("\n".join(lines) + "\n")
     plot_accuracy_vs_flops(result, result.out / "accuracy_vs_flops.png")
+
+
+_PROVENANCE = ("command", "commit", "machine", "date")
+
+
+def load_result(out: Path) -> tuple[CompareResult, dict[str, Any]]:
+    """The result and provenance that `write_outputs` saved to ``out/compare.json``, for
+    ``esper report`` to rebuild the table and the plot from the file alone."""
+    path = out / "compare.json"
+    try:
+        data = json.loads(path.read_text())
+        arms = []
+        for entry in data["arms"]:
+            label = str(entry["arm"])
+            runs = tuple(
+                RunOutcome(
+                    label,
+                    int(run["seed"]),
+                    str(out / run["run_dir"]) if run["run_dir"] else "",
+                    run["summary"],
+                    run["error"],
+                )
+                for run in data["runs"]
+                if run["arm"] == label
+            )
+            width = math.nan if entry["width"] is None else float(entry["width"])
+            controllers = [o.summary["controller"] for o in runs if o.summary]
+            controller = controllers[0] if controllers else _CONTROLLERS.get(label, "baseline")
+            matched = label == "static-matched"
+            arm = Arm(label, str(controller), None if matched else width)
+            arms.append(ArmSummary(arm, str(entry["label"]), runs, width))
+        meta = {key: data[key] for key in _PROVENANCE}
+        result = CompareResult(
+            str(data["task"]), int(data["epochs"]), tuple(data["seeds"]), tuple(arms), out
+        )
+    except OSError as error:
+        raise RunError(f"cannot read {path} ({error.strerror})") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise RunError(f"{path} is not a compare.json written by esper compare ({error})") from None
+    if not result.arms:
+        raise RunError(f"{path} lists no arm")
+    return result, meta
+
+
+_CONTROLLERS = {"heuristic": "heuristic", "learned": "ppo"}
+"""The controller of an arm with no finished run to say (every other arm is static)."""
 
 
 def _seed_text(seeds: Sequence[int]) -> str:

@@ -474,6 +474,7 @@ print(sorted({name.split(".")[0] for name in sys.modules} & set(sys.argv[1].spli
         ["heuristic", "--help"],
         ["compare", "--help"],
         ["ppo", "train", "--help"],
+        ["watch", "--help"],
         ["heuristic", "--epochs", "many"],  # an argument error
         ["baseline", "--threads", "0"],
         ["fly"],  # an unknown command

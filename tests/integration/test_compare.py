@@ -4,6 +4,7 @@ the process pool, matched widths and bad input."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -196,3 +197,18 @@ def test_seed_and_arm_forms() -> None:
     assert parse_seeds("100-102") == [100, 101, 102]
     assert parse_seeds("7,1") == [7, 1]
     assert [a.label for a in parse_arms("static@1.50,heuristic")] == ["static@1.5", "heuristic"]
+
+
+def test_report_rebuilds_the_table_and_the_plot_from_compare_json_alone(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "copy"
+    out.mkdir()
+    shutil.copy(reference / "compare.json", out / "compare.json")
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert (out / "compare.md").read_text() == (reference / "compare.md").read_text()
+    assert (out / "accuracy_vs_flops.png").read_bytes()[:8] == PNG_MAGIC
+    assert (out / "compare.json").read_text() == (reference / "compare.json").read_text()
+    printed = capsys.readouterr().out
+    assert "static" in printed and "heuristic" in printed and "final acc (%)" in printed

@@ -4,6 +4,8 @@ that eval and run load, exact resume, one worker or two, and bad input."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +154,22 @@ def test_bad_input_exits_2_with_one_line(
     assert "Traceback" not in err and len(lines) == 1, lines
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+def test_report_redraws_the_curve_and_summarises_the_training(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "copy"
+    out.mkdir()
+    for name in ("config.json", "updates.jsonl"):
+        shutil.copy(trained / name, out / name)
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert (out / "training_curve.png").read_bytes()[:8] == PNG_MAGIC
+    printed = capsys.readouterr().out
+    rows = read_updates(out / "updates.jsonl")
+    assert re.search(r"updates\s*│\s*2 of 2", printed), printed
+    assert f"{rows[-1].approx_kl:.4f}" in printed and "entropy" in printed
+    (out / "updates.jsonl").write_text("")
+    assert main(["report", str(out)]) == 2
+    assert "no PPO update has finished yet" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The ``esper`` command: grow a network, train the static baseline, rebuild reports.
+"""The ``esper`` command: grow a network, train the static baseline, rebuild reports, watch.
 
 Start-up is quick: parsing needs only `esper.cli.parser` (no torch), so ``--help`` and
 argument errors answer at once, and the command's heavy imports follow in `main`.
@@ -76,8 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(arguments)
         args.argv = arguments
         # Imported here, not at the top, for start-up time only: the commands import
-        # torch and friends (seconds), which --help and argument errors never need.
-        from esper.cli.commands import run_command
+        # torch and friends (seconds), which --help and argument errors never need, and
+        # neither does `watch`, which only reads files (and should not take a watched
+        # run's memory and cores for torch).
+        if args.command == "watch":
+            from esper.cli.watch import watch_command as run_command
+        else:
+            from esper.cli.commands import run_command
     finally:
         _set_handlers(previous)
     previous = _set_handlers({signal.SIGTERM: _terminate})

@@ -14,6 +14,7 @@ from esper.cli import compare as compare_cli
 from esper.cli import ppo as ppo_cli
 from esper.cli import runs
 from esper.cli.common import first_line, print_error
+from esper.cli.report import report_command
 from esper.config import ConfigError
 from esper.data import DataFormatError, DataUnavailableError
 from esper.lifecycle import LifecycleError
@@ -38,7 +39,7 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
     """Run ``args.command``; returns the exit status (see `esper.cli.main`)."""
     try:
         if args.command == "report":
-            return runs.report_command(args, console)
+            return report_command(args, console)
         if args.command == "compare":
             return compare_cli.compare_command(args, console)
         if args.command == "ppo":

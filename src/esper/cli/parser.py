@@ -15,7 +15,14 @@ from esper import __version__
 from esper.arms import ARM_HELP
 from esper.training.tasks import TASKS
 
-__all__ = ["build_parser", "compare_options", "run_options", "threads_argument"]
+__all__ = [
+    "build_parser",
+    "compare_options",
+    "positive_seconds",
+    "run_options",
+    "tensorboard_option",
+    "threads_argument",
+]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_commands(commands)
     _add_compare_command(commands)
     _add_ppo_command(commands)
+    _add_watch_command(commands)
     return parser
 
 
@@ -84,11 +92,20 @@ def _add_run_commands(commands: Any) -> None:
     )
     report = commands.add_parser(
         "report",
-        help="rebuild summary.json and timeline.png from a run directory",
-        description="Read RUN_DIR/history.jsonl and config.json, rewrite summary.json and "
-        "timeline.png, and print the summary. Works on interrupted runs too.",
+        help="rebuild the summary and plots of a run, a PPO training or a compare, from its files",
+        description="From the files alone, and on interrupted runs too: for a run "
+        "directory, read history.jsonl and config.json, rewrite summary.json and "
+        "timeline.png and print the summary; for an 'esper ppo train' directory, redraw "
+        "training_curve.png from updates.jsonl and print a summary table; for an 'esper "
+        "compare' directory, rewrite compare.md and accuracy_vs_flops.png from "
+        "compare.json and print the table.",
     )
-    report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory")
+    report.add_argument(
+        "run_dir",
+        type=Path,
+        metavar="RUN_DIR",
+        help="a run directory, an 'esper ppo train' directory or an 'esper compare' --out",
+    )
 
 
 def _epoch_options(add: Callable[..., Any], epochs: str, default: str) -> None:
@@ -161,6 +178,16 @@ def run_options(parser: argparse.ArgumentParser) -> None:
         help="continue an interrupted run from its last checkpoint",
     )
     add("--quiet", action="store_true", help="no progress bar or event lines, only the summary")
+    tensorboard_option(parser)
+
+
+def tensorboard_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard event files to DIR/tensorboard/ (needs "
+        "pip install 'esper[tensorboard]'; view with: tensorboard --logdir runs)",
+    )
 
 
 # ---------------------------------------------------------------- compare
@@ -283,6 +310,7 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     add("--out", metavar="DIR", help="training directory (default: runs/ppo-train-<task>-<time>)")
     add("--resume", type=Path, metavar="DIR", help="continue an interrupted training")
     add("--quiet", action="store_true", help="only the final line")
+    tensorboard_option(parser)
 
 
 def _eval_options(parser: argparse.ArgumentParser) -> None:
@@ -300,3 +328,37 @@ def _eval_options(parser: argparse.ArgumentParser) -> None:
     _data_options(add)
     add("--out", type=Path, metavar="DIR", help="results (default: POLICY/eval-<task>)")
     add("--quiet", action="store_true", help="no line per finished run, only the table")
+
+
+# ---------------------------------------------------------------- watch
+
+
+def positive_seconds(text: str) -> float:
+    """``--interval``: a positive number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return seconds
+
+
+def _add_watch_command(commands: Any) -> None:
+    watch = commands.add_parser(
+        "watch",
+        help="watch a run or a PPO training live in the terminal (reads its files only)",
+        description="A live terminal view of a run directory ('esper heuristic', "
+        "'baseline', 'ppo run') or an 'esper ppo train' directory, running or finished. It "
+        "only reads the files the run writes (no lock, nothing written), so it can watch a "
+        "run started elsewhere. Keys: q quit, p pause, left/right (or 1-9) pick a slot, "
+        "0 all slots. Needs pip install 'esper[watch]'.",
+    )
+    watch.add_argument("run_dir", type=Path, metavar="DIR", help="a run or PPO training directory")
+    watch.add_argument(
+        "--interval",
+        type=positive_seconds,
+        default=1.0,
+        metavar="S",
+        help="seconds between two reads of the files (default: %(default)s)",
+    )

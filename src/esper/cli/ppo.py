@@ -27,6 +27,7 @@ from esper.rl.training import (
     train,
 )
 from esper.run import RunError
+from esper.telemetry.tensorboard import TENSORBOARD_DIR, TrainingTensorBoard, require_tensorboard
 
 __all__ = ["ppo_command"]
 
@@ -58,6 +59,8 @@ def _check_policy(path: Path, task: str | None) -> None:
 
 
 def _train(args: argparse.Namespace, console: Console) -> int:
+    if args.tensorboard:
+        require_tensorboard()  # before anything is written: one line if it is missing
     for name in ("episodes", "envs", "workers"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -102,10 +105,13 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         console=console,
         disable=args.quiet or not console.is_terminal,
     )
+    board = TrainingTensorBoard(out) if args.tensorboard else None
     with progress:
         bar = progress.add_task("ppo", total=config.updates, status="collecting episodes")
 
         def on_update(row: UpdateRow) -> None:
+            if board is not None:
+                board.write_update(row)
             status = _status(row)
             progress.update(bar, completed=row.update, status=status)
             if not console.is_terminal and not args.quiet:
@@ -119,9 +125,18 @@ def _train(args: argparse.Namespace, console: Console) -> int:
                 f"interrupted; continue with: esper ppo train --resume {out}", soft_wrap=True
             )
             return 130
+        finally:
+            if board is not None:
+                board.close()
     last = rows[-1] if rows else None
     if last is not None:
         console.print(f"done: {_status(last)}; policy in {out / 'policy.pt'}", soft_wrap=True)
+    if board is not None:
+        console.print(
+            f"TensorBoard files in {out / TENSORBOARD_DIR}; side by side with the runs "
+            f"beside it: tensorboard --logdir {out.parent}",
+            soft_wrap=True,
+        )
     return 0
 
 

@@ -15,8 +15,9 @@ from rich.table import Table
 from esper.cli.common import Terminated, print_error
 from esper.config import ConfigError, RunConfig, from_dict, to_dict
 from esper.run import RunError, finish_report, prepare_run_dir, read_config, run
-from esper.telemetry import ConsoleSink
+from esper.telemetry import ConsoleSink, Sink
 from esper.telemetry.report import EpochRow, format_flops
+from esper.telemetry.tensorboard import TENSORBOARD_DIR, RunTensorBoard, require_tensorboard
 from esper.training.tasks import get_task
 
 __all__ = ["COMMANDS", "report_command", "resolve_config", "train_command"]
@@ -124,6 +125,8 @@ def _summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
 
 
 def train_command(args: argparse.Namespace, console: Console) -> int:
+    if args.tensorboard:
+        require_tensorboard()  # before anything is written: one line if it is missing
     if args.resume is not None:
         names = [*_FLAG_PATHS, "config", "out"]
         given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n, None) is not None]
@@ -163,11 +166,15 @@ def train_command(args: argparse.Namespace, console: Console) -> int:
         disable=args.quiet or not console.is_terminal,
     )
     best = 0.0
+    # A telemetry sink for the events, fed the history rows too; the run closes it.
+    board = RunTensorBoard(run_dir) if args.tensorboard else None
     with progress:
         task = progress.add_task("train", total=epochs, status="starting")
 
         def on_epoch(row: EpochRow) -> None:
             nonlocal best
+            if board is not None:
+                board.write_epoch(row)
             best = max(best, row.val_accuracy)
             progress.update(task, completed=row.epoch, status=_status(row, best))
             if not console.is_terminal and not args.quiet:
@@ -176,7 +183,9 @@ def train_command(args: argparse.Namespace, console: Console) -> int:
         def warn(message: str) -> None:
             print_error(f"esper: warning: {message}", style="yellow")
 
-        sinks = [] if args.quiet else [ConsoleSink(progress.console, show_epochs=False)]
+        sinks: list[Sink] = [] if args.quiet else [ConsoleSink(progress.console, show_epochs=False)]
+        if board is not None:
+            sinks.append(board)
         try:
             summary = run(run_dir, config, sinks, on_epoch, warn)
         except KeyboardInterrupt as interrupt:
@@ -188,6 +197,12 @@ def train_command(args: argparse.Namespace, console: Console) -> int:
             return 143 if isinstance(interrupt, Terminated) else 130
     console.print(_summary_table(summary, run_dir))
     console.print(f"results in {run_dir}, timeline: {run_dir / 'timeline.png'}", soft_wrap=True)
+    if board is not None:
+        console.print(
+            f"TensorBoard files in {run_dir / TENSORBOARD_DIR}; side by side with the runs "
+            f"beside it: tensorboard --logdir {run_dir.parent}",
+            soft_wrap=True,
+        )
     return 0
 
 

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from esper.config import RunConfig, from_dict, reject_non_finite, to_dict
 from esper.rl.agent import POLICY_FILE, PolicyMeta, save_policy
@@ -35,6 +34,7 @@ from esper.rl.ppo import PPOConfig, UpdateStats, ppo_update
 from esper.rl.rollout import EpisodeSummary, collect_episodes
 from esper.rl.workers import EnvPool
 from esper.rundir import atomic_write, save_atomic
+from esper.telemetry.updates import UPDATES_FILE, UpdateRow, plot_training, read_updates
 
 __all__ = [
     "TRAINER_FILE",
@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 TRAINER_FILE = "trainer.pt"
-UPDATES_FILE = "updates.jsonl"
 
 
 def _esper_ppo() -> PPOConfig:
@@ -107,52 +106,6 @@ def train_seed(config: PPOTrainConfig, episode: int) -> int:
     """Seed of training episode ``episode`` (0-based): the pool 1,000,000 + 1,000 x seed
     + (episode mod train_seeds), far from evaluation's small seeds."""
     return 1_000_000 + 1_000 * config.seed + episode % config.train_seeds
-
-
-@dataclass(frozen=True)
-class UpdateRow:
-    """One update, as written to ``updates.jsonl``."""
-
-    update: int
-    episodes: int
-    mean_return: float
-    mean_final_accuracy: float
-    mean_added_params: float
-    mean_seeds_kept: float
-    illegal_fraction: float
-    learning_rate: float
-    policy_loss: float
-    value_loss: float
-    entropy: float
-    approx_kl: float
-    clip_fraction: float
-    ratio_min: float
-    ratio_max: float
-    explained_variance: float
-    rollout_seconds: float
-    update_seconds: float
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                k: (v if not isinstance(v, float) or math.isfinite(v) else None)
-                for k, v in dataclasses.asdict(self).items()
-            }
-        )
-
-
-def read_updates(path: Path) -> list[UpdateRow]:
-    """Rows of an ``updates.jsonl`` (a half-written last line is ignored)."""
-    rows = []
-    lines = path.read_text().splitlines() if path.is_file() else []
-    for line in lines:
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        cleaned = {k: math.nan if v is None else v for k, v in data.items()}
-        rows.append(from_dict(UpdateRow, cleaned))
-    return rows
 
 
 def _factory(config: PPOTrainConfig) -> Callable[[], MorphogenesisEnv]:
@@ -280,28 +233,6 @@ def _row(
         rollout_seconds=0.0,
         update_seconds=0.0,
     )
-
-
-def plot_training(rows: list[UpdateRow], path: Path, task: str) -> None:
-    """Return and final accuracy per update above approx-KL, clip fraction and entropy."""
-    fig = Figure(figsize=(9, 6))
-    top, bottom = fig.subplots(2, 1, sharex=True)
-    episodes = [r.episodes for r in rows]
-    top.plot(episodes, [r.mean_final_accuracy for r in rows], color="black", label="final acc (%)")
-    twin = top.twinx()
-    twin.plot(episodes, [r.mean_return for r in rows], color="#d35400", label="return")
-    top.set_ylabel("mean final accuracy (%)")
-    twin.set_ylabel("mean return", color="#d35400")
-    top.set_title(f"PPO on {task}: per update")
-    top.grid(alpha=0.3)
-    bottom.plot(episodes, [r.approx_kl for r in rows], label="approx KL")
-    bottom.plot(episodes, [r.clip_fraction for r in rows], label="clip fraction")
-    bottom.plot(episodes, [r.entropy / 10 for r in rows], label="entropy / 10")
-    bottom.set_xlabel("training episodes")
-    bottom.legend(fontsize=8)
-    bottom.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
 
 
 def load_train_config(path: Path) -> PPOTrainConfig:

@@ -25,6 +25,7 @@ __all__ = [
     "SlotRow",
     "append_row",
     "format_flops",
+    "parse_row",
     "plot_timeline",
     "read_history",
     "summarize",
@@ -112,6 +113,15 @@ def append_row(path: Path, row: EpochRow) -> None:
         handle.write(row.to_json() + "\n")
 
 
+def parse_row(line: str) -> EpochRow:
+    """One line of ``history.jsonl``; ValueError, KeyError or TypeError if it is not a row
+    (non-finite losses are written as strings, e.g. ``"nan"``)."""
+    data = json.loads(line)
+    for key in ("train_loss", "val_loss"):
+        data[key] = float(data[key])
+    return EpochRow.from_dict(data)
+
+
 def read_history(path: Path) -> list[EpochRow]:
     """All epochs of a ``history.jsonl``; a malformed line is named in the error, and a
     last line without its newline (cut short) is left out."""
@@ -122,10 +132,7 @@ def read_history(path: Path) -> list[EpochRow]:
         if not line.strip():
             continue
         try:
-            data = json.loads(line)
-            for key in ("train_loss", "val_loss"):
-                data[key] = float(data[key])
-            rows.append(EpochRow.from_dict(data))
+            rows.append(parse_row(line))
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{path}:{number}: not a history row ({error})") from None
     return rows

@@ -50,6 +50,7 @@ __all__ = [
     "Sink",
     "SinkError",
     "Telemetry",
+    "event_style",
     "format_event",
     "read_events",
 ]
@@ -240,13 +241,14 @@ class ConsoleSink:
     def emit(self, event: Event) -> None:
         if isinstance(event, EpochCompleted) and not self.show_epochs:
             return
-        self.console.print(Text(format_event(event), style=_style(event)), soft_wrap=True)
+        self.console.print(Text(format_event(event), style=event_style(event)), soft_wrap=True)
 
     def close(self) -> None:
         """Nothing to release: the console belongs to the caller."""
 
 
-def _style(event: Event) -> str:
+def event_style(event: Event) -> str:
+    """The rich style an event is shown in (rollbacks red, culls yellow, ...)."""
     if isinstance(event, GovernorRollback):
         return "bold red"
     if isinstance(event, SeedCulled):

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from matplotlib.figure import Figure
@@ -50,7 +50,9 @@ __all__ = [
     "CompareResult",
     "LocalPool",
     "RunOutcome",
+    "RunPool",
     "RunTask",
+    "cached_outcome",
     "compare",
     "matched_width",
     "mean_interval",
@@ -89,37 +91,74 @@ class RunOutcome:
     cached: bool = False
 
 
+def cached_outcome(task: RunTask) -> RunOutcome | None:
+    """The outcome of ``task`` if its run directory already holds it finished (or was
+    trained with other settings: an error outcome); None if it still has to run."""
+    run_dir = Path(task.run_dir)
+    summary_path = run_dir / "summary.json"
+    try:
+        config = from_dict(RunConfig, task.config)
+        if not (run_dir / "config.json").is_file():
+            return None
+        if read_config(run_dir) != config:
+            raise RunError(
+                f"{run_dir} was trained with other settings; delete it or use another --out"
+            )
+        if summary_path.is_file():
+            summary = json.loads(summary_path.read_text())
+            if summary.get("epochs") == config.episode.epochs:
+                return RunOutcome(task.arm, task.seed, task.run_dir, summary, cached=True)
+    except Exception as error:  # reported per run; the compare goes on
+        return _failed(task, error)
+    return None
+
+
 def run_task(task: RunTask) -> RunOutcome:
     """Train one arm on one seed, or reuse its finished run, or resume its interrupted one.
 
     Runs in a worker process; failures come back as an outcome, not an exception, so one
     bad run never stops the others.
     """
+    cached = cached_outcome(task)
+    if cached is not None:
+        return cached
     run_dir = Path(task.run_dir)
-    summary_path = run_dir / "summary.json"
     try:
-        config = from_dict(RunConfig, task.config)
-        if (run_dir / "config.json").is_file():
-            if read_config(run_dir) != config:
-                raise RunError(
-                    f"{run_dir} was trained with other settings; delete it or use another --out"
-                )
-            if summary_path.is_file():
-                summary = json.loads(summary_path.read_text())
-                if summary.get("epochs") == config.episode.epochs:
-                    return RunOutcome(task.arm, task.seed, task.run_dir, summary, cached=True)
+        if (run_dir / "config.json").is_file():  # the same settings: cached_outcome checked
             if (run_dir / CHECKPOINT).is_file():
                 summary = run(run_dir, None, [], lambda row: None)
                 return RunOutcome(task.arm, task.seed, task.run_dir, summary)
             shutil.rmtree(run_dir)  # died before its first checkpoint: start it again
+        config = from_dict(RunConfig, task.config)
         summary = run(prepare_run_dir(run_dir), config, [], lambda row: None)
         return RunOutcome(task.arm, task.seed, task.run_dir, summary)
     except Exception as error:  # reported per run; the compare goes on
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return RunOutcome(task.arm, task.seed, task.run_dir, None, error=message)
+        return _failed(task, error)
+
+
+def _failed(task: RunTask, error: Exception) -> RunOutcome:
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return RunOutcome(task.arm, task.seed, task.run_dir, None, error=message)
 
 
 # ---------------------------------------------------------------- where runs execute
+
+
+class RunPool(Protocol):
+    """Where `compare` runs its tasks: `LocalPool` (processes on this machine) or
+    `esper.compare_ray.RayPool` (tasks on a Ray cluster)."""
+
+    def submit(self, task: RunTask) -> None:
+        """Start ``task`` (or queue it); its outcome comes back from `next_done`."""
+
+    def next_done(self) -> RunOutcome:
+        """Block until a submitted task finishes; its outcome (failures included)."""
+
+    def close(self) -> None:
+        """Every task is done: release the workers."""
+
+    def terminate(self) -> None:
+        """Stop at once (Ctrl-C): unfinished runs keep their last checkpoint."""
 
 
 class LocalPool:
@@ -284,7 +323,7 @@ def compare(
     base: RunConfig,
     arms: Sequence[Arm],
     seeds: Sequence[int],
-    pool: LocalPool,
+    pool: RunPool,
     on_done: Callable[[RunOutcome, int, int], None] = lambda outcome, done, total: None,
 ) -> CompareResult:
     """Run every arm on every seed through ``pool`` and summarise them.

@@ -14,6 +14,7 @@ ALLOWED: dict[str, set[str]] = {
     "registry": set(),
     "machine": set(),
     "arms": set(),
+    "cluster": set(),
     "contracts": {"lifecycle"},
     "config": {"lifecycle"},
     "data": {"contracts"},
@@ -21,14 +22,16 @@ ALLOWED: dict[str, set[str]] = {
     "controller": BOTTOM,
     "telemetry": BOTTOM,
     "training": BOTTOM | {"data", "model", "controller", "telemetry"},
-    "rl": BOTTOM | {"data", "model", "controller", "telemetry", "training"},
+    "rl": BOTTOM | {"cluster", "data", "model", "controller", "telemetry", "training"},
     "rundir": set(),
     "run": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "rundir"},
     "compare": BOTTOM
     | {"arms", "data", "model", "controller", "telemetry", "training", "rl", "run"},
+    "compare_ray": BOTTOM | {"cluster", "compare", "rundir"},
     "cli": BOTTOM
     | {
         "arms",
+        "cluster",
         "data",
         "model",
         "controller",
@@ -38,6 +41,7 @@ ALLOWED: dict[str, set[str]] = {
         "rundir",
         "run",
         "compare",
+        "compare_ray",
     },
 }
 

@@ -46,7 +46,7 @@ from esper.cluster import RayUnavailableError, import_ray
 from esper.compare import RunOutcome, RunTask, cached_outcome, run_task
 from esper.rundir import CHECKPOINT, LOCK
 
-__all__ = ["TOKEN_FILE", "RayPool", "remote_run"]
+__all__ = ["TOKEN_FILE", "Files", "RayPool", "read_run_files", "remote_run", "write_run_files"]
 
 TOKEN_FILE = ".esper-ray-token"
 """In ``--out``: identifies this compare's directory, so a task can tell whether the

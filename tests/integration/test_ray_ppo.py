@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -45,6 +46,21 @@ def local_policy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Te
     return _weights(out)
 
 
+def _kill(ray: ModuleType, pool: RayEnvPool, w: int, restart: bool) -> None:
+    """Kill actor ``w`` and wait until Ray has seen it die: a call made right after
+    ``ray.kill`` can still reach the old process."""
+    ray.kill(pool._actors[w], no_restart=not restart)
+    while True:
+        try:
+            if ray.get(pool._actors[w].ready.remote()) != pool._incarnations[w]:
+                return  # restarted
+        except ray.exceptions.ActorDiedError:
+            return  # dead for good
+        except ray.exceptions.RayActorError:
+            pass  # restarting
+        time.sleep(0.05)
+
+
 def test_killed_actors_are_restarted_and_the_policy_is_the_one_without_faults(
     local_ray: ModuleType,
     local_policy: dict[str, torch.Tensor],
@@ -60,9 +76,9 @@ def test_killed_actors_are_restarted_and_the_policy_is_the_one_without_faults(
         calls.append(1)
         # Each update is 5 steps (6 epochs, the first trained by reset).
         if len(calls) == 3:  # mid-rollout of update 1: Ray restarts the actor
-            ray.kill(pool._actors[1], no_restart=False)
+            _kill(ray, pool, 1, restart=True)
         if len(calls) == 7:  # mid-rollout of update 2: dead for good, replaced
-            ray.kill(pool._actors[0], no_restart=True)
+            _kill(ray, pool, 0, restart=False)
         return real(pool, actions)
 
     monkeypatch.setattr(esper.rl.ray_envs.RayEnvPool, "step", step)
@@ -121,7 +137,7 @@ def test_a_replay_that_does_not_reproduce_its_episode_stops_the_rollout(
     with RayEnvPool(functools.partial(SlowEnv, noisy=True), 2, 1) as pool:
         pool.reset([1, 2])
         pool.step(np.zeros((2, len(SPEC.nvec)), dtype=np.int64))
-        local_ray.kill(pool._actors[0], no_restart=False)
+        _kill(local_ray, pool, 0, restart=True)
         with pytest.raises(EnvWorkerError, match="did not reproduce it"):
             pool.step(np.zeros((2, len(SPEC.nvec)), dtype=np.int64))
 

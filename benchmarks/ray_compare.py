@@ -26,13 +26,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks.common import write_result
 
 
 def _esper(args: list[str]) -> float:
     """Run ``esper ARGS`` in a new process; its wall time (it must succeed)."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "esper.cli", *args], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "esper.cli", *args], check=True, stdout=subprocess.DEVNULL
+    )
     return time.perf_counter() - start
 
 
@@ -79,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     compare += ["--epochs", str(args.epochs)] if args.epochs else []
     compare += ["--data-dir", args.data_dir] if args.data_dir else []
     cores = os.cpu_count() or 1
+    torch.set_num_threads(1)  # this process only waits
     # Every Ray connection on this machine stays on the loopback interface.
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray  # after the setting above, which ray reads when imported

@@ -8,8 +8,8 @@ Run by hand on a quiet machine, e.g.::
 Four pools of the same ``--envs`` environments: 1 and 2 local worker processes
 (`EnvPool`) and 1 and 2 Ray actors (`RayEnvPool`, on a Ray this process starts, loopback
 only). Round by round each collects ``--envs`` whole episodes (`collect_episodes`, the
-policy acting in this process), so all four see the same machine; pool start-up is
-excluded. Then transport alone: steps of environments that do no work but answer with a
+policy acting in this process), so all four see the same machine; pool start-up and a
+first warm-up round are excluded. Then transport alone: steps of environments that do no work but answer with a
 real step's observation, masks and info, through 2 workers and 2 actors; the bytes one
 environment's step sends back, and the policy's size (what acting in the actors would
 have to ship each update).
@@ -54,14 +54,17 @@ class EchoEnv(gym.Env[np.ndarray, np.ndarray]):
 
 
 def _rates(pools: dict[str, Any], policy: Any, envs: int, steps: int, rounds: int) -> Any:
+    """Episodes per minute of each pool, round by round; a first round, not counted,
+    warms every process up (imports, first calls)."""
     rates: dict[str, list[float]] = {name: [] for name in pools}
-    for r in range(rounds):
+    for r in range(rounds + 1):
         for name, pool in pools.items():  # interleaved: all see the same machine
             seeds = [700 + r * envs + i for i in range(envs)]
             generator = torch.Generator().manual_seed(r)
             start = time.perf_counter()
             collect_episodes(pool, policy, seeds, steps, generator)
-            rates[name].append(envs / (time.perf_counter() - start) * 60)
+            if r:
+                rates[name].append(envs / (time.perf_counter() - start) * 60)
     return rates
 
 

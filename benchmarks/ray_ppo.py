@@ -9,10 +9,10 @@ Four pools of the same ``--envs`` environments: 1 and 2 local worker processes
 (`EnvPool`) and 1 and 2 Ray actors (`RayEnvPool`, on a Ray this process starts, loopback
 only). Round by round each collects ``--envs`` whole episodes (`collect_episodes`, the
 policy acting in this process), so all four see the same machine; pool start-up and a
-first warm-up round are excluded. Then transport alone: steps of environments that do no work but answer with a
-real step's observation, masks and info, through 2 workers and 2 actors; the bytes one
-environment's step sends back, and the policy's size (what acting in the actors would
-have to ship each update).
+first warm-up round are excluded. Then transport alone: steps of environments that do
+no work but answer with a real step's observation, masks and info, through 2 workers and
+2 actors; the bytes one environment's step sends back, and the policy's size (what
+acting in the actors would have to ship each update).
 """
 
 from __future__ import annotations

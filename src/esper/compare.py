@@ -4,9 +4,11 @@ An *arm* is a way to train the task: ``heuristic`` (grow with the rule-based con
 ``static`` (the host, never grown), ``static@X`` (a static host with every width scaled
 by X) and ``static-matched`` (a static host widened to the grown runs' mean final
 parameter count, resolved once the grown runs are done). Each arm x seed is an ordinary
-run directory under ``OUT/runs/<arm>/seed-<n>/``, trained by one worker process with one
-torch thread. A finished run is never trained again, and an interrupted one resumes from
-its last checkpoint, so rerunning the same command continues an interrupted compare.
+run directory under ``OUT/runs/<arm>/seed-<n>/``, trained with one torch thread by one
+worker of the pool `compare` is given: `LocalPool` (processes on this machine) or
+`esper.compare_ray.RayPool` (tasks on a Ray cluster). A finished run is never trained
+again, and an interrupted one resumes from its last checkpoint, so rerunning the same
+command continues an interrupted compare.
 
 The result: a table (mean and 95% t-interval over seeds of final and best accuracy,
 parameters, training and evaluation FLOPs, wall time and seeds kept, plus each arm's

@@ -82,6 +82,9 @@ def remote_run(
     back = read_run_files(scratch) if scratch.is_dir() else {}
     if outcome.summary is not None:
         shutil.rmtree(scratch, ignore_errors=True)
+        for parent in (scratch.parent, scratch.parent.parent):
+            with contextlib.suppress(OSError):  # still holds other runs
+                parent.rmdir()
     return _on_node(replace(outcome, run_dir=task.run_dir)), back
 
 

@@ -220,8 +220,8 @@ def compare_options(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         metavar="W",
-        help="runs trained at once, one torch thread each (default: one per CPU core; "
-        "with --ray, Ray runs as many as the cluster has CPUs)",
+        help="runs the local pool trains at once, one torch thread each (default: one per "
+        "CPU core; with --ray, Ray decides)",
     )
     add("--max-batches", type=int, metavar="N", help="train on at most N batches per epoch")
     add("--max-val-batches", type=int, metavar="N", help="validate on at most N batches")

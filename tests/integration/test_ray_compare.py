@@ -44,6 +44,42 @@ def _runs(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
     return runs
 
 
+def _status(argv: list[str]) -> int:
+    """The exit status of ``esper ARGV``, argument errors (SystemExit) included."""
+    try:
+        return main(argv)
+    except SystemExit as exit:
+        return int(exit.code or 0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["compare", *FAST, "--ray"], "--ray needs Ray, which is not installed: pip install"),
+        (["compare", *FAST, "--ray", "auto"], "pip install 'esper[ray]'"),
+        (["ppo", "train", *FAST, "--ray"], "pip install 'esper[ray]'"),
+        (["compare", *FAST, "--gpus-per-run", "0.5"], "--gpus-per-run needs --ray"),
+        (["compare", *FAST, "--gpus-per-run", "-1", "--ray"], "at least 0"),
+        (["compare", *FAST, "--max-retries", "x", "--ray"], "at least 0"),
+    ],
+)
+def test_ray_flags_without_ray_exit_2_with_one_line(
+    argv: list[str],
+    needle: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # First in this module, before its Ray starts: no Ray thread can meet the blocked import.
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "1000")
+    assert _status(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], lines
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], dict[str, Any]]:
     """Static and heuristic on seeds 0 and 1, in this process (the local pool)."""
@@ -172,41 +208,6 @@ def test_without_a_shared_out_runs_come_back_and_a_local_run_resumes_on_ray(
         assert main(["report", str(run_dir)]) == 0  # an ordinary run directory
     token = (out / TOKEN_FILE).read_text().strip()
     assert not (unshared / token).exists()  # scratch copies removed
-
-
-def _status(argv: list[str]) -> int:
-    """The exit status of ``esper ARGV``, argument errors (SystemExit) included."""
-    try:
-        return main(argv)
-    except SystemExit as exit:
-        return int(exit.code or 0)
-
-
-@pytest.mark.parametrize(
-    ("argv", "needle"),
-    [
-        (["compare", *FAST, "--ray"], "--ray needs Ray, which is not installed: pip install"),
-        (["compare", *FAST, "--ray", "auto"], "pip install 'esper[ray]'"),
-        (["ppo", "train", *FAST, "--ray"], "pip install 'esper[ray]'"),
-        (["compare", *FAST, "--gpus-per-run", "0.5"], "--gpus-per-run needs --ray"),
-        (["compare", *FAST, "--gpus-per-run", "-1", "--ray"], "at least 0"),
-        (["compare", *FAST, "--max-retries", "x", "--ray"], "at least 0"),
-    ],
-)
-def test_ray_flags_without_ray_exit_2_with_one_line(
-    argv: list[str],
-    needle: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("COLUMNS", "1000")
-    assert _status(argv) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0], lines
-    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_gpus_the_cluster_lacks_and_workers_with_ray_exit_2(

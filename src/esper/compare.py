@@ -18,13 +18,13 @@ paired difference in final accuracy against the first arm), ``compare.json``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
 import os
 import platform
 import queue
-import shutil
 import signal
 import statistics
 import subprocess
@@ -39,8 +39,8 @@ from matplotlib.figure import Figure
 
 from esper.arms import ARM_HELP, Arm, parse_arms, parse_seeds
 from esper.config import RunConfig, from_dict, to_dict
-from esper.run import CHECKPOINT, RunError, prepare_run_dir, read_config, run
-from esper.telemetry.report import format_flops
+from esper.run import RunError, finish_report, prepare_run_dir, read_config, run
+from esper.telemetry.report import format_flops, read_history
 from esper.training.builders import build_model, load_data
 from esper.training.tasks import TaskOptions, get_task
 
@@ -55,7 +55,9 @@ __all__ = [
     "RunPool",
     "RunTask",
     "cached_outcome",
+    "commit",
     "compare",
+    "machine",
     "matched_width",
     "mean_interval",
     "paired_difference",
@@ -97,7 +99,6 @@ def cached_outcome(task: RunTask) -> RunOutcome | None:
     """The outcome of ``task`` if its run directory already holds it finished (or was
     trained with other settings: an error outcome); None if it still has to run."""
     run_dir = Path(task.run_dir)
-    summary_path = run_dir / "summary.json"
     try:
         config = from_dict(RunConfig, task.config)
         if not (run_dir / "config.json").is_file():
@@ -106,10 +107,9 @@ def cached_outcome(task: RunTask) -> RunOutcome | None:
             raise RunError(
                 f"{run_dir} was trained with other settings; delete it or use another --out"
             )
-        if summary_path.is_file():
-            summary = json.loads(summary_path.read_text())
-            if summary.get("epochs") == config.episode.epochs:
-                return RunOutcome(task.arm, task.seed, task.run_dir, summary, cached=True)
+        finished = _finished(run_dir, config.episode.epochs)
+        if finished is not None:
+            return RunOutcome(task.arm, task.seed, task.run_dir, finished, cached=True)
     except Exception as error:  # reported per run; the compare goes on
         return _failed(task, error)
     return None
@@ -126,13 +126,12 @@ def run_task(task: RunTask) -> RunOutcome:
         return cached
     run_dir = Path(task.run_dir)
     try:
-        if (run_dir / "config.json").is_file():  # the same settings: cached_outcome checked
-            if (run_dir / CHECKPOINT).is_file():
-                summary = run(run_dir, None, [], lambda row: None)
-                return RunOutcome(task.arm, task.seed, task.run_dir, summary)
-            shutil.rmtree(run_dir)  # died before its first checkpoint: start it again
         config = from_dict(RunConfig, task.config)
-        summary = run(prepare_run_dir(run_dir), config, [], lambda row: None)
+        if (run_dir / "config.json").is_file():  # the same settings: cached_outcome checked
+            # Interrupted: resume from its last checkpoint (or from epoch 1 if it had none).
+            summary = run(run_dir, None, [], lambda row: None)
+        else:
+            summary = run(prepare_run_dir(run_dir), config, [], lambda row: None)
         return RunOutcome(task.arm, task.seed, task.run_dir, summary)
     except Exception as error:  # reported per run; the compare goes on
         return _failed(task, error)
@@ -141,6 +140,21 @@ def run_task(task: RunTask) -> RunOutcome:
 def _failed(task: RunTask, error: Exception) -> RunOutcome:
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
     return RunOutcome(task.arm, task.seed, task.run_dir, None, error=message)
+
+
+def _finished(run_dir: Path, epochs: int) -> dict[str, Any] | None:
+    """The summary of a run that trained all ``epochs`` (rebuilt from its history if it
+    stopped before writing it), or None."""
+    path = run_dir / "summary.json"
+    if path.is_file():
+        summary: dict[str, Any] = json.loads(path.read_text())
+        if summary.get("epochs") == epochs:
+            return summary
+    if (run_dir / "history.jsonl").is_file():
+        rows = read_history(run_dir / "history.jsonl")
+        if rows and rows[-1].epoch == epochs:
+            return finish_report(run_dir)
+    return None
 
 
 # ---------------------------------------------------------------- where runs execute
@@ -432,7 +446,8 @@ def table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _commit() -> str:
+def commit() -> str:
+    """The checked-out commit of Esper's source (``+dirty`` with local changes)."""
     source = Path(__file__).resolve().parent
     try:
         head = subprocess.run(
@@ -454,25 +469,28 @@ def _commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def provenance(command: str) -> dict[str, Any]:
-    """Command, commit, machine and date: what any result file records."""
+def machine() -> dict[str, Any]:
+    """The machine results come from: CPU model, cores, torch and Python versions."""
     cpu = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError):  # no /proc: keep platform's name
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    except OSError:
-        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def provenance(command: str) -> dict[str, Any]:
+    """Command, commit, machine and date: what any result file records."""
     return {
         "command": command,
-        "commit": _commit(),
-        "machine": {
-            "cpu": cpu,
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "commit": commit(),
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 

@@ -58,6 +58,7 @@ __all__ = [
     "is_run_directory",
     "read_checkpoint",
     "read_lines",
+    "save_atomic",
     "tree_digest",
 ]
 
@@ -126,6 +127,13 @@ def atomic_write(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def save_atomic(path: Path, payload: Any) -> None:
+    """``torch.save`` ``payload`` (tensors and plain data) to ``path`` in one step."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write(path, buffer.getvalue())
 
 
 def read_lines(path: Path) -> list[bytes]:

@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "controller": BOTTOM,
     "telemetry": BOTTOM,
     "training": BOTTOM | {"data", "model", "controller", "telemetry"},
-    "rl": BOTTOM | {"cluster", "data", "model", "controller", "telemetry", "training"},
+    "rl": BOTTOM | {"cluster", "data", "model", "controller", "telemetry", "training", "rundir"},
     "rundir": set(),
     "run": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "rundir"},
     "compare": BOTTOM

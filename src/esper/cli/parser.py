@@ -7,6 +7,7 @@ answered from this module alone, before any command imports torch and its friend
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -122,10 +123,9 @@ def _add_run_commands(commands: Any) -> None:
     report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory")
 
 
-def run_options(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--task", help=f"task to train: {', '.join(TASKS.names())} (default: digits)")
-    add("--epochs", type=int, metavar="N", help="epochs to train (default: the task's)")
+def _epoch_options(add: Callable[..., Any], epochs: str, default: str) -> None:
+    """How long and on how much data a command's runs train."""
+    add("--epochs", type=int, metavar="N", help=f"{epochs} (default: {default})")
     add("--max-batches", type=int, metavar="N", help="train on at most N batches per epoch")
     add(
         "--max-val-batches",
@@ -133,6 +133,18 @@ def run_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="validate on at most N batches (default: the whole validation set)",
     )
+
+
+def _data_options(add: Callable[..., Any]) -> None:
+    """Where file-based tasks find their data."""
+    add("--data-dir", metavar="DIR", help="data directory for cifar10 / fashion_mnist")
+    add("--text-file", metavar="PATH", help="UTF-8 text file for the text task")
+
+
+def run_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--task", help=f"task to train: {', '.join(TASKS.names())} (default: digits)")
+    _epoch_options(add, "epochs to train", "the task's")
     add(
         "--seed",
         type=int,
@@ -161,8 +173,7 @@ def run_options(parser: argparse.ArgumentParser) -> None:
         choices=["off", "lifecycle", "normal", "debug"],
         help="what goes to events.jsonl and the console (default: normal)",
     )
-    add("--data-dir", metavar="DIR", help="data directory for cifar10 / fashion_mnist")
-    add("--text-file", metavar="PATH", help="UTF-8 text file for the text task")
+    _data_options(add)
     add(
         "--config",
         type=Path,
@@ -215,7 +226,7 @@ def compare_options(parser: argparse.ArgumentParser) -> None:
         help="a count (5: seeds 0-4), an inclusive range (100-109) or a list (1,3,7) "
         "(default: %(default)s)",
     )
-    add("--epochs", type=int, metavar="N", help="epochs per run (default: the task's)")
+    _epoch_options(add, "epochs per run", "the task's")
     add(
         "--workers",
         type=int,
@@ -223,11 +234,8 @@ def compare_options(parser: argparse.ArgumentParser) -> None:
         help="runs the local pool trains at once, one torch thread each (default: one per "
         "CPU core; with --ray, Ray decides)",
     )
-    add("--max-batches", type=int, metavar="N", help="train on at most N batches per epoch")
-    add("--max-val-batches", type=int, metavar="N", help="validate on at most N batches")
     add("--batch-size", type=int, metavar="N", help="training batch size (default: the task's)")
-    add("--data-dir", metavar="DIR", help="data directory for cifar10 / fashion_mnist")
-    add("--text-file", metavar="PATH", help="UTF-8 text file for the text task")
+    _data_options(add)
     add(
         "--config",
         type=Path,
@@ -314,12 +322,9 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
         help="processes (Ray actors with --ray) the environments step in, one torch thread "
         "each (default: 1)",
     )
-    add("--epochs", type=int, metavar="N", help="epochs per episode (default: the task's)")
-    add("--max-batches", type=int, metavar="N", help="train on at most N batches per epoch")
-    add("--max-val-batches", type=int, metavar="N", help="validate on at most N batches")
+    _epoch_options(add, "epochs per episode", "the task's")
     add("--seed", type=int, metavar="N", help="seed of the policy and its sampling (default 0)")
-    add("--data-dir", metavar="DIR", help="data directory for cifar10 / fashion_mnist")
-    add("--text-file", metavar="PATH", help="UTF-8 text file for the text task")
+    _data_options(add)
     add(
         "--config",
         type=Path,
@@ -342,12 +347,9 @@ def _eval_options(parser: argparse.ArgumentParser) -> None:
         default="learned,heuristic,static",
         help="arms to compare (default: %(default)s; 'learned' is the policy)",
     )
-    add("--epochs", type=int, metavar="N", help="epochs per run (default: the policy's)")
-    add("--max-batches", type=int, metavar="N", help="train on at most N batches per epoch")
-    add("--max-val-batches", type=int, metavar="N", help="validate on at most N batches")
+    _epoch_options(add, "epochs per run", "the policy's")
     add("--workers", type=int, metavar="W", help="runs trained at once (default: cores)")
-    add("--data-dir", metavar="DIR", help="data directory for cifar10 / fashion_mnist")
-    add("--text-file", metavar="PATH", help="UTF-8 text file for the text task")
+    _data_options(add)
     add("--out", type=Path, metavar="DIR", help="results (default: POLICY/eval-<task>)")
     add("--quiet", action="store_true", help="no line per finished run, only the table")
     ray_argument(parser, "run every arm x seed as a task (one CPU each)")

@@ -11,8 +11,6 @@ and ``esper ppo eval`` drive ordinary runs with it.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from esper.controller.features import (
 )
 from esper.lifecycle import FactoredAction
 from esper.rl.policy import ActionMasks, RecurrentFactoredPolicy
+from esper.rundir import save_atomic
 
 __all__ = [
     "POLICY_FILE",
@@ -82,14 +81,7 @@ def save_policy(path: Path, policy: RecurrentFactoredPolicy, meta: PolicyMeta) -
         },
         "weights": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_atomic(path, payload)
 
 
 def load_policy(

@@ -18,8 +18,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from esper.rl.env import MorphogenesisEnv, env_config
 from esper.rl.ppo import PPOConfig, UpdateStats, ppo_update
 from esper.rl.rollout import EpisodeSummary, collect_episodes
 from esper.rl.workers import EnvPool, PoolFactory
+from esper.rundir import atomic_write, save_atomic
 
 __all__ = [
     "TRAINER_FILE",
@@ -162,17 +161,6 @@ def _factory(config: PPOTrainConfig) -> Callable[[], MorphogenesisEnv]:
     )
 
 
-def _save_trainer(path: Path, state: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def train(
     out: Path,
     config: PPOTrainConfig,
@@ -239,7 +227,7 @@ def train(
             with (out / UPDATES_FILE).open("a") as handle:
                 handle.write(row.to_json() + "\n")
             save_policy(out / POLICY_FILE, policy, meta)
-            _save_trainer(
+            save_atomic(
                 out / TRAINER_FILE,
                 {
                     "policy": policy.state_dict(),
@@ -261,10 +249,7 @@ def _spare_seeds(config: PPOTrainConfig, update: int) -> Callable[[], int]:
 
 
 def _write_rows(path: Path, rows: list[UpdateRow]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write("".join(row.to_json() + "\n" for row in rows))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(row.to_json() + "\n" for row in rows).encode())
 
 
 def _row(

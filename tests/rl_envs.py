@@ -6,6 +6,7 @@ conditional masks of their next decision in ``info["masks"]`` after reset and st
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -185,6 +186,23 @@ class RandomMaskEnv(gym.Env[np.ndarray, np.ndarray]):
         reward = float(action[0] == GERMINATE)
         obs, info = self._observe()
         return obs, reward, bool(self.np_random.random() < self.p_end), False, info
+
+
+class SlowEnv(RandomMaskEnv):
+    """`RandomMaskEnv` without episode ends, whose steps take ``delay`` seconds (time for
+    a fault to strike mid-step). ``noisy`` adds noise from an unseeded generator, so an
+    episode is no longer determined by its seed and actions."""
+
+    def __init__(self, delay: float = 0.0, noisy: bool = False) -> None:
+        super().__init__(p_end=0.0)
+        self.delay, self.noisy = delay, noisy
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        time.sleep(self.delay)
+        obs, reward, terminated, truncated, info = super().step(action)
+        if self.noisy:
+            obs = obs + np.random.default_rng().uniform(0, 1e-3, obs.shape).astype(np.float32)
+        return obs, reward, terminated, truncated, info
 
 
 class CountingEnv(gym.Env[np.ndarray, int]):

@@ -4,9 +4,11 @@ An *arm* is a way to train the task: ``heuristic`` (grow with the rule-based con
 ``static`` (the host, never grown), ``static@X`` (a static host with every width scaled
 by X) and ``static-matched`` (a static host widened to the grown runs' mean final
 parameter count, resolved once the grown runs are done). Each arm x seed is an ordinary
-run directory under ``OUT/runs/<arm>/seed-<n>/``, trained by one worker process with one
-torch thread. A finished run is never trained again, and an interrupted one resumes from
-its last checkpoint, so rerunning the same command continues an interrupted compare.
+run directory under ``OUT/runs/<arm>/seed-<n>/``, trained with one torch thread by one
+worker of the pool `compare` is given: `LocalPool` (processes on this machine) or
+`esper.compare_ray.RayPool` (tasks on a Ray cluster). A finished run is never trained
+again, and an interrupted one resumes from its last checkpoint, so rerunning the same
+command continues an interrupted compare.
 
 The result: a table (mean and 95% t-interval over seeds of final and best accuracy,
 parameters, training and evaluation FLOPs, wall time and seeds kept, plus each arm's
@@ -30,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from matplotlib.figure import Figure
@@ -50,7 +52,9 @@ __all__ = [
     "CompareResult",
     "LocalPool",
     "RunOutcome",
+    "RunPool",
     "RunTask",
+    "cached_outcome",
     "commit",
     "compare",
     "load_result",
@@ -93,18 +97,14 @@ class RunOutcome:
     cached: bool = False
 
 
-def run_task(task: RunTask) -> RunOutcome:
-    """Train one arm on one seed, or reuse its finished run, or resume its interrupted one.
-
-    Runs in a worker process; failures come back as an outcome, not an exception, so one
-    bad run never stops the others.
-    """
+def cached_outcome(task: RunTask) -> RunOutcome | None:
+    """The outcome of ``task`` if its run directory already holds it finished (or was
+    trained with other settings: an error outcome); None if it still has to run."""
     run_dir = Path(task.run_dir)
     try:
         config = from_dict(RunConfig, task.config)
         if not (run_dir / "config.json").is_file():
-            summary = run(prepare_run_dir(run_dir), config, [], lambda row: None)
-            return RunOutcome(task.arm, task.seed, task.run_dir, summary)
+            return None
         if read_config(run_dir) != config:
             raise RunError(
                 f"{run_dir} was trained with other settings; delete it or use another --out"
@@ -112,12 +112,36 @@ def run_task(task: RunTask) -> RunOutcome:
         finished = _finished(run_dir, config.episode.epochs)
         if finished is not None:
             return RunOutcome(task.arm, task.seed, task.run_dir, finished, cached=True)
-        # Interrupted: resume from its last checkpoint (or from epoch 1 if it had none).
-        summary = run(run_dir, None, [], lambda row: None)
+    except Exception as error:  # reported per run; the compare goes on
+        return _failed(task, error)
+    return None
+
+
+def run_task(task: RunTask) -> RunOutcome:
+    """Train one arm on one seed, or reuse its finished run, or resume its interrupted one.
+
+    Runs in a worker process; failures come back as an outcome, not an exception, so one
+    bad run never stops the others.
+    """
+    cached = cached_outcome(task)
+    if cached is not None:
+        return cached
+    run_dir = Path(task.run_dir)
+    try:
+        config = from_dict(RunConfig, task.config)
+        if (run_dir / "config.json").is_file():  # the same settings: cached_outcome checked
+            # Interrupted: resume from its last checkpoint (or from epoch 1 if it had none).
+            summary = run(run_dir, None, [], lambda row: None)
+        else:
+            summary = run(prepare_run_dir(run_dir), config, [], lambda row: None)
         return RunOutcome(task.arm, task.seed, task.run_dir, summary)
     except Exception as error:  # reported per run; the compare goes on
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return RunOutcome(task.arm, task.seed, task.run_dir, None, error=message)
+        return _failed(task, error)
+
+
+def _failed(task: RunTask, error: Exception) -> RunOutcome:
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return RunOutcome(task.arm, task.seed, task.run_dir, None, error=message)
 
 
 def _finished(run_dir: Path, epochs: int) -> dict[str, Any] | None:
@@ -136,6 +160,23 @@ def _finished(run_dir: Path, epochs: int) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------- where runs execute
+
+
+class RunPool(Protocol):
+    """Where `compare` runs its tasks: `LocalPool` (processes on this machine) or
+    `esper.compare_ray.RayPool` (tasks on a Ray cluster)."""
+
+    def submit(self, task: RunTask) -> None:
+        """Start ``task`` (or queue it); its outcome comes back from `next_done`."""
+
+    def next_done(self) -> RunOutcome:
+        """Block until a submitted task finishes; its outcome (failures included)."""
+
+    def close(self) -> None:
+        """Every task is done: release the workers."""
+
+    def terminate(self) -> None:
+        """Stop at once (Ctrl-C): unfinished runs keep their last checkpoint."""
 
 
 class LocalPool:
@@ -300,7 +341,7 @@ def compare(
     base: RunConfig,
     arms: Sequence[Arm],
     seeds: Sequence[int],
-    pool: LocalPool,
+    pool: RunPool,
     on_done: Callable[[RunOutcome, int, int], None] = lambda outcome, done, total: None,
 ) -> CompareResult:
     """Run every arm on every seed through ``pool`` and summarise them.
@@ -351,7 +392,9 @@ def compare(
     summaries = tuple(
         ArmSummary(
             arm,
-            arm.label if arm.width is not None else f"{arm.label} (x{widths[arm.label]:g})",
+            arm.label if arm.label not in widths or arm.width is not None
+            # A matched arm has no width when no grown run finished to size it.
+            else f"{arm.label} (x{widths[arm.label]:g})",
             tuple(sorted(outcomes[arm.label], key=lambda o: o.seed)),
             widths.get(arm.label, math.nan),
         )
@@ -613,6 +656,7 @@ def plot_accuracy_vs_flops(result: CompareResult, path: Path) -> None:
     ax.set_ylabel("final validation accuracy (%)")
     ax.set_title(f"{result.task}, {result.epochs} epochs: accuracy against training compute")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:  # no finished run: an empty plot, no legend
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

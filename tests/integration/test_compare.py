@@ -158,6 +158,28 @@ def test_the_matched_arm_is_widened_to_the_grown_size(tmp_path: Path) -> None:
     assert (out / "runs" / f"static@{matched['width']:g}" / "seed-0" / "summary.json").is_file()
 
 
+def test_runs_trained_with_other_settings_are_refused_and_reported(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "compare"
+    shutil.copytree(reference, out)
+    flags = ["--arms", "static,heuristic,static-matched", "--seeds", "2", "--workers", "1"]
+    # Other epochs than the cached runs': each is refused, none retrained or mixed in, and
+    # the matched arm, with no grown run to size it, is reported failed too.
+    assert _compare(out, *flags, "--epochs", "11") == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    data = json.loads((out / "compare.json").read_text())
+    errors = {(run["arm"], run["error"]) for run in data["runs"]}
+    assert {arm for arm, _ in errors} == {"static", "heuristic", "static-matched"}
+    assert ("static-matched", "no grown run to match") in errors
+    assert all(e and "trained with other settings" in e for a, e in errors if a != "static-matched")
+    for arm in ("static", "heuristic"):  # the cached runs are untouched
+        for seed in (0, 1):
+            summary = Path("runs", arm, f"seed-{seed}", "summary.json")
+            assert (out / summary).read_bytes() == (reference / summary).read_bytes()
+
+
 @pytest.mark.parametrize(
     ("flags", "needles"),
     [

@@ -14,6 +14,7 @@ ALLOWED: dict[str, set[str]] = {
     "registry": set(),
     "machine": set(),
     "arms": set(),
+    "cluster": set(),
     "contracts": {"lifecycle"},
     "config": {"lifecycle"},
     "data": {"contracts"},
@@ -21,16 +22,18 @@ ALLOWED: dict[str, set[str]] = {
     "controller": BOTTOM,
     "telemetry": BOTTOM,
     "training": BOTTOM | {"data", "model", "controller", "telemetry"},
-    "rl": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rundir"},
+    "rl": BOTTOM | {"cluster", "data", "model", "controller", "telemetry", "training", "rundir"},
     "rundir": set(),
     "run": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "rundir"},
     "compare": BOTTOM
     | {"arms", "data", "model", "controller", "telemetry", "training", "rl", "run"},
     # The live view reads what runs write, like `esper report`; it never imports torch.
     "watch": BOTTOM | {"telemetry"},
+    "compare_ray": BOTTOM | {"cluster", "compare", "rundir"},
     "cli": BOTTOM
     | {
         "arms",
+        "cluster",
         "data",
         "model",
         "controller",
@@ -41,6 +44,7 @@ ALLOWED: dict[str, set[str]] = {
         "run",
         "compare",
         "watch",
+        "compare_ray",
     },
 }
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import importlib.metadata
 import pickle
 import struct
 import sys
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,6 +185,29 @@ def test_cifar_image_folder_cache_is_used_and_invalidated(
     Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "train" / "cat" / "0009.png")
     changed = load_cifar10(tmp_path)
     assert len(changed.train) == len(first.train) + 1  # type: ignore[arg-type]
+
+
+def test_runs_starting_together_decode_an_image_tree_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A compare (or a cluster node) starts many runs at once: one decodes, the others
+    # wait for its cache. Each load takes the lock through its own descriptor, so threads
+    # contend for it like processes do.
+    _make_image_tree(tmp_path)
+    real = images_module._decode_split
+    decoded: list[int] = []
+
+    def slow_decode(*args: Any) -> Any:
+        decoded.append(1)
+        time.sleep(0.2)  # long enough for the other loads to reach the lock
+        return real(*args)
+
+    monkeypatch.setattr(images_module, "_decode_split", slow_decode)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        loaded = list(pool.map(lambda _: load_cifar10(tmp_path), range(3)))
+    assert len(decoded) == 2  # train and test, once
+    for data in loaded[1:]:
+        assert torch.equal(data.train.tensors[0], loaded[0].train.tensors[0])  # type: ignore[attr-defined]
 
 
 def test_cifar_image_folder_unwritable_cache(tmp_path: Path) -> None:

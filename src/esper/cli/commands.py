@@ -15,6 +15,7 @@ from esper.cli import ppo as ppo_cli
 from esper.cli import runs
 from esper.cli.common import first_line, print_error
 from esper.cli.report import report_command
+from esper.cluster import RayUnavailableError
 from esper.config import ConfigError
 from esper.data import DataFormatError, DataUnavailableError
 from esper.lifecycle import LifecycleError
@@ -29,6 +30,7 @@ EXPECTED_ERRORS = (
     DataFormatError,
     DataUnavailableError,
     LifecycleError,
+    RayUnavailableError,
     RunError,
     SinkError,
     UnknownNameError,

@@ -19,6 +19,7 @@ __all__ = [
     "build_parser",
     "compare_options",
     "positive_seconds",
+    "ray_argument",
     "run_options",
     "tensorboard_option",
     "threads_argument",
@@ -60,6 +61,32 @@ def threads_argument(text: str) -> int | str:
     if count < 1:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a positive number, got {text!r}")
     return count
+
+
+def ray_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--ray [ADDRESS]``: None without it, "" for the default connection."""
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help=f"{what} on a Ray cluster: its head's HOST:6379, ray://HOST:10001 or 'auto' "
+        "(alone: the cluster RAY_ADDRESS names, else a new Ray on this machine); needs "
+        "pip install 'esper[ray]' and, on every node, esper and the data at the same path",
+    )
+
+
+def _non_negative(kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = -1
+        if not value >= 0:
+            raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text!r}")
+        return value
+
+    return parse
 
 
 # ---------------------------------------------------------------- heuristic, baseline, report
@@ -197,12 +224,12 @@ def _add_compare_command(commands: Any) -> None:
     compare_parser = commands.add_parser(
         "compare",
         help="train grown and static arms on several seeds and compare them",
-        description="Train every arm on every seed (a local process pool, one torch thread "
-        "per run) and print a table of mean and 95%% interval over seeds: final and best "
-        "accuracy, parameters, training and evaluation FLOPs, wall time, seeds kept, and "
-        "each arm's paired difference against the first. Writes compare.json, compare.md "
-        "and accuracy_vs_flops.png to --out. Finished runs are kept and interrupted ones "
-        "resume: rerun the same command to continue.",
+        description="Train every arm on every seed (a local process pool, or Ray tasks with "
+        "--ray; one torch thread per run) and print a table of mean and 95%% interval over "
+        "seeds: final and best accuracy, parameters, training and evaluation FLOPs, wall "
+        "time, seeds kept, and each arm's paired difference against the first. Writes "
+        "compare.json, compare.md and accuracy_vs_flops.png to --out. Finished runs are "
+        "kept and interrupted ones resume: rerun the same command to continue.",
     )
     compare_options(compare_parser)
 
@@ -226,7 +253,8 @@ def compare_options(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         metavar="W",
-        help="runs trained at once, one torch thread each (default: one per CPU core)",
+        help="runs the local pool trains at once, one torch thread each (default: one per "
+        "CPU core; with --ray, Ray decides)",
     )
     add("--batch-size", type=int, metavar="N", help="training batch size (default: the task's)")
     _data_options(add)
@@ -244,6 +272,22 @@ def compare_options(parser: argparse.ArgumentParser) -> None:
         "--out continues an interrupted compare",
     )
     add("--quiet", action="store_true", help="no line per finished run, only the table")
+    ray_argument(parser, "run every arm x seed as a task (one CPU each)")
+    add(
+        "--gpus-per-run",
+        type=_non_negative(float),
+        metavar="X",
+        help="with --ray: GPUs each run asks for, e.g. 0.25 to share one GPU among four "
+        "runs (default: 0, CPU only)",
+    )
+    add(
+        "--max-retries",
+        type=_non_negative(int),
+        default=3,
+        metavar="N",
+        help="with --ray: times a run is retried when its worker or node dies "
+        "(default: %(default)s)",
+    )
 
 
 # ---------------------------------------------------------------- ppo
@@ -263,7 +307,8 @@ def _add_ppo_command(commands: Any) -> None:
             "train",
             help="train a policy with PPO",
             description="Train a policy: each update runs --envs episodes side by side "
-            "(in --workers processes) and takes PPO steps on them. Writes config.json, "
+            "(in --workers processes, or Ray actors with --ray) and takes PPO steps on them. "
+            "Writes config.json, "
             "updates.jsonl, policy.pt, trainer.pt and training_curve.png to --out; "
             "--resume DIR continues an interrupted training.",
         )
@@ -296,7 +341,8 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         metavar="W",
-        help="processes the environments step in, one torch thread each (default: 1)",
+        help="processes (Ray actors with --ray) the environments step in, one torch thread "
+        "each (default: 1)",
     )
     _epoch_options(add, "epochs per episode", "the task's")
     add("--seed", type=int, metavar="N", help="seed of the policy and its sampling (default 0)")
@@ -311,6 +357,7 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     add("--resume", type=Path, metavar="DIR", help="continue an interrupted training")
     add("--quiet", action="store_true", help="only the final line")
     tensorboard_option(parser)
+    ray_argument(parser, "step the environments in --workers actors (one CPU each)")
 
 
 def _eval_options(parser: argparse.ArgumentParser) -> None:
@@ -328,6 +375,7 @@ def _eval_options(parser: argparse.ArgumentParser) -> None:
     _data_options(add)
     add("--out", type=Path, metavar="DIR", help="results (default: POLICY/eval-<task>)")
     add("--quiet", action="store_true", help="no line per finished run, only the table")
+    ray_argument(parser, "run every arm x seed as a task (one CPU each)")
 
 
 # ---------------------------------------------------------------- watch

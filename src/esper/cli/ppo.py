@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
-import os
 import shlex
 import time
 from pathlib import Path
@@ -13,12 +14,15 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from esper.cli.compare import print_compare
+from esper.cli.common import print_error
+from esper.cli.compare import open_pool, print_compare
 from esper.cli.runs import train_command
-from esper.compare import LocalPool, compare, parse_arms, parse_seeds, provenance, write_outputs
+from esper.cluster import connected, import_ray
+from esper.compare import compare, parse_arms, parse_seeds, provenance, write_outputs
 from esper.config import RunConfig
 from esper.rl.agent import PolicyError, load_policy
 from esper.rl.env import env_config
+from esper.rl.ray_envs import RayEnvPool
 from esper.rl.training import (
     PPOTrainConfig,
     UpdateRow,
@@ -26,7 +30,8 @@ from esper.rl.training import (
     resolve_train_config,
     train,
 )
-from esper.run import RunError
+from esper.rl.workers import EnvPool, EnvWorkerError, PoolFactory
+from esper.run import RunError, RunFailedError
 from esper.telemetry.tensorboard import TENSORBOARD_DIR, TrainingTensorBoard, require_tensorboard
 
 __all__ = ["ppo_command"]
@@ -65,6 +70,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise RunError(f"--{name} must be at least 1, got {value}")
+    if args.ray is not None:
+        import_ray()  # before anything is written: without Ray, one line and nothing else
     if args.resume is not None:
         out: Path = args.resume
         if not (out / "config.json").is_file():
@@ -89,13 +96,35 @@ def _train(args: argparse.Namespace, console: Console) -> int:
                 f"cannot create {out} ({error.strerror}); choose another --out"
             ) from None
         resume = False
-    if not args.quiet:
-        console.print(
-            f"training {config.updates} updates of {config.envs} episodes "
-            f"({config.run.task}, {config.run.episode.epochs} epochs each, "
-            f"{config.workers} worker(s)) in {out}",
-            soft_wrap=True,
-        )
+    with contextlib.ExitStack() as stack:
+        make_pool: PoolFactory = EnvPool
+        where = f"{config.workers} worker(s)"
+        if args.ray is not None:
+            stack.enter_context(connected(args.ray or None))
+            make_pool = functools.partial(RayEnvPool, warn=_warn)
+            where = f"{min(config.workers, config.envs)} Ray actor(s)"
+        if not args.quiet:
+            console.print(
+                f"training {config.updates} updates of {config.envs} episodes "
+                f"({config.run.task}, {config.run.episode.epochs} epochs each, "
+                f"{where}) in {out}",
+                soft_wrap=True,
+            )
+        return _train_with_progress(args, console, out, config, resume, make_pool)
+
+
+def _warn(message: str) -> None:
+    print_error(f"esper: warning: {message}", style="yellow")
+
+
+def _train_with_progress(
+    args: argparse.Namespace,
+    console: Console,
+    out: Path,
+    config: PPOTrainConfig,
+    resume: bool,
+    make_pool: PoolFactory,
+) -> int:
     progress = Progress(
         TextColumn("update"),
         MofNCompleteColumn(),
@@ -118,7 +147,12 @@ def _train(args: argparse.Namespace, console: Console) -> int:
                 console.print(f"update {row.update}/{config.updates}  {status}", soft_wrap=True)
 
         try:
-            rows = train(out, config, on_update, resume=resume)
+            rows = train(out, config, on_update, resume=resume, make_pool=make_pool)
+        except EnvWorkerError as error:
+            progress.stop()
+            raise RunFailedError(
+                f"{error}; continue with: esper ppo train --resume {out}"
+            ) from None
         except KeyboardInterrupt:
             progress.stop()
             console.print(
@@ -194,17 +228,18 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
         f"eval-{run.task}"
     )
     total = len(arms) * len(seeds)
-    workers = args.workers or min(os.cpu_count() or 1, total)
-    if workers < 1:
-        raise RunError(f"--workers must be at least 1, got {workers}")
-    if not args.quiet:
-        console.print(f"evaluating {policy_dir} on seeds {args.seeds}: {total} runs in {out}")
     started = provenance(" ".join(["esper", *map(shlex.quote, args.argv)]))  # before HEAD moves
-    try:
-        result = compare(out, run, arms, seeds, LocalPool(workers))
-    except KeyboardInterrupt:
-        console.print("interrupted; rerun the same command to continue")
-        return 130
+    with contextlib.ExitStack() as stack:
+        pool, how = open_pool(args, out, total, stack)
+        if not args.quiet:
+            console.print(
+                f"evaluating {policy_dir} on seeds {args.seeds}: {total} runs, {how}, in {out}"
+            )
+        try:
+            result = compare(out, run, arms, seeds, pool)
+        except KeyboardInterrupt:
+            console.print("interrupted; rerun the same command to continue")
+            return 130
     write_outputs(result, started)
     return print_compare(result, out, console)
 

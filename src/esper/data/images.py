@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import _codecs
 import contextlib
+import fcntl
 import gzip
 import hashlib
 import io
@@ -20,6 +21,7 @@ import os
 import pickle
 import struct
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from PIL import Image
 from esper.data.arrays import DataFormatError, DataUnavailableError, SplitData, image_split
 
 __all__ = [
+    "CACHE_LOCK",
     "CACHE_NAME",
     "CIFAR10_CLASSES",
     "FASHION_MNIST_CLASSES",
@@ -72,6 +75,8 @@ FASHION_MNIST_CLASSES = (
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 #: Decoded image-folder trees are cached under this name in the tree's root.
 CACHE_NAME = ".esper-cache.npz"
+#: Held (flock) while a tree is decoded, so that runs starting together decode it once.
+CACHE_LOCK = ".esper-cache.lock"
 
 _CACHE_VERSION = "esper-image-folder-v1"
 _IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
@@ -378,11 +383,14 @@ def _read_image_folder(
     cache = root / CACHE_NAME
     arrays = _read_cache(cache, key)
     if arrays is None:
-        arrays = {}
-        for split, classes in splits.items():
-            images, labels = _decode_split(classes, names, size)
-            arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
-        _write_cache(cache, key, arrays)
+        with _decoding(root):
+            arrays = _read_cache(cache, key)  # decoded by another process while we waited?
+            if arrays is None:
+                arrays = {}
+                for split, classes in splits.items():
+                    images, labels = _decode_split(classes, names, size)
+                    arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+                _write_cache(cache, key, arrays)
     return (
         arrays["train_images"],
         arrays["train_labels"].astype(np.int64),
@@ -390,6 +398,23 @@ def _read_image_folder(
         arrays["test_labels"].astype(np.int64),
         names,
     )
+
+
+@contextlib.contextmanager
+def _decoding(root: Path) -> Iterator[None]:
+    """Hold the tree's decode lock: many runs starting at once on one machine (a compare,
+    a node of a cluster) decode the tree once, the others wait and read the cache. A
+    tree where the lock cannot be created (read-only) is decoded without it."""
+    try:
+        fd = os.open(root / CACHE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _decode_split(

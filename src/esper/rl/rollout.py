@@ -28,7 +28,7 @@ from torch import Tensor
 
 from esper.rl.buffer import RolloutBuffer
 from esper.rl.policy import ActionMasks, ActorCritic, PolicyState
-from esper.rl.workers import EnvPool
+from esper.rl.workers import VectorEnvPool
 
 __all__ = [
     "EpisodeRecord",
@@ -221,7 +221,7 @@ class EpisodeSummary:
 
 
 def collect_episodes(
-    pool: EnvPool,
+    pool: VectorEnvPool,
     policy: ActorCritic,
     seeds: Sequence[int],
     steps: int,

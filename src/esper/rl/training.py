@@ -1,8 +1,8 @@
 """Training the learned controller: episodes of `MorphogenesisEnv`, PPO updates, a run dir.
 
 Each update collects one episode from each of ``envs`` environments (stepped in
-``workers`` processes), then runs `ppo_update` on those whole sequences. Training
-episodes draw their seeds from a fixed pool (`train_seed`) far from the small seeds used
+``workers`` processes, or Ray actors), then runs `ppo_update` on those whole sequences.
+Training episodes draw their seeds from a fixed pool (`train_seed`) far from the small seeds used
 for evaluation, so ``esper ppo eval --seeds 100-109`` is always held out. With the paired
 baseline each pool seed's static run is trained once per environment process.
 
@@ -32,7 +32,7 @@ from esper.rl.agent import POLICY_FILE, PolicyMeta, save_policy
 from esper.rl.env import MorphogenesisEnv, env_config
 from esper.rl.ppo import PPOConfig, UpdateStats, ppo_update
 from esper.rl.rollout import EpisodeSummary, collect_episodes
-from esper.rl.workers import EnvPool
+from esper.rl.workers import EnvPool, PoolFactory
 from esper.rundir import atomic_write, save_atomic
 from esper.telemetry.updates import UPDATES_FILE, UpdateRow, plot_training, read_updates
 
@@ -71,7 +71,7 @@ class PPOTrainConfig:
     envs: int = 4
     """Episodes per update, run side by side."""
     workers: int = 1
-    """Processes the environments step in (one torch thread each)."""
+    """Processes (or Ray actors) the environments step in (one torch thread each)."""
     seed: int = 0
     """Seeds the policy's initial weights, action sampling and minibatch order."""
     train_seeds: int = 16
@@ -119,11 +119,14 @@ def train(
     config: PPOTrainConfig,
     on_update: Callable[[UpdateRow], None] = lambda row: None,
     resume: bool = False,
+    make_pool: PoolFactory = EnvPool,
 ) -> list[UpdateRow]:
     """Train (or, with ``resume``, continue training) a policy into ``out``.
 
     Resuming continues after the last update whose state was saved (``trainer.pt``), or
-    starts again if none was."""
+    starts again if none was. ``make_pool`` builds the environments' pool from (factory,
+    envs, workers): local processes (`EnvPool`) or Ray actors
+    (`esper.rl.ray_envs.RayEnvPool`); both give the same policy."""
     # One torch thread: the policy is small, and the environments in this process (with
     # --workers 1) are the same small runs each worker process trains on one thread.
     torch.set_num_threads(1)
@@ -151,7 +154,7 @@ def train(
     else:  # a new run, or one that stopped before its first update was saved
         (out / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
         (out / UPDATES_FILE).write_text("")
-    with EnvPool(_factory(config), config.envs, config.workers) as pool:
+    with make_pool(_factory(config), config.envs, config.workers) as pool:
         for update in range(start, config.updates):
             fraction = 1.0 - update / config.updates if config.ppo.anneal_lr else 1.0
             learning_rate = fraction * config.ppo.learning_rate

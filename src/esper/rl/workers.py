@@ -18,12 +18,20 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol, Self
 
 import numpy as np
 import torch
 
-__all__ = ["EnvPool", "EnvWorkerError", "StepResult"]
+__all__ = [
+    "EnvFactory",
+    "EnvPool",
+    "EnvWorkerError",
+    "PoolFactory",
+    "StepResult",
+    "VectorEnvPool",
+    "apply_command",
+]
 
 EnvFactory = Callable[[], Any]
 """Builds one environment (a picklable callable, e.g. a ``functools.partial``)."""
@@ -43,6 +51,34 @@ class StepResult:
     terminated: np.ndarray
     truncated: np.ndarray
     infos: list[dict[str, Any]]
+
+
+class VectorEnvPool(Protocol):
+    """N environments stepped together: `EnvPool` (processes on this machine) or
+    `esper.rl.ray_envs.RayEnvPool` (actors on a Ray cluster). Built by a `PoolFactory`."""
+
+    num_envs: int
+
+    def reset(
+        self, seeds: Sequence[int], which: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Start an episode in environments ``which`` (default: all), the k-th of them
+        with ``seeds[k]``; their first observations ``[len(which), D]`` and infos."""
+        ...
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        """Step every environment with its row of ``actions``."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+PoolFactory = Callable[[EnvFactory, int, int], VectorEnvPool]
+"""(environment factory, environments, workers) -> a pool, e.g. `EnvPool` itself."""
 
 
 class EnvPool:
@@ -123,7 +159,7 @@ class EnvPool:
 
     def _call(self, command: str, arguments: list[Any]) -> list[Any]:
         if self.workers == 1:
-            return [_apply(self._local, command, arguments[0])]
+            return [apply_command(self._local, command, arguments[0])]
         for pipe, argument in zip(self._pipes, arguments, strict=True):
             pipe.send((command, argument))
         return [self._receive(pipe) for pipe in self._pipes]
@@ -139,7 +175,10 @@ class EnvPool:
         return payload
 
 
-def _apply(envs: list[Any], command: str, argument: Any) -> Any:
+def apply_command(envs: list[Any], command: str, argument: Any) -> Any:
+    """Run ``command`` on a worker's environments: ``reset`` takes {index: seed} and
+    returns {index: (obs, info)}; ``step`` takes one action per environment and returns
+    their ``(obs, reward, terminated, truncated, info)``."""
     if command == "reset":  # {index in the block: seed}
         return {k: envs[k].reset(seed=seed) for k, seed in argument.items()}
     if command == "step":
@@ -158,7 +197,7 @@ def _worker(pipe: Connection, factory: EnvFactory, count: int) -> None:
             command, argument = pipe.recv()
             if command == "close":
                 return
-            pipe.send(("ok", _apply(envs, command, argument)))
+            pipe.send(("ok", apply_command(envs, command, argument)))
     except (EOFError, KeyboardInterrupt):
         return
     except Exception as error:  # reported to the parent as one line, with where it was

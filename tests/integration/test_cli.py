@@ -449,6 +449,15 @@ def test_run_commands_document_every_common_flag(
     assert ("--width-multiplier" in text) == (command == "baseline")
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["compare"], ["ppo", "train"], ["ppo", "eval"], ["ppo", "run"], ["watch"], ["report"]],
+)
+def test_help_texts_print_as_written(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    text = _help(capsys, *argv)
+    assert "%%" not in text and "%(" not in text
+
+
 def test_report_help_names_the_run_directory(capsys: pytest.CaptureFixture[str]) -> None:
     assert "RUN_DIR" in _help(capsys, "report")
 

@@ -225,7 +225,7 @@ def _add_compare_command(commands: Any) -> None:
         "compare",
         help="train grown and static arms on several seeds and compare them",
         description="Train every arm on every seed (a local process pool, or Ray tasks with "
-        "--ray; one torch thread per run) and print a table of mean and 95%% interval over "
+        "--ray; one torch thread per run) and print a table of mean and 95% interval over "
         "seeds: final and best accuracy, parameters, training and evaluation FLOPs, wall "
         "time, seeds kept, and each arm's paired difference against the first. Writes "
         "compare.json, compare.md and accuracy_vs_flops.png to --out. Finished runs are "
@@ -317,7 +317,7 @@ def _add_ppo_command(commands: Any) -> None:
         "eval",
         help="compare a trained policy with the heuristic and the static host",
         description="Run the policy, the heuristic and the static host on held-out seeds "
-        "and print mean and 95%% interval of final accuracy, added parameters and "
+        "and print mean and 95% interval of final accuracy, added parameters and "
         "training FLOPs (an 'esper compare' with the policy as an arm).",
     )
     _eval_options(evaluate)

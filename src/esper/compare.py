@@ -392,7 +392,8 @@ def compare(
     summaries = tuple(
         ArmSummary(
             arm,
-            arm.label if arm.label not in widths or arm.width is not None
+            arm.label
+            if arm.label not in widths or arm.width is not None
             # A matched arm has no width when no grown run finished to size it.
             else f"{arm.label} (x{widths[arm.label]:g})",
             tuple(sorted(outcomes[arm.label], key=lambda o: o.seed)),

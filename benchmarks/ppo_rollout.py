@@ -36,17 +36,19 @@ from esper.rl.workers import EnvPool
 from esper.training.episode import ScriptedController, run_episode
 
 
-def _actions_of(
-    env: MorphogenesisEnv, policy: RecurrentFactoredPolicy, seed: int
-) -> dict[int, FactoredAction]:
-    """Play one episode with the policy through the env; return its decoded actions."""
-    with EnvPool(functools.partial(MorphogenesisEnv, config=to_dict(env.config)), 1) as pool:
-        steps = env.config.episode.epochs - 1
-        buffer, _ = collect_episodes(pool, policy, [seed], steps)
+def _play(pool: EnvPool, policy: RecurrentFactoredPolicy, seed: int, steps: int) -> np.ndarray:
+    """One episode of the policy through the pool, its sampling seeded by ``seed``: the
+    same actions every time. Returns the actions, one row per step."""
+    generator = torch.Generator().manual_seed(seed)
+    buffer, _ = collect_episodes(pool, policy, [seed], steps, generator=generator)
+    return buffer.actions[:, 0].numpy().copy()
+
+
+def _schedule(env: MorphogenesisEnv, actions: np.ndarray, seed: int) -> dict[int, FactoredAction]:
+    """The decoded actions of an episode, replayed once through ``env`` in this process."""
     chosen: dict[int, FactoredAction] = {}
     env.reset(seed=seed)
-    for t in range(steps):
-        action = buffer.actions[t, 0].tolist()
+    for t, action in enumerate(actions.tolist()):
         decoded, _ = decode_action(action, env._slots, env.blueprints)
         chosen[t + 1] = decoded
         env.step(np.array(action))
@@ -61,16 +63,22 @@ def plumbing(task: str, rounds: int, epochs: int | None) -> dict[str, float]:
     policy = meta.build().eval()
     steps = config.episode.epochs - 1
     direct, wrapped = [], []
-    for r in range(rounds):
-        seed = 500 + r
-        schedule = _actions_of(env, policy, seed)
-        start = time.perf_counter()
-        run_episode(env._runner(seed), ScriptedController(schedule))
-        direct.append(time.perf_counter() - start)
-        with EnvPool(functools.partial(MorphogenesisEnv, config=to_dict(config)), 1) as pool:
+    # One worker for every round. Before each timed pair, the episode is played once in
+    # the worker and once in this process, untimed: both sides have then loaded the data
+    # and counted the FLOPs of every architecture the episode reaches (a per-process
+    # cache), so the ratio is the plumbing, not a first episode's set-up.
+    with EnvPool(functools.partial(MorphogenesisEnv, config=to_dict(config)), 1) as pool:
+        for r in range(rounds):
+            seed = 500 + r
+            actions = _play(pool, policy, seed, steps)
+            schedule = _schedule(env, actions, seed)
             start = time.perf_counter()
-            collect_episodes(pool, policy, [seed], steps)
+            run_episode(env._runner(seed), ScriptedController(schedule))
+            direct.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            again = _play(pool, policy, seed, steps)
             wrapped.append(time.perf_counter() - start)
+            assert np.array_equal(again, actions), "the timed episode must be the same one"
     ratios = [w / d for w, d in zip(wrapped, direct, strict=True)]
     return {
         "direct_seconds": statistics.median(direct),

@@ -40,7 +40,15 @@ import numpy as np
 import torch
 
 from esper.cluster import RayUnavailableError, import_ray
-from esper.rl.workers import EnvFactory, EnvWorkerError, StepResult, apply_command
+from esper.rl.workers import (
+    EnvFactory,
+    EnvWorkerError,
+    StepResult,
+    apply_command,
+    reset_arguments,
+    reset_replies,
+    step_result,
+)
 
 __all__ = ["EnvActor", "RayEnvPool"]
 
@@ -142,14 +150,8 @@ class RayEnvPool:
     ) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Start an episode in environments ``which`` (default: all), the k-th of them
         with ``seeds[k]``; returns their first observations ``[len(which), D]`` and infos."""
-        chosen = list(range(self.num_envs)) if which is None else [int(i) for i in which]
-        if len(seeds) != len(chosen):
-            raise ValueError(f"{len(chosen)} environments need {len(chosen)} seeds")
-        seed_of = dict(zip(chosen, (int(s) for s in seeds), strict=True))
-        arguments = [{i - b[0]: seed_of[i] for i in b if i in seed_of} for b in self._blocks]
-        found: dict[int, Any] = {}
-        for block, reply in zip(self._blocks, self._call("reset", arguments, chosen), strict=True):
-            found.update({block[0] + k: result for k, result in reply.items()})
+        chosen, seed_of, arguments = reset_arguments(self._blocks, self.num_envs, seeds, which)
+        found = reset_replies(self._blocks, self._call("reset", arguments, chosen))
         for i in chosen:
             self._episodes[i] = _Episode(seed_of[i], found[i][0])
         return np.stack([found[i][0] for i in chosen]), [found[i][1] for i in chosen]
@@ -163,13 +165,7 @@ class RayEnvPool:
             if episode is not None:
                 episode.actions.append(np.array(actions[i], copy=True))
                 episode.obs, episode.ended = obs, bool(terminated or truncated)
-        return StepResult(
-            obs=np.stack([r[0] for r in flat]),
-            rewards=np.array([r[1] for r in flat], dtype=np.float64),
-            terminated=np.array([r[2] for r in flat], dtype=bool),
-            truncated=np.array([r[3] for r in flat], dtype=bool),
-            infos=[r[4] for r in flat],
-        )
+        return step_result(flat)
 
     def close(self) -> None:
         for actor in self._actors:

@@ -31,6 +31,9 @@ __all__ = [
     "StepResult",
     "VectorEnvPool",
     "apply_command",
+    "reset_arguments",
+    "reset_replies",
+    "step_result",
 ]
 
 EnvFactory = Callable[[], Any]
@@ -81,6 +84,38 @@ PoolFactory = Callable[[EnvFactory, int, int], VectorEnvPool]
 """(environment factory, environments, workers) -> a pool, e.g. `EnvPool` itself."""
 
 
+def reset_arguments(
+    blocks: list[list[int]], num_envs: int, seeds: Sequence[int], which: Sequence[int] | None
+) -> tuple[list[int], dict[int, int], list[dict[int, int]]]:
+    """What a pool's ``reset(seeds, which)`` asks of its workers: the environments chosen,
+    the seed of each, and per worker {index in its block: seed}."""
+    chosen = list(range(num_envs)) if which is None else [int(i) for i in which]
+    if len(seeds) != len(chosen):
+        raise ValueError(f"{len(chosen)} environments need {len(chosen)} seeds")
+    seed_of = dict(zip(chosen, (int(s) for s in seeds), strict=True))
+    arguments = [{i - b[0]: seed_of[i] for i in b if i in seed_of} for b in blocks]
+    return chosen, seed_of, arguments
+
+
+def reset_replies(blocks: list[list[int]], replies: list[Any]) -> dict[int, Any]:
+    """The workers' answers to a reset, as {environment: (obs, info)}."""
+    found: dict[int, Any] = {}
+    for block, reply in zip(blocks, replies, strict=True):
+        found.update({block[0] + k: result for k, result in reply.items()})
+    return found
+
+
+def step_result(flat: list[Any]) -> StepResult:
+    """Every environment's ``(obs, reward, terminated, truncated, info)``, stacked."""
+    return StepResult(
+        obs=np.stack([r[0] for r in flat]),
+        rewards=np.array([r[1] for r in flat], dtype=np.float64),
+        terminated=np.array([r[2] for r in flat], dtype=bool),
+        truncated=np.array([r[3] for r in flat], dtype=bool),
+        infos=[r[4] for r in flat],
+    )
+
+
 class EnvPool:
     """``num_envs`` environments from ``factory``, in ``workers`` processes."""
 
@@ -117,27 +152,14 @@ class EnvPool:
     ) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Start an episode in environments ``which`` (default: all), the k-th of them
         with ``seeds[k]``; returns their first observations ``[len(which), D]`` and infos."""
-        chosen = list(range(self.num_envs)) if which is None else [int(i) for i in which]
-        if len(seeds) != len(chosen):
-            raise ValueError(f"{len(chosen)} environments need {len(chosen)} seeds")
-        seed_of = dict(zip(chosen, (int(s) for s in seeds), strict=True))
-        arguments = [{i - b[0]: seed_of[i] for i in b if i in seed_of} for b in self._blocks]
-        found: dict[int, Any] = {}
-        for block, reply in zip(self._blocks, self._call("reset", arguments), strict=True):
-            found.update({block[0] + k: result for k, result in reply.items()})
+        chosen, _, arguments = reset_arguments(self._blocks, self.num_envs, seeds, which)
+        found = reset_replies(self._blocks, self._call("reset", arguments))
         return np.stack([found[i][0] for i in chosen]), [found[i][1] for i in chosen]
 
     def step(self, actions: np.ndarray) -> StepResult:
         """Step every environment with its row of ``actions``."""
         replies = self._call("step", [actions[b[0] : b[-1] + 1] for b in self._blocks])
-        flat = [r for reply in replies for r in reply]
-        return StepResult(
-            obs=np.stack([r[0] for r in flat]),
-            rewards=np.array([r[1] for r in flat], dtype=np.float64),
-            terminated=np.array([r[2] for r in flat], dtype=bool),
-            truncated=np.array([r[3] for r in flat], dtype=bool),
-            infos=[r[4] for r in flat],
-        )
+        return step_result([r for reply in replies for r in reply])
 
     def close(self) -> None:
         for pipe in self._pipes:

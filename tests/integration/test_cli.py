@@ -33,6 +33,7 @@ from esper.telemetry import (
 )
 from esper.telemetry.report import read_history
 from esper.training.tasks import TASKS
+from tests.commands import error_line
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RUN_FILES = (
@@ -96,15 +97,6 @@ def _stop_at(
             raise KeyboardInterrupt
 
     monkeypatch.setattr(esper.run, "_save_checkpoint", save)
-
-
-def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got {lines}"
-    assert lines[0].startswith("esper: error: ")
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -341,7 +333,7 @@ def test_bad_input_exits_2_with_one_line_naming_the_fix(
 ) -> None:
     make_argv, needles = BAD_INPUTS[case]
     assert main(make_argv(tmp_path)) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     for needle in needles:
         assert needle in line, f"{needle!r} not in {line!r}"
 
@@ -351,7 +343,7 @@ def test_a_long_error_message_stays_on_one_line(
 ) -> None:
     monkeypatch.setenv("COLUMNS", "80")
     assert main(["heuristic", "--task", "imagenet", "--out", str(tmp_path / "r")]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert line.endswith("tinystories")
 
 
@@ -388,7 +380,7 @@ def test_more_bad_input_exits_2_without_a_traceback(
 ) -> None:
     make_argv, needle = BAD_VALUES[case]
     assert main(make_argv(tmp_path)) == 2
-    assert needle in _error_line(capsys)
+    assert needle in error_line(capsys)
 
 
 @pytest.mark.usefixtures("wide_columns")
@@ -397,7 +389,7 @@ def test_a_failed_start_does_not_block_the_corrected_command(
 ) -> None:
     out = tmp_path / "run"
     assert main(["heuristic", "--task", "text", "--out", str(out), "--quiet"]) == 2
-    _error_line(capsys)
+    error_line(capsys)
     text = tmp_path / "corpus.txt"
     text.write_text("to be, or not to be, that is the question. " * 60)
     argv = ["--task", "text", "--text-file", str(text), "--epochs", "1", "--max-batches", "1"]
@@ -597,7 +589,7 @@ def test_report_works_on_an_interrupted_run(
 @pytest.mark.usefixtures("wide_columns")
 def test_report_on_a_non_run_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(tmp_path)]) == 2
-    assert "not a run directory" in _error_line(capsys)
+    assert "not a run directory" in error_line(capsys)
 
 
 # ---------------------------------------------------------------- telemetry levels

@@ -15,14 +15,9 @@ import esper.run
 from esper.cli import main
 from esper.compare import matched_width, parse_arms, parse_seeds
 from esper.config import RunConfig
+from tests.commands import compare
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# Short runs: 12 epochs of 3 batches; the heuristic grows from epoch 2 on.
-FAST = ["--task", "digits", "--epochs", "12", "--max-batches", "3", "--quiet"]
-
-
-def _compare(out: Path, *flags: str) -> int:
-    return main(["compare", *FAST, "--out", str(out), *flags])
 
 
 def _runs(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
@@ -41,7 +36,7 @@ def _runs(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted compare of static and heuristic on seeds 0 and 1, in this process."""
     out = tmp_path_factory.mktemp("reference") / "compare"
-    assert _compare(out, "--arms", "static,heuristic", "--seeds", "2", "--workers", "1") == 0
+    assert compare(out, "--arms", "static,heuristic", "--seeds", "2", "--workers", "1") == 0
     return out
 
 
@@ -77,7 +72,7 @@ def test_a_finished_compare_is_not_trained_again(
 
     monkeypatch.setattr("esper.compare.run", refuse)
     before = _runs(reference)
-    assert _compare(reference, "--arms", "static,heuristic", "--seeds", "2", "--workers", "1") == 0
+    assert compare(reference, "--arms", "static,heuristic", "--seeds", "2", "--workers", "1") == 0
     assert _runs(reference) == before
 
 
@@ -96,16 +91,16 @@ def test_an_interrupted_compare_resumes_to_the_same_result(
 
     with monkeypatch.context() as patch:
         patch.setattr(esper.run, "_save_checkpoint", save)
-        status = _compare(out, "--arms", "static,heuristic", "--seeds", "2", "--workers", "1")
+        status = compare(out, "--arms", "static,heuristic", "--seeds", "2", "--workers", "1")
     assert status == 130
     assert not (out / "compare.json").exists()
-    assert _compare(out, "--arms", "static,heuristic", "--seeds", "2", "--workers", "1") == 0
+    assert compare(out, "--arms", "static,heuristic", "--seeds", "2", "--workers", "1") == 0
     assert _runs(out) == _runs(reference)
 
 
 def test_worker_processes_give_the_same_runs(reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "compare"
-    assert _compare(out, "--arms", "static,heuristic", "--seeds", "2", "--workers", "2") == 0
+    assert compare(out, "--arms", "static,heuristic", "--seeds", "2", "--workers", "2") == 0
     assert _runs(out) == _runs(reference)
 
 
@@ -166,7 +161,7 @@ def test_runs_trained_with_other_settings_are_refused_and_reported(
     flags = ["--arms", "static,heuristic,static-matched", "--seeds", "2", "--workers", "1"]
     # Other epochs than the cached runs': each is refused, none retrained or mixed in, and
     # the matched arm, with no grown run to size it, is reported failed too.
-    assert _compare(out, *flags, "--epochs", "11") == 1
+    assert compare(out, *flags, "--epochs", "11") == 1
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err + captured.out
     data = json.loads((out / "compare.json").read_text())
@@ -204,7 +199,7 @@ def test_bad_arms_seeds_and_workers_exit_2_with_one_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("COLUMNS", "1000")
-    assert _compare(tmp_path / "c", *flags) == 2
+    assert compare(tmp_path / "c", *flags) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     lines = err.strip().splitlines()

@@ -15,28 +15,17 @@ import torch
 import esper.rl.agent
 import esper.rl.training
 from esper.cli import main
-from esper.rl.agent import POLICY_FILE, load_policy
+from esper.rl.agent import POLICY_FILE
 from esper.rl.training import read_updates
+from tests.commands import SHORT_PPO, policy_weights, ppo_train
 
-SHORT = ["--task", "digits", "--epochs", "6", "--max-batches", "3", "--quiet"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _train(out: Path, *flags: str) -> int:
-    return main(
-        ["ppo", "train", *SHORT, "--episodes", "4", "--envs", "2", "--out", str(out), *flags]
-    )
-
-
-def _weights(out: Path) -> dict[str, torch.Tensor]:
-    policy, _ = load_policy(out)
-    return policy.state_dict()
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ppo") / "train"
-    assert _train(out) == 0
+    assert ppo_train(out) == 0
     return out
 
 
@@ -64,7 +53,7 @@ def test_eval_and_run_load_the_policy(trained: Path, tmp_path: Path) -> None:
     assert {r["seed"] for r in data["runs"]} == {100, 101}
     assert all(r["summary"]["epochs"] == 6 for r in data["runs"])  # the training's episodes
     run_dir = tmp_path / "run"
-    assert main(["ppo", "run", "--policy", str(trained), *SHORT, "--out", str(run_dir)]) == 0
+    assert main(["ppo", "run", "--policy", str(trained), *SHORT_PPO, "--out", str(run_dir)]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["controller"] == "ppo" and summary["epochs"] == 6
 
@@ -84,19 +73,19 @@ def test_an_interrupted_training_resumes_to_the_same_policy(
 
     with monkeypatch.context() as patch:
         patch.setattr(esper.rl.training, "save_policy", save)
-        assert _train(out) == 130
+        assert ppo_train(out) == 130
     assert main(["ppo", "train", "--resume", str(out), "--quiet"]) == 0
-    for key, value in _weights(trained).items():
-        assert torch.equal(_weights(out)[key], value), key
+    for key, value in policy_weights(trained).items():
+        assert torch.equal(policy_weights(out)[key], value), key
     rows = [r.episodes for r in read_updates(out / "updates.jsonl")]
     assert rows == [2, 4]
 
 
 def test_two_workers_train_the_same_policy_as_one(trained: Path, tmp_path: Path) -> None:
     out = tmp_path / "train"
-    assert _train(out, "--workers", "2") == 0
-    for key, value in _weights(trained).items():
-        assert torch.equal(_weights(out)[key], value), key
+    assert ppo_train(out, "--workers", "2") == 0
+    for key, value in policy_weights(trained).items():
+        assert torch.equal(policy_weights(out)[key], value), key
 
 
 def _corrupt(tmp_path: Path, trained: Path) -> list[str]:

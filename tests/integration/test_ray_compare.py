@@ -23,13 +23,9 @@ import esper.cli.compare
 import esper.run
 from esper.cli import main
 from esper.compare_ray import TOKEN_FILE, RayPool
+from tests.commands import FAST_COMPARE, compare
 
-FAST = ["--task", "digits", "--epochs", "12", "--max-batches", "3", "--quiet"]
 ARMS = ["--arms", "static,heuristic", "--seeds", "2"]
-
-
-def _compare(out: Path, *flags: str) -> int:
-    return main(["compare", *FAST, "--out", str(out), *flags])
 
 
 def _runs(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
@@ -55,12 +51,15 @@ def _status(argv: list[str]) -> int:
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["compare", *FAST, "--ray"], "--ray needs Ray, which is not installed: pip install"),
-        (["compare", *FAST, "--ray", "auto"], "pip install 'esper[ray]'"),
-        (["ppo", "train", *FAST, "--ray"], "pip install 'esper[ray]'"),
-        (["compare", *FAST, "--gpus-per-run", "0.5"], "--gpus-per-run needs --ray"),
-        (["compare", *FAST, "--gpus-per-run", "-1", "--ray"], "at least 0"),
-        (["compare", *FAST, "--max-retries", "x", "--ray"], "at least 0"),
+        (
+            ["compare", *FAST_COMPARE, "--ray"],
+            "--ray needs Ray, which is not installed: pip install",
+        ),
+        (["compare", *FAST_COMPARE, "--ray", "auto"], "pip install 'esper[ray]'"),
+        (["ppo", "train", *FAST_COMPARE, "--ray"], "pip install 'esper[ray]'"),
+        (["compare", *FAST_COMPARE, "--gpus-per-run", "0.5"], "--gpus-per-run needs --ray"),
+        (["compare", *FAST_COMPARE, "--gpus-per-run", "-1", "--ray"], "at least 0"),
+        (["compare", *FAST_COMPARE, "--max-retries", "x", "--ray"], "at least 0"),
     ],
 )
 def test_ray_flags_without_ray_exit_2_with_one_line(
@@ -84,7 +83,7 @@ def test_ray_flags_without_ray_exit_2_with_one_line(
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], dict[str, Any]]:
     """Static and heuristic on seeds 0 and 1, in this process (the local pool)."""
     out = tmp_path_factory.mktemp("reference") / "compare"
-    assert _compare(out, *ARMS, "--workers", "1") == 0
+    assert compare(out, *ARMS, "--workers", "1") == 0
     return _runs(out)
 
 
@@ -130,7 +129,7 @@ def test_ray_tasks_give_the_runs_of_the_local_pool(
     ray: ModuleType, reference: dict[tuple[str, int], dict[str, Any]], tmp_path: Path
 ) -> None:
     out = tmp_path / "compare"
-    assert _compare(out, *ARMS, "--ray") == 0
+    assert compare(out, *ARMS, "--ray") == 0
     assert _runs(out) == reference
     # Written where local runs are: a rerun finds them all finished.
     assert (out / "runs" / "heuristic" / "seed-1" / "summary.json").is_file()
@@ -142,7 +141,7 @@ def test_a_killed_run_is_retried_and_resumes_to_the_same_result(
 ) -> None:
     out = tmp_path / "compare"
     with _Killer(out / "runs" / "heuristic" / "seed-0") as killer:
-        assert _compare(out, "--arms", "heuristic", "--seeds", "1", "--ray") == 0
+        assert compare(out, "--arms", "heuristic", "--seeds", "1", "--ray") == 0
     assert killer.killed is not None and killer.killed[1] < 12, "the run was not killed mid-run"
     lock = json.loads((out / "runs" / "heuristic" / "seed-0" / ".esper.lock").read_text())
     assert lock["pid"] != killer.killed[0]  # finished by the retry, in another worker
@@ -158,7 +157,7 @@ def test_a_run_that_keeps_failing_is_reported_and_a_rerun_resumes_it(
     out = tmp_path / "compare"
     flags = ["--arms", "static,heuristic", "--seeds", "1", "--ray"]
     with _Killer(out / "runs" / "heuristic" / "seed-0") as killer:
-        assert _compare(out, *flags, "--max-retries", "0") == 1  # no retry: it fails
+        assert compare(out, *flags, "--max-retries", "0") == 1  # no retry: it fails
     assert killer.killed is not None
     data = json.loads((out / "compare.json").read_text())
     outcome = {run["arm"]: run for run in data["runs"]}
@@ -167,7 +166,7 @@ def test_a_run_that_keeps_failing_is_reported_and_a_rerun_resumes_it(
     assert outcome["static"]["summary"] is not None  # the other run was not stopped
     assert "esper: run failed: heuristic seed 0" in capsys.readouterr().err
     # The same command continues it, from the checkpoint the killed worker left.
-    assert _compare(out, *flags) == 0
+    assert compare(out, *flags) == 0
     assert _runs(out) == {key: reference[key] for key in (("static", 0), ("heuristic", 0))}
 
 
@@ -198,8 +197,8 @@ def test_without_a_shared_out_runs_come_back_and_a_local_run_resumes_on_ray(
 
     with monkeypatch.context() as patch:  # a local compare, interrupted
         patch.setattr(esper.run, "_save_checkpoint", save)
-        assert _compare(out, *ARMS, "--workers", "1") == 130
-    assert _compare(out, *ARMS, "--ray") == 0  # continued on "another machine"
+        assert compare(out, *ARMS, "--workers", "1") == 130
+    assert compare(out, *ARMS, "--ray") == 0  # continued on "another machine"
     assert _runs(out) == reference
     for run_dir in (out / "runs").glob("*/seed-*"):
         assert {"config.json", "history.jsonl", "summary.json", "checkpoint.pt"} <= {
@@ -218,6 +217,6 @@ def test_gpus_the_cluster_lacks_and_workers_with_ray_exit_2(
         (["--workers", "2"], "--workers is for the local pool"),
     ):
         capsys.readouterr()
-        assert _compare(tmp_path / "out", "--ray", *flags) == 2
+        assert compare(tmp_path / "out", "--ray", *flags) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], lines

@@ -17,33 +17,19 @@ import pytest
 import torch
 
 import esper.rl.ray_envs
-from esper.cli import main
-from esper.rl.agent import load_policy
 from esper.rl.ray_envs import RayEnvPool
 from esper.rl.training import read_updates
 from esper.rl.workers import EnvPool, EnvWorkerError, StepResult
+from tests.commands import policy_weights, ppo_train
 from tests.rl_envs import SPEC, SlowEnv
-
-SHORT = ["--task", "digits", "--epochs", "6", "--max-batches", "3", "--quiet"]
-
-
-def _train(out: Path, *flags: str) -> int:
-    return main(
-        ["ppo", "train", *SHORT, "--episodes", "4", "--envs", "2", "--out", str(out), *flags]
-    )
-
-
-def _weights(out: Path) -> dict[str, torch.Tensor]:
-    policy, _ = load_policy(out)
-    return policy.state_dict()
 
 
 @pytest.fixture(scope="module")
 def local_policy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
     """The policy trained with the local pool (one process), no faults."""
     out = tmp_path_factory.mktemp("ppo") / "local"
-    assert _train(out) == 0
-    return _weights(out)
+    assert ppo_train(out) == 0
+    return policy_weights(out)
 
 
 def _kill(ray: ModuleType, pool: RayEnvPool, w: int, restart: bool) -> None:
@@ -83,7 +69,7 @@ def test_killed_actors_are_restarted_and_the_policy_is_the_one_without_faults(
 
     monkeypatch.setattr(esper.rl.ray_envs.RayEnvPool, "step", step)
     out = tmp_path / "ray"
-    assert _train(out, "--ray", "--workers", "2") == 0
+    assert ppo_train(out, "--ray", "--workers", "2") == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "restarted" in line]
     assert len(warnings) == 2, warnings
     assert "replayed its 1 unfinished episode(s) from their seeds (2 steps)" in warnings[0]
@@ -91,7 +77,7 @@ def test_killed_actors_are_restarted_and_the_policy_is_the_one_without_faults(
     assert [row.episodes for row in read_updates(out / "updates.jsonl")] == [2, 4]
     # Same seeds, same actions (sampled in the driver), so the same episodes: the same
     # policy as one process without any fault, bit for bit.
-    weights = _weights(out)
+    weights = policy_weights(out)
     for key, value in local_policy.items():
         assert torch.equal(weights[key], value), key
 

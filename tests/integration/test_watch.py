@@ -39,6 +39,7 @@ from esper.telemetry.report import EpochRow, SlotRow
 from esper.telemetry.updates import UpdateRow
 from esper.watch.app import WatchApp, band_cells
 from esper.watch.files import RUN_MARKER
+from tests.commands import error_line
 
 POLL = 0.05  # seconds between the app's reads of the files
 SIZE = (140, 44)
@@ -410,15 +411,6 @@ def test_it_watches_a_real_run_without_disturbing_it(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- what it refuses
 
 
-def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got {lines}"
-    assert lines[0].startswith("esper: error: ")
-    return lines[0]
-
-
 @pytest.fixture
 def wide_columns(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "1000")
@@ -444,7 +436,7 @@ def test_what_is_not_a_run_is_one_line_and_exit_2(
     path = tmp_path / "thing"
     make(path)
     assert main(["watch", str(path)]) == 2
-    assert expected in _error_line(capsys)
+    assert expected in error_line(capsys)
 
 
 @pytest.mark.usefixtures("wide_columns")
@@ -454,7 +446,7 @@ def test_without_the_extra_it_says_what_to_install(
     start_run(tmp_path / "run")
     monkeypatch.setattr(esper.cli.watch, "MISSING", "textual")
     assert main(["watch", str(tmp_path / "run")]) == 2
-    assert "pip install 'esper[watch]'" in _error_line(capsys)
+    assert "pip install 'esper[watch]'" in error_line(capsys)
 
 
 def test_watching_imports_no_torch() -> None:

@@ -1,0 +1,42 @@
+"""The ``esper`` command as tests call it, in-process: short runs of compare and
+``ppo train``, a trained policy's weights, and the one-line error a bad input gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from esper.cli import main
+from esper.rl.agent import load_policy
+
+# 12 epochs of 3 batches; the heuristic grows from epoch 2 on.
+FAST_COMPARE = ["--task", "digits", "--epochs", "12", "--max-batches", "3", "--quiet"]
+# 4 episodes of 6 epochs of 3 batches, in 2 environments.
+SHORT_PPO = ["--task", "digits", "--epochs", "6", "--max-batches", "3", "--quiet"]
+
+
+def compare(out: Path, *flags: str) -> int:
+    return main(["compare", *FAST_COMPARE, "--out", str(out), *flags])
+
+
+def ppo_train(out: Path, *flags: str) -> int:
+    return main(
+        ["ppo", "train", *SHORT_PPO, "--episodes", "4", "--envs", "2", "--out", str(out), *flags]
+    )
+
+
+def policy_weights(out: Path) -> dict[str, torch.Tensor]:
+    policy, _ = load_policy(out)
+    return policy.state_dict()
+
+
+def error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line on stderr, checked to be an ``esper: error:`` and no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {lines}"
+    assert lines[0].startswith("esper: error: ")
+    return lines[0]

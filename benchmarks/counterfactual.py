@@ -13,7 +13,15 @@ the cost of the plain pass is the cost per live seed. The counterfactual branche
 slot (`MorphogeneticModel.forward_counterfactual`), so a deep slot costs little; the old
 method (a second full pass with the seed's alpha forced to 0) cost 1.0 per seed.
 Target: <= 0.5. FLOPs come from torch's counter (`eval_flops`); wall times are medians
-of interleaved rounds. Writes ``benchmarks/results/counterfactual-<task>.{md,json}``.
+of interleaved rounds.
+
+A seed is only measured when something reads the measurement: by default
+(``counterfactuals='judged'``) on probation, where G5 and the probation verdict read it,
+and at the end for the seeds kept; 'live' (what the learned controller observes) also
+measures every blending seed every epoch. The second part runs the heuristic for one
+episode in each mode (``--epochs``, ``--max-batches``) and divides what the
+counterfactuals cost over the episode by a validation pass per live seed per epoch.
+Writes ``benchmarks/results/counterfactual-<task>.{md,json}``.
 """
 
 from __future__ import annotations
@@ -23,22 +31,26 @@ import dataclasses
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from benchmarks.common import write_result
+from esper.config import HeuristicConfig
 from esper.contracts import TaskType
+from esper.controller.heuristic import HeuristicController
 from esper.data import SplitData
 from esper.data.arrays import image_split
 from esper.lifecycle import SeedStage, transition
 from esper.model import MorphogeneticModel
+from esper.model.blueprints import blueprint_names
 from esper.training.batches import SplitBatches
 from esper.training.builders import build_model, load_data
+from esper.training.episode import EpisodeRunner
 from esper.training.loop import Batch, eval_flops, evaluate
-from esper.training.tasks import TaskOptions, get_task
+from esper.training.tasks import TaskOptions, TaskSpec, get_task
 
 TARGET = 0.5
 SHAPES = {"cifar10": (3, 32, 32), "digits": (1, 8, 8)}
@@ -87,6 +99,70 @@ def _seconds(
     return (time.perf_counter() - start) / passes
 
 
+def _episode_cost(
+    spec: TaskSpec, split: SplitData, mode: Literal["judged", "live"], args: argparse.Namespace
+) -> dict[str, Any]:
+    """One heuristic episode measuring in ``mode``: what its counterfactuals cost, in
+    FLOPs and in wall time (each epoch's validation timed again with and without them)."""
+    base = spec.default_config()
+    training = dataclasses.replace(
+        base.training,
+        max_batches=args.max_batches,
+        max_val_batches=args.max_val_batches,
+        counterfactuals=mode,
+    )
+    config = dataclasses.replace(base, epochs=args.epochs, seed=0, training=training)
+    torch.manual_seed(0)
+    model = build_model(spec, split, lifecycle=config.lifecycle)
+    data = SplitBatches(split, spec.batch_size, seed=0, augment=spec.augment)
+    runner = EpisodeRunner(model, data, config)
+    names = blueprint_names(spec.topology)
+    controller = HeuristicController(names, HeuristicConfig(), config.lifecycle)
+    loss = nn.CrossEntropyLoss()
+    cpu = torch.device("cpu")
+    totals = dict.fromkeys(
+        ("counterfactual_flops", "pass_flops_per_live_seed", "counterfactual_seconds"), 0.0
+    )
+    totals.update(pass_seconds_per_live_seed=0.0, live_seed_epochs=0, measured=0)
+    while not runner.done:
+        observation = runner.observe()
+        pending = runner._pending
+        assert pending is not None
+        measured = list(pending.val.contributions)
+        live = sum(1 for s in model.slots() if s.state.live)
+        plain = runner.compute.eval_per_item(model, []) * pending.val.samples
+        totals["counterfactual_flops"] += pending.eval_flops - plain
+        totals["pass_flops_per_live_seed"] += plain * live
+        totals["live_seed_epochs"] += live
+        totals["measured"] += len(measured)
+        if live:
+            seconds = {}
+            for name, without in (("plain", []), ("with", measured)):
+                start = time.perf_counter()
+                evaluate(
+                    model,
+                    data.val_batches(),
+                    loss,
+                    data.task_type,
+                    cpu,
+                    max_batches=args.max_val_batches,
+                    counterfactual=without,
+                )
+                seconds[name] = time.perf_counter() - start
+            totals["counterfactual_seconds"] += max(0.0, seconds["with"] - seconds["plain"])
+            totals["pass_seconds_per_live_seed"] += seconds["plain"] * live
+        runner.apply(controller.decide(observation.signals, observation.slots))
+    result = runner.result()
+    return {
+        **totals,
+        "final_accuracy": result.final_accuracy,
+        "flops_per_live_seed": totals["counterfactual_flops"]
+        / max(totals["pass_flops_per_live_seed"], 1.0),
+        "wall_per_live_seed": totals["counterfactual_seconds"]
+        / max(totals["pass_seconds_per_live_seed"], 1e-9),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(SHAPES), default="cifar10")
@@ -95,6 +171,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--random-images", type=int, default=10_000)
+    parser.add_argument("--epochs", type=int, default=25, help="of each heuristic episode")
+    parser.add_argument("--max-batches", type=int, default=40, help="per training epoch")
+    parser.add_argument("--max-val-batches", type=int, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     spec = get_task(args.task)
@@ -132,6 +211,8 @@ def main() -> None:
         case: (statistics.median(seconds[case]) - plain) / len(slots) / plain
         for case, slots in cases.items()
     }
+    modes: tuple[Literal["judged", "live"], ...] = ("judged", "live")
+    episodes = {mode: _episode_cost(spec, split, mode, args) for mode in modes}
     results: dict[str, Any] = {
         "task": args.task,
         "data": data,
@@ -141,6 +222,7 @@ def main() -> None:
         "seconds": seconds,
         "flops_per_seed": flops,
         "wall_per_seed": wall,
+        "episodes": episodes,
         "target": TARGET,
     }
     lines = [
@@ -161,6 +243,23 @@ def main() -> None:
         "old method, one more full pass per seed, cost 1.00. Wall: medians of "
         f"{args.rounds} interleaved rounds.",
     ]
+    lines += [
+        "",
+        f"Over one heuristic episode ({args.epochs} epochs of at most {args.max_batches} "
+        "training batches, seed 0), per live seed per epoch, in validation passes:",
+        "",
+        "| measured | seeds measured | live seed-epochs | FLOPs per live seed "
+        "| wall per live seed | final acc (%) | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, cost in episodes.items():
+        worst = max(cost["flops_per_live_seed"], cost["wall_per_live_seed"])
+        lines.append(
+            f"| {mode} | {cost['measured']} | {cost['live_seed_epochs']} "
+            f"| {cost['flops_per_live_seed']:.2f} | {cost['wall_per_live_seed']:.2f} "
+            f"| {cost['final_accuracy']:.2f} "
+            f"| <= {TARGET} ({'met' if worst <= TARGET else 'missed'}) |"
+        )
     path = write_result(f"counterfactual-{args.task}", results, "\n".join(lines))
     print(path.read_text())
 

@@ -12,7 +12,7 @@ import math
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Literal, TypeVar
 
@@ -30,6 +30,7 @@ __all__ = [
     "SignalConfig",
     "TrainingConfig",
     "from_dict",
+    "observing_every_seed",
     "reject_non_finite",
     "to_dict",
 ]
@@ -70,6 +71,13 @@ class TrainingConfig:
     """Clip the host's and each seed's gradient norm to this, separately."""
     compile: bool = False
     """Compile the forward + loss with torch.compile (slower to start; see README)."""
+    counterfactuals: Literal["judged", "live"] = "judged"
+    """Whose paired counterfactual ("without this seed": a second pass from its slot on)
+    is measured each epoch. 'judged': seeds on probation, whose fossilize or cull verdict
+    reads it, and every kept seed on the last epoch. 'live': also every blending seed,
+    every epoch; the learned controller always uses it (its observation carries them).
+    The choice changes what is measured and its FLOPs, never a decision of the gates or
+    the heuristic."""
     channels_last: bool = True
     """Keep a CNN host's weights and image batches in channels_last memory format: on
     CPU, pooling and convolutions run about 1.5x faster on the CIFAR host
@@ -371,3 +379,10 @@ class RunConfig:
             raise ValueError(f"width_multiplier must be > 0, got {self.width_multiplier}")
         if self.slots is not None and len(set(self.slots)) != len(self.slots):
             raise ValueError(f"slots lists a slot twice: {' '.join(self.slots)}")
+
+
+def observing_every_seed(config: RunConfig) -> RunConfig:
+    """``config`` measuring every blended seed's counterfactual every epoch, as the
+    learned controller needs (its observation carries them)."""
+    training = replace(config.episode.training, counterfactuals="live")
+    return replace(config, episode=replace(config.episode, training=training))

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import torch
 
-from esper.config import ConfigError, RunConfig, from_dict, to_dict
+from esper.config import ConfigError, RunConfig, from_dict, observing_every_seed, to_dict
 from esper.contracts import Controller
 from esper.controller import HeuristicController, StaticController
 from esper.machine import auto_threads
@@ -138,6 +138,8 @@ class _Run:
 
 
 def _build(config: RunConfig, telemetry: Telemetry) -> _Run:
+    if config.controller == "ppo":
+        config = observing_every_seed(config)
     spec = get_task(config.task)
     options = TaskOptions(
         data_dir=Path(config.data_dir) if config.data_dir else None,

@@ -10,15 +10,23 @@ import pytest
 import torch
 from torch import nn
 
+from esper.config import HeuristicConfig
 from esper.contracts import TaskType
+from esper.controller.heuristic import HeuristicController
 from esper.data import load_digits
 from esper.lifecycle import FactoredAction, LifecycleOp, SeedStage, transition
+from esper.model.blueprints import blueprint_names
 from esper.model.hosts import CNNHost, TransformerHost
 from esper.model.morphogenetic import MorphogeneticModel
 from esper.training import compute, loop
 from esper.training.batches import SplitBatches
 from esper.training.builders import build_model
-from esper.training.episode import EpisodeRunner, ScriptedController, run_episode
+from esper.training.episode import (
+    EpisodeResult,
+    EpisodeRunner,
+    ScriptedController,
+    run_episode,
+)
 from esper.training.loop import eval_flops, evaluate, train_flops
 from esper.training.tasks import get_task
 
@@ -124,6 +132,8 @@ def test_contributions_in_a_real_episode_equal_the_old_two_pass_measurement() ->
     task = get_task("digits")
     split = load_digits()
     config = dataclasses.replace(task.default_config(), epochs=9, seed=2)
+    live = dataclasses.replace(config.training, counterfactuals="live")
+    config = dataclasses.replace(config, training=live)  # blending seeds are measured too
     torch.manual_seed(2)
     model = build_model(task, split, lifecycle=config.lifecycle)
     data = SplitBatches(split, task.batch_size, seed=2)
@@ -196,3 +206,44 @@ def test_compute_is_counted_once_per_architecture_and_leaves_the_run_unchanged(
         assert episode()[0] == losses
     finally:
         compute.clear_cache()  # the zero counts must not outlive this test
+
+
+def test_measuring_only_judged_seeds_changes_no_decision_and_costs_less() -> None:
+    """'judged' measures seeds on probation only; the heuristic and the gates read
+    nothing else, so the run is the same as with 'live', for fewer evaluation FLOPs."""
+    task = get_task("digits")
+    split = load_digits()
+
+    def episode(mode: str) -> EpisodeResult:
+        base = dataclasses.replace(task.default_config(), epochs=24, seed=4)
+        config = dataclasses.replace(
+            base, training=dataclasses.replace(base.training, counterfactuals=mode)
+        )
+        torch.manual_seed(4)
+        model = build_model(task, split, lifecycle=config.lifecycle)
+        data = SplitBatches(split, task.batch_size, seed=4)
+        names = blueprint_names(task.topology)
+        controller = HeuristicController(names, HeuristicConfig(), config.lifecycle)
+        return run_episode(EpisodeRunner(model, data, config), controller)
+
+    judged, live = episode("judged"), episode("live")
+    assert [r.action for r in judged.history] == [r.action for r in live.history]
+    assert [r.stages for r in judged.history] == [r.stages for r in live.history]
+    assert [r.val.accuracy for r in judged.history] == [r.val.accuracy for r in live.history]
+    assert any(r.action.op is LifecycleOp.FOSSILIZE for r in live.history)
+    # Measured under 'judged': what was on probation when the epoch was evaluated (the
+    # stages the epoch before ended with), and the fossils on the last epoch.
+    before = [{sid: SeedStage.DORMANT for sid in live.history[0].stages}]
+    before += [r.stages for r in judged.history[:-1]]
+    for stages, record in zip(before, judged.history, strict=True):
+        allowed = {SeedStage.PROBATIONARY}
+        if record is judged.history[-1]:
+            allowed.add(SeedStage.FOSSILIZED)
+        assert {stages[sid] for sid in record.contributions} <= allowed, record.epoch
+    assert any(SeedStage.BLENDING in r.stages.values() for r in live.history)
+    for mine, theirs in zip(judged.history, live.history, strict=True):
+        assert set(mine.contributions) <= set(theirs.contributions)
+        for sid, contribution in mine.contributions.items():
+            assert contribution == theirs.contributions[sid]
+    assert sum(r.eval_flops for r in judged.history) < sum(r.eval_flops for r in live.history)
+    assert [r.train_flops for r in judged.history] == [r.train_flops for r in live.history]

@@ -35,7 +35,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from esper.config import RunConfig, from_dict, to_dict
+from esper.config import RunConfig, from_dict, observing_every_seed, to_dict
 from esper.contracts import SlotReport
 from esper.controller import StaticController
 from esper.controller.features import (
@@ -66,14 +66,15 @@ def env_config(config: RunConfig | dict[str, Any] | None = None, **overrides: An
     """A `RunConfig` for the environment: the task's defaults, then ``config`` (a
     RunConfig or its plain-data form), then ``overrides`` (``task``, ``epochs``,
     ``max_batches``, ``max_val_batches``, ``data_dir``, ``text_file`` or any top-level
-    RunConfig field)."""
+    RunConfig field). The learned controller observes every blended seed's
+    contribution, so ``counterfactuals`` is always 'live' (`observing_every_seed`)."""
     data = to_dict(config) if isinstance(config, RunConfig) else dict(config or {})
     task = overrides.pop("task", None) or data.get("task", "digits")
     spec = get_task(task)
     base = to_dict(RunConfig(task=task, batch_size=spec.batch_size, episode=spec.default_config()))
     merged = {**base, **data, "task": task}
     episode = {**base["episode"], **data.get("episode", {})}
-    training = {**episode["training"]}
+    training = {**base["episode"]["training"], **episode["training"]}
     for key in ("max_batches", "max_val_batches"):
         if key in overrides:
             training[key] = overrides.pop(key)
@@ -82,7 +83,7 @@ def env_config(config: RunConfig | dict[str, Any] | None = None, **overrides: An
     episode["training"] = training
     merged["episode"] = episode
     merged.update({k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()})
-    return from_dict(RunConfig, merged)
+    return observing_every_seed(from_dict(RunConfig, merged))
 
 
 class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):

@@ -2,9 +2,9 @@
 
 Every epoch is one transaction in one fixed order, whatever the controller::
 
-    observe():  train one epoch -> evaluate, with a paired counterfactual for every live
-                seed with alpha > 0 -> governor check (rollback and re-evaluate if
-                needed) -> signals
+    observe():  train one epoch -> evaluate, with a paired counterfactual for every
+                seed on probation (or every blended one) -> governor check (rollback
+                and re-evaluate if needed) -> signals
     controller.decide(signals, slots)
                 -> the reward for reaching this epoch
     apply(action): apply the action -> lifecycle tick (gates) -> record -> telemetry
@@ -321,16 +321,23 @@ class EpisodeRunner:
         return Observation(signals, self.reports(), reward)
 
     def _measured_slots(self) -> list[str]:
-        """Slots whose seed's counterfactual is measured this epoch: every live seed with
-        alpha > 0 (the gates and controllers judge them), and on the last epoch the
-        fossils too (what each kept seed is worth at the end)."""
+        """Slots whose seed's counterfactual is measured this epoch: seeds on probation
+        (G5 and the probation verdict read it), every other live seed with alpha > 0 if
+        ``counterfactuals`` is 'live', and on the last epoch the fossils (what each kept
+        seed is worth at the end). Verdicts only ever read a measurement taken on
+        probation, so 'judged' and 'live' make the same decisions."""
         last = self.epoch == self.config.epochs
+        every_live = self.config.training.counterfactuals == "live"
         return [
             s.slot_id
             for s in self.model.slots()
             if s.seed is not None
             and s.alpha > 0.0
-            and (s.state.live or (last and s.stage is SeedStage.FOSSILIZED))
+            and (
+                s.stage is SeedStage.PROBATIONARY
+                or (every_live and s.state.live)
+                or (last and s.stage is SeedStage.FOSSILIZED)
+            )
         ]
 
     def _evaluate(self) -> tuple[EvalMetrics, float]:

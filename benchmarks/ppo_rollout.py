@@ -12,12 +12,15 @@ Two measurements, each a ratio taken in one run so machine noise cancels:
   interleaved, one worker, one thread. Target: <= 1.05.
 * **parallel speed-up**: episodes per minute of `collect_episodes` with 4 environments in
   1 worker process and in 2. Target (2 cores): >= 1.6.
+
+and, for scale, the machine's own ceiling for two processes (`ceiling`).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import multiprocessing
 import statistics
 import time
 
@@ -114,6 +117,37 @@ def speedup(task: str, rounds: int, epochs: int | None, envs: int = 4) -> dict[s
     }
 
 
+def _static_episode(task: str, epochs: int | None) -> float:
+    """Seconds of one static episode of ``task`` in this process, one thread."""
+    torch.set_num_threads(1)
+    env = MorphogenesisEnv(
+        config=env_config(None, task=task, **({"epochs": epochs} if epochs else {}))
+    )
+    run_episode(env._runner(0), ScriptedController({}))  # warm: data, FLOP counts
+    start = time.perf_counter()
+    run_episode(env._runner(1), ScriptedController({}))
+    return time.perf_counter() - start
+
+
+def ceiling(task: str, rounds: int, epochs: int | None) -> dict[str, float]:
+    """What two processes can get from this machine: the same static episode run in one
+    process alone, then in two processes at once; 2 x alone / together (2.0 on two
+    free cores). The parallel speed-up above cannot exceed it."""
+    context = multiprocessing.get_context("spawn")
+    job = functools.partial(_static_episode, task, epochs)
+    alone, together = [], []
+    with context.Pool(2) as pool:
+        for _ in range(rounds):
+            alone.append(pool.apply(job))
+            pair = [pool.apply_async(job) for _ in range(2)]
+            together.append(statistics.mean(p.get() for p in pair))
+    return {
+        "alone_seconds": statistics.median(alone),
+        "together_seconds": statistics.median(together),
+        "ceiling": statistics.median(2 * a / t for a, t in zip(alone, together, strict=True)),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="digits")
@@ -123,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     over = plumbing(args.task, args.rounds, args.epochs)
     fast = speedup(args.task, args.rounds, args.epochs)
+    machine = ceiling(args.task, args.rounds, args.epochs)
     table = "\n".join(
         [
             f"### Rollouts on {args.task} ({args.rounds} rounds, medians)",
@@ -135,9 +170,12 @@ def main(argv: list[str] | None = None) -> None:
             f"| episodes/min, 4 envs in 1 worker | {fast['episodes_per_minute_1']:.1f} | |",
             f"| episodes/min, 4 envs in 2 workers | {fast['episodes_per_minute_2']:.1f} | |",
             f"| speed-up of 2 workers (ratio) | {fast['speedup']:.2f} | >= 1.6 |",
+            f"| the machine's ceiling: 2 x one episode alone / two at once "
+            f"| {machine['ceiling']:.2f} | |",
         ]
     )
-    path = write_result(f"ppo-rollout-{args.task}", {**over, **fast, "rounds": args.rounds}, table)
+    payload = {**over, **fast, **machine, "rounds": args.rounds}
+    path = write_result(f"ppo-rollout-{args.task}", payload, table)
     print(path.read_text())
 
 

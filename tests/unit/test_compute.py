@@ -4,7 +4,8 @@ once per architecture; removing a seed at its slot gives exactly the old full-pa
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Literal
 
 import pytest
 import torch
@@ -214,7 +215,7 @@ def test_measuring_only_judged_seeds_changes_no_decision_and_costs_less() -> Non
     task = get_task("digits")
     split = load_digits()
 
-    def episode(mode: str) -> EpisodeResult:
+    def episode(mode: Literal["judged", "live"]) -> EpisodeResult:
         base = dataclasses.replace(task.default_config(), epochs=24, seed=4)
         config = dataclasses.replace(
             base, training=dataclasses.replace(base.training, counterfactuals=mode)
@@ -233,7 +234,9 @@ def test_measuring_only_judged_seeds_changes_no_decision_and_costs_less() -> Non
     assert any(r.action.op is LifecycleOp.FOSSILIZE for r in live.history)
     # Measured under 'judged': what was on probation when the epoch was evaluated (the
     # stages the epoch before ended with), and the fossils on the last epoch.
-    before = [{sid: SeedStage.DORMANT for sid in live.history[0].stages}]
+    before: list[Mapping[str, SeedStage]] = [
+        dict.fromkeys(live.history[0].stages, SeedStage.DORMANT)
+    ]
     before += [r.stages for r in judged.history[:-1]]
     for stages, record in zip(before, judged.history, strict=True):
         allowed = {SeedStage.PROBATIONARY}

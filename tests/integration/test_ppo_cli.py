@@ -56,6 +56,11 @@ def test_eval_and_run_load_the_policy(trained: Path, tmp_path: Path) -> None:
     assert main(["ppo", "run", "--policy", str(trained), *SHORT_PPO, "--out", str(run_dir)]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["controller"] == "ppo" and summary["epochs"] == 6
+    # The policy observes every blended seed's contribution, as in training.
+    for config_file in (trained / "config.json", run_dir / "config.json"):
+        config = json.loads(config_file.read_text())
+        run = config.get("run", config)
+        assert run["episode"]["training"]["counterfactuals"] == "live", config_file
 
 
 def test_an_interrupted_training_resumes_to_the_same_policy(

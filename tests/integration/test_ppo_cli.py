@@ -56,6 +56,11 @@ def test_eval_and_run_load_the_policy(trained: Path, tmp_path: Path) -> None:
     assert main(["ppo", "run", "--policy", str(trained), *SHORT_PPO, "--out", str(run_dir)]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["controller"] == "ppo" and summary["epochs"] == 6
+    # Without flags, the policy's task and the episodes it was trained on.
+    plain = tmp_path / "plain"
+    assert main(["ppo", "run", "--policy", str(trained), "--out", str(plain), "--quiet"]) == 0
+    summary = json.loads((plain / "summary.json").read_text())
+    assert summary["task"] == "digits" and summary["epochs"] == 6
     # The policy observes every blended seed's contribution, as in training.
     for config_file in (trained / "config.json", run_dir / "config.json"):
         config = json.loads(config_file.read_text())

@@ -19,7 +19,7 @@ from esper.cli.compare import open_pool, print_compare
 from esper.cli.runs import train_command
 from esper.cluster import connected, import_ray
 from esper.compare import compare, parse_arms, parse_seeds, provenance, write_outputs
-from esper.config import RunConfig
+from esper.config import RunConfig, to_dict
 from esper.rl.agent import PolicyError, load_policy
 from esper.rl.env import env_config
 from esper.rl.ray_envs import RayEnvPool
@@ -44,12 +44,15 @@ def ppo_command(args: argparse.Namespace, console: Console) -> int:
         return _eval(args, console)
     if args.policy is None and args.resume is None:
         raise RunError("esper ppo run needs --policy DIR (a training run)")
-    if args.policy is not None:
-        _check_policy(Path(args.policy), args.task)
-    return train_command(args, console)
+    if args.policy is None:
+        return train_command(args, console)  # --resume: the run's saved configuration
+    # The policy's task and the episodes it was trained on, unless flags say otherwise.
+    args.task = _check_policy(Path(args.policy), args.task)
+    return train_command(args, console, _training_environment(Path(args.policy)))
 
 
-def _check_policy(path: Path, task: str | None) -> None:
+def _check_policy(path: Path, task: str | None) -> str:
+    """The policy's task, after checking that it loads and fits ``task`` (if given)."""
     try:
         _, meta = load_policy(path)
     except PolicyError as error:
@@ -58,6 +61,19 @@ def _check_policy(path: Path, task: str | None) -> None:
         raise RunError(
             f"{path} was trained on task {meta.task!r}, not {task!r}: use --task {meta.task}"
         )
+    return meta.task
+
+
+def _training_environment(policy: Path) -> dict[str, Any] | None:
+    """The environment a policy was trained in (its run's ``config.json``), if saved."""
+    trained = (policy if policy.is_dir() else policy.parent) / "config.json"
+    if not trained.is_file():
+        return None
+    try:
+        run: dict[str, Any] = to_dict(load_train_config(trained).run)
+    except (ValueError, OSError) as error:
+        raise RunError(f"{trained}: {str(error).splitlines()[0]}") from None
+    return run
 
 
 # ---------------------------------------------------------------- train

@@ -57,8 +57,9 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def resolve_config(args: argparse.Namespace) -> RunConfig:
-    """Task defaults, then the --config file, then flags; strictly validated."""
+def resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> RunConfig:
+    """Task defaults, then ``base`` (a policy's training environment, if it is for the
+    same task), then the --config file, then flags; strictly validated."""
     file_data: dict[str, Any] = {}
     if args.config is not None:
         try:
@@ -78,11 +79,14 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = str(value) if isinstance(value, Path) else value
-    task_name = flags.get("task") or file_data.get("task") or "digits"
+    task_name = flags.get("task") or file_data.get("task") or (base or {}).get("task") or "digits"
     spec = get_task(str(task_name))
     defaults = RunConfig(task=spec.name, batch_size=spec.batch_size, episode=spec.default_config())
     controller = {"controller": getattr(args, "controller", "heuristic")}
-    merged = _merge(_merge(_merge(to_dict(defaults), file_data), flags), controller)
+    merged = to_dict(defaults)
+    if base is not None and base.get("task") == spec.name:
+        merged = _merge(merged, base)
+    merged = _merge(_merge(_merge(merged, file_data), flags), controller)
     config = from_dict(RunConfig, merged)
     if config.episode.epochs < 1:
         raise ConfigError("epochs must be at least 1")
@@ -124,7 +128,11 @@ def _summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
     return table
 
 
-def train_command(args: argparse.Namespace, console: Console) -> int:
+def train_command(
+    args: argparse.Namespace, console: Console, base: dict[str, Any] | None = None
+) -> int:
+    """One run (``esper heuristic``, ``baseline``, ``ppo run``); ``base`` as in
+    `resolve_config`."""
     if args.tensorboard:
         require_tensorboard()  # before anything is written: one line if it is missing
     if args.resume is not None:
@@ -147,7 +155,7 @@ def train_command(args: argparse.Namespace, console: Console) -> int:
     else:
         if args.out is not None and not args.out.strip():
             raise RunError("--out is empty; name the run directory, e.g. --out runs/first")
-        config = resolve_config(args)
+        config = resolve_config(args, base)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = f"{config.controller}-{config.task}-{stamp}"
         out = Path(args.out) if args.out else Path("runs") / name

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+import esper.run
 from esper.cli import main
 from esper.rl.agent import load_policy
 
@@ -40,3 +42,19 @@ def error_line(capsys: pytest.CaptureFixture[str]) -> str:
     assert len(lines) == 1, f"expected one line on stderr, got {lines}"
     assert lines[0].startswith("esper: error: ")
     return lines[0]
+
+
+def interrupt_at_save(patch: pytest.MonkeyPatch, count: int) -> None:
+    """Make this process's ``count``-th checkpoint save raise KeyboardInterrupt once it
+    has saved, as a Ctrl-C between two epochs would."""
+    real = esper.run._save_checkpoint
+    saved = 0
+
+    def save(directory: Any, built: Any, history: Any) -> None:
+        nonlocal saved
+        real(directory, built, history)
+        saved += 1
+        if saved == count:
+            raise KeyboardInterrupt
+
+    patch.setattr(esper.run, "_save_checkpoint", save)

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import esper.run
 from esper.cli import main
 from esper.compare import matched_width, parse_arms, parse_seeds
 from esper.config import RunConfig
-from tests.commands import compare
+from tests.commands import compare, interrupt_at_save
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -80,17 +78,8 @@ def test_an_interrupted_compare_resumes_to_the_same_result(
     reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "compare"
-    real: Callable[..., None] = esper.run._save_checkpoint
-    saved: list[int] = []
-
-    def save(directory: Any, built: Any, history: Any) -> None:
-        real(directory, built, history)
-        saved.append(built.runner.epoch)
-        if len(saved) == 12 + 3:  # epoch 3 of the second run
-            raise KeyboardInterrupt
-
     with monkeypatch.context() as patch:
-        patch.setattr(esper.run, "_save_checkpoint", save)
+        interrupt_at_save(patch, 12 + 3)  # epoch 3 of the second run
         status = compare(out, "--arms", "static,heuristic", "--seeds", "2", "--workers", "1")
     assert status == 130
     assert not (out / "compare.json").exists()

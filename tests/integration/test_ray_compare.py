@@ -12,7 +12,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,10 +20,9 @@ from typing import Any
 import pytest
 
 import esper.cli.compare
-import esper.run
 from esper.cli import main
 from esper.compare_ray import TOKEN_FILE, RayPool
-from tests.commands import FAST_COMPARE, compare
+from tests.commands import FAST_COMPARE, compare, interrupt_at_save
 
 ARMS = ["--arms", "static,heuristic", "--seeds", "2"]
 
@@ -186,17 +185,8 @@ def test_without_a_shared_out_runs_come_back_and_a_local_run_resumes_on_ray(
     unshared: Path,
 ) -> None:
     out = tmp_path / "compare"
-    real: Callable[..., None] = esper.run._save_checkpoint
-    saved: list[int] = []
-
-    def save(directory: Any, built: Any, history: Any) -> None:
-        real(directory, built, history)
-        saved.append(1)
-        if len(saved) == 12 + 3:  # epoch 3 of the second run
-            raise KeyboardInterrupt
-
     with monkeypatch.context() as patch:  # a local compare, interrupted
-        patch.setattr(esper.run, "_save_checkpoint", save)
+        interrupt_at_save(patch, 12 + 3)  # epoch 3 of the second run
         assert compare(out, *ARMS, "--workers", "1") == 130
     assert compare(out, *ARMS, "--ray") == 0  # continued on "another machine"
     assert _runs(out) == reference

@@ -48,7 +48,8 @@ def ppo_command(args: argparse.Namespace, console: Console) -> int:
         return train_command(args, console)  # --resume: the run's saved configuration
     # The policy's task and the episodes it was trained on, unless flags say otherwise.
     args.task = _check_policy(Path(args.policy), args.task)
-    return train_command(args, console, _training_environment(Path(args.policy)))
+    trained = _training_environment(Path(args.policy))
+    return train_command(args, console, None if trained is None else to_dict(trained))
 
 
 def _check_policy(path: Path, task: str | None) -> str:
@@ -64,16 +65,16 @@ def _check_policy(path: Path, task: str | None) -> str:
     return meta.task
 
 
-def _training_environment(policy: Path) -> dict[str, Any] | None:
-    """The environment a policy was trained in (its run's ``config.json``), if saved."""
+def _training_environment(policy: Path) -> RunConfig | None:
+    """The environment a policy (a training directory or its policy.pt) was trained in,
+    from the training's ``config.json``, if saved."""
     trained = (policy if policy.is_dir() else policy.parent) / "config.json"
     if not trained.is_file():
         return None
     try:
-        run: dict[str, Any] = to_dict(load_train_config(trained).run)
+        return load_train_config(trained).run
     except (ValueError, OSError) as error:
         raise RunError(f"{trained}: {str(error).splitlines()[0]}") from None
-    return run
 
 
 # ---------------------------------------------------------------- train
@@ -232,8 +233,7 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
         _, meta = load_policy(policy_dir, args.task)
     except PolicyError as error:
         raise RunError(str(error)) from None
-    trained = policy_dir / "config.json"
-    base = load_train_config(trained).run if trained.is_file() else None
+    base = _training_environment(policy_dir)
     try:
         seeds = parse_seeds(args.seeds)
         arms = parse_arms(args.arms.replace("learned", f"ppo:{policy_dir}"))

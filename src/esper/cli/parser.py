@@ -309,7 +309,8 @@ def _add_ppo_command(commands: Any) -> None:
             description="Train a policy: each update runs --envs episodes side by side "
             "(in --workers processes, or Ray actors with --ray) and takes PPO steps on them. "
             "Writes config.json, "
-            "updates.jsonl, policy.pt, trainer.pt and training_curve.png to --out; "
+            "updates.jsonl, policy.pt, trainer.pt and training_curve.png (and clone.json and cloned.pt "
+            "with --demonstrations) to --out; "
             "--resume DIR continues an interrupted training.",
         )
     )
@@ -346,6 +347,13 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     )
     _epoch_options(add, "epochs per episode", "the task's")
     add("--seed", type=int, metavar="N", help="seed of the policy and its sampling (default 0)")
+    add(
+        "--demonstrations",
+        type=int,
+        metavar="D",
+        help="first clone D episodes of the heuristic, so PPO starts from its behaviour "
+        "(default: 0, a random policy)",
+    )
     _data_options(add)
     add(
         "--config",

@@ -24,6 +24,7 @@ from esper.rl.agent import PolicyError, load_policy
 from esper.rl.env import env_config
 from esper.rl.ray_envs import RayEnvPool
 from esper.rl.training import (
+    CloneRecord,
     PPOTrainConfig,
     UpdateRow,
     load_train_config,
@@ -87,6 +88,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise RunError(f"--{name} must be at least 1, got {value}")
+    if args.demonstrations is not None and args.demonstrations < 0:
+        raise RunError(f"--demonstrations must be at least 0, got {args.demonstrations}")
     if args.ray is not None:
         import_ray()  # before anything is written: without Ray, one line and nothing else
     if args.resume is not None:
@@ -163,8 +166,23 @@ def _train_with_progress(
             if not console.is_terminal and not args.quiet:
                 console.print(f"update {row.update}/{config.updates}  {status}", soft_wrap=True)
 
+        def on_clone(record: CloneRecord) -> None:
+            if not args.quiet:
+                progress.console.print(
+                    f"cloned {record.demonstrations} heuristic episodes (return "
+                    f"{record.mean_return:+.3f}, final acc {record.mean_final_accuracy:.2f}%): "
+                    f"likelihood of its actions {record.first_likelihood:.2f} -> "
+                    f"{record.last_likelihood:.2f} in {record.epochs} passes, "
+                    f"{record.seconds:.0f} s",
+                    soft_wrap=True,
+                )
+
+        if config.demonstrations and not resume:
+            progress.update(bar, status=f"running {config.demonstrations} heuristic episodes")
         try:
-            rows = train(out, config, on_update, resume=resume, make_pool=make_pool)
+            rows = train(
+                out, config, on_update, resume=resume, make_pool=make_pool, on_clone=on_clone
+            )
         except EnvWorkerError as error:
             progress.stop()
             raise RunFailedError(
@@ -215,7 +233,7 @@ def _resolve(args: argparse.Namespace) -> PPOTrainConfig:
     }
     flags = {
         name: getattr(args, name)
-        for name in ("episodes", "envs", "workers", "seed")
+        for name in ("episodes", "envs", "workers", "seed", "demonstrations")
         if getattr(args, name) is not None
     }
     try:

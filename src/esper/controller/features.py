@@ -43,6 +43,7 @@ __all__ = [
     "ConditionalMasks",
     "conditional_masks",
     "decode_action",
+    "encode_action",
     "observation",
     "observation_names",
     "observation_size",
@@ -220,3 +221,18 @@ def decode_action(
     if report.costs and name not in report.costs:
         return FactoredAction.wait(), f"blueprint {name} does not fit {report.slot_id}"
     return FactoredAction(op, report.slot_id, name, BLENDS[blend_index]), None
+
+
+def encode_action(
+    action: FactoredAction, slots: Sequence[SlotReport], blueprints: Sequence[str]
+) -> tuple[int, int, int, int]:
+    """The index tuple (op, slot, blueprint, blend) of ``action``, the inverse of
+    `decode_action` for a legal action. Heads that do not apply get the placeholder 0
+    (slot on WAIT; blueprint and blend unless GERMINATE), as a policy stores them."""
+    op = int(action.op)
+    if action.op is LifecycleOp.WAIT:
+        return op, 0, 0, 0
+    slot = [r.slot_id for r in slots].index(action.slot or "")
+    if action.op is not LifecycleOp.GERMINATE:
+        return op, slot, 0, 0
+    return op, slot, list(blueprints).index(action.blueprint or ""), BLENDS.index(action.blend)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
-from esper.rl.policy import ActionMasks, PolicyState
+from esper.rl.policy import HEADS, ActionMasks, PolicyState
 
 __all__ = ["RolloutBuffer", "Sequences"]
 
@@ -46,6 +48,28 @@ class RolloutBuffer:
     masks: ActionMasks | None
     initial_state: PolicyState
     last_value: Tensor
+
+    @staticmethod
+    def concat(buffers: Sequence[RolloutBuffer]) -> RolloutBuffer:
+        """Rollouts of the same length side by side: their environments, in order."""
+        first = buffers[0]
+        columns = {
+            name: torch.cat([getattr(b, name) for b in buffers], dim=1)
+            for name in (
+                "obs", "actions", "log_probs", "values", "rewards", "starts",
+                "terminated", "truncated", "final_values",
+            )
+        }  # fmt: skip
+        present = [b.masks for b in buffers if b.masks is not None]
+        masks = None
+        if len(present) == len(buffers):
+            masks = ActionMasks(*(torch.cat([getattr(m, k) for m in present], 1) for k in HEADS))
+        state = tuple(
+            torch.cat([b.initial_state[i] for b in buffers], dim=1)
+            for i in range(len(first.initial_state))
+        )
+        last_value = torch.cat([b.last_value for b in buffers])
+        return RolloutBuffer(**columns, masks=masks, initial_state=state, last_value=last_value)
 
     @property
     def num_steps(self) -> int:

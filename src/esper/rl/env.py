@@ -20,6 +20,10 @@ nothing: there is no epoch left to train).
   to the static host's final accuracy on the same seed (computed once per seed): the
   same optimal policy, far less variance between seeds.
 * ``info["record"]`` is the applied epoch's `EpochRecord` as plain data.
+* With ``demonstrator``, ``info["demonstration"]`` holds the action the rule-based
+  heuristic (`HeuristicController`, the run config's settings) takes on the next
+  decision, as an index array: demonstrations to clone a policy from. The heuristic
+  sees every observation once, whatever the agent then does.
 
 Registered as ``Esper/Morphogenesis-v0`` (``gymnasium.make("Esper/Morphogenesis-v0",
 task="digits")`` after ``import esper.rl``).
@@ -37,13 +41,14 @@ import torch
 
 from esper.config import RunConfig, from_dict, observing_every_seed, to_dict
 from esper.contracts import SlotReport
-from esper.controller import StaticController
+from esper.controller import HeuristicController, StaticController
 from esper.controller.features import (
     BLENDS,
     HIGH,
     OBSERVATION_VERSION,
     conditional_masks,
     decode_action,
+    encode_action,
     observation,
     observation_size,
 )
@@ -94,6 +99,8 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
             ``reset`` sets.
         paired_baseline: pay the terminal reward relative to the static host's final
             accuracy on the same seed.
+        demonstrator: put the heuristic's action for every decision in
+            ``info["demonstration"]``.
         **overrides: shortcuts for fields of ``config`` (see `env_config`).
     """
 
@@ -103,6 +110,7 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
         self,
         config: RunConfig | dict[str, Any] | None = None,
         paired_baseline: bool = False,
+        demonstrator: bool = False,
         **overrides: Any,
     ) -> None:
         super().__init__()
@@ -119,6 +127,8 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
         self.slot_ids = probe.slot_ids
         self.blueprints = blueprint_names(self.task.topology)
         self.paired_baseline = paired_baseline
+        self.demonstrator = demonstrator
+        self._heuristic: HeuristicController | None = None
         self._baselines: dict[int, float] = {}
         size = observation_size(len(self.slot_ids), len(self.blueprints))
         self.observation_space = gym.spaces.Box(-1.0, HIGH, (size,), np.float32)
@@ -144,10 +154,17 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
             self.static_accuracy(self.episode_seed)  # before the episode: its own timing
         with torch.random.fork_rng(devices=[]):
             self.runner = self._runner(self.episode_seed)  # seeds torch's generator
+            if self.demonstrator:
+                self._heuristic = HeuristicController(
+                    self.blueprints, self.config.heuristic, self.config.episode.lifecycle
+                )
             self._steps = self._illegal = 0
             first = self.runner.observe()
             self._rng = torch.get_rng_state()
-        return self._observe(first), {"masks": self._masks, "epoch": 1, "seed": self.episode_seed}
+        info: dict[str, Any] = {"epoch": 1, "seed": self.episode_seed}
+        obs = self._observe(first, info)
+        info["masks"] = self._masks
+        return obs, info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         runner = self.runner
@@ -187,7 +204,7 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
             info["final"] = _plain(last)
             info["final_accuracy"] = last.val.accuracy
             info["summary"] = self._summary()
-        obs = self._observe(following)
+        obs = self._observe(following, info)
         info.update(masks=self._masks, epoch=runner.epoch)
         return obs, reward, terminated, False, info
 
@@ -210,9 +227,14 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
         data = SplitBatches(self.split, self.config.batch_size, seed, augment=self.task.augment)
         return EpisodeRunner(model, data, episode)
 
-    def _observe(self, seen: Observation) -> np.ndarray:
+    def _observe(self, seen: Observation, info: dict[str, Any]) -> np.ndarray:
         assert self.runner is not None
         self._slots = seen.slots
+        if self._heuristic is not None:
+            chosen = self._heuristic.decide(seen.signals, seen.slots)
+            info["demonstration"] = np.asarray(
+                encode_action(chosen, seen.slots, self.blueprints), dtype=np.int64
+            )
         masks = conditional_masks(seen.slots, self.blueprints)
         self._masks = {key: np.asarray(value, dtype=bool) for key, value in masks.items()}
         values = observation(

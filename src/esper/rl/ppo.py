@@ -11,6 +11,8 @@ Approximate KL and clip fraction are measured on every minibatch before its step
 first minibatch the policy is still the rollout's, so its ratios are exactly 1; from the
 second on they move, which is what makes the clipping act.
 
+`clone_update` fits a policy to demonstrations (behaviour cloning), a warm start for PPO.
+
 This module and ``esper/training/loop.py`` are the only places that call ``backward()``.
 """
 
@@ -30,11 +32,13 @@ from esper.rl.policy import ActorCritic
 from esper.rl.rollout import EpisodeRecord, RolloutCollector
 
 __all__ = [
+    "CloneStats",
     "PPOConfig",
     "PPOTrainer",
     "TrainResult",
     "UpdateRecord",
     "UpdateStats",
+    "clone_update",
     "explained_variance",
     "ppo_update",
     "train_ppo",
@@ -183,10 +187,7 @@ def ppo_update(
             entropy = new.entropy.mean()
             loss = policy_loss - config.ent_coef * entropy + config.vf_coef * value_loss
 
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
-            optimizer.step()
+            _gradient_step(policy, optimizer, loss, config.max_grad_norm)
 
             measured = {
                 "policy_loss": policy_loss,
@@ -214,6 +215,77 @@ def ppo_update(
         minibatches=len(log["kl"]),
         stopped_early=stopped,
     )
+
+
+def _gradient_step(
+    policy: ActorCritic, optimizer: torch.optim.Optimizer, loss: Tensor, max_grad_norm: float
+) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # type: ignore[no-untyped-call]
+    nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+
+
+@dataclass(frozen=True)
+class CloneStats:
+    """What cloning a demonstrator did (`clone_update`)."""
+
+    epochs: int
+    """Passes over the demonstrations."""
+    first_likelihood: float
+    """Mean probability the policy gave the demonstrated actions during the first pass."""
+    last_likelihood: float
+    """The same during the last pass."""
+    value_loss: float
+    """Mean squared error (halved) of the value head against the demonstrations'
+    returns during the last pass."""
+
+
+def clone_update(
+    policy: ActorCritic,
+    optimizer: torch.optim.Optimizer,
+    buffer: RolloutBuffer,
+    config: PPOConfig,
+    epochs: int,
+    generator: torch.Generator | None = None,
+) -> CloneStats:
+    """Behaviour cloning: fit ``policy`` to the actions in ``buffer`` (a demonstrated
+    rollout, see `esper.rl.rollout.collect_episodes`) by maximum likelihood, and its value
+    head to the demonstrations' returns (discounted by ``config.gamma``), over ``epochs``
+    passes of ``config.num_minibatches`` minibatches of whole sequences. A warm start for
+    PPO: the policy begins where the demonstrator is, and the critic knows what that is
+    worth."""
+    _, returns = gae(
+        buffer.rewards,
+        buffer.values,
+        buffer.last_value,
+        buffer.terminated,
+        buffer.truncated,
+        buffer.final_values,
+        config.gamma,
+        1.0,  # lambda 1: the Monte Carlo return of the demonstrations, whatever V says
+    )
+    data = buffer.sequences(returns - buffer.values, returns, keep_time=policy.is_recurrent)
+    minibatches = min(config.num_minibatches, data.count)
+    likelihood: list[float] = []
+    value_losses: list[float] = []
+    first = float("nan")
+    for epoch in range(epochs):
+        likelihood, value_losses = [], []
+        order = torch.randperm(data.count, generator=generator).to(buffer.rewards.device)
+        for columns in order.tensor_split(minibatches):
+            batch = data.select(columns)
+            new = policy.evaluate(
+                batch.obs, batch.actions, batch.masks, batch.initial_state, batch.starts
+            )
+            value_loss = 0.5 * ((new.value - batch.returns) ** 2).mean()
+            loss = -new.log_prob.mean() + config.vf_coef * value_loss
+            _gradient_step(policy, optimizer, loss, config.max_grad_norm)
+            likelihood.append(float(new.log_prob.detach().exp().mean()))
+            value_losses.append(value_loss.item())
+        if epoch == 0:
+            first = _mean(likelihood)
+    return CloneStats(epochs, first, _mean(likelihood), _mean(value_losses))
 
 
 def _surrogate_loss(ratio: Tensor, batch: Sequences, config: PPOConfig) -> Tensor:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from esper.rl.buffer import RolloutBuffer
-from esper.rl.policy import ActionMasks, ActorCritic, PolicyState
+from esper.rl.policy import ActionMasks, ActorCritic, ActOutput, PolicyState
 from esper.rl.workers import VectorEnvPool
 
 __all__ = [
@@ -227,9 +227,14 @@ def collect_episodes(
     steps: int,
     generator: torch.Generator | None = None,
     next_seed: Callable[[], int] | None = None,
+    demonstrated: bool = False,
 ) -> tuple[RolloutBuffer, list[EpisodeSummary]]:
     """A rollout of whole episodes: every environment starts a fresh episode (``seeds``)
     and takes ``steps`` steps; episodes are fixed-length, so all end on the last step.
+
+    With ``demonstrated`` the environments' demonstrator acts (``info["demonstration"]``,
+    see `MorphogenesisEnv`) instead of the policy, and the buffer holds the policy's
+    log-probabilities and values of those actions: the data to clone a policy from.
 
     An environment whose episode ends early (a run the governor had to stop) starts
     another at once, with seed ``next_seed()``, so every sequence is ``steps`` long; an
@@ -250,6 +255,8 @@ def collect_episodes(
 
     n = pool.num_envs
     obs_array, infos = pool.reset(seeds)
+    if demonstrated and not all("demonstration" in info for info in infos):
+        raise ValueError("demonstrated rollouts need environments with a demonstrator")
     obs, masks = tensor(obs_array), stack_masks(infos)
     current = list(seeds)
     state = policy.initial_state(n)
@@ -262,6 +269,8 @@ def collect_episodes(
     for _ in range(steps):
         with torch.no_grad():
             out = policy.act(obs, state, masks, starts, generator=generator)
+            if demonstrated:
+                out = _demonstrated(policy, out, obs, state, masks, starts, infos)
         result = pool.step(out.action.cpu().numpy())
         ended = result.terminated | result.truncated
         row = {
@@ -301,7 +310,7 @@ def collect_episodes(
             for k, i in enumerate(done):
                 next_obs[i], next_infos[i], current[i] = fresh_obs[k], fresh_infos[k], restart[k]
         obs, state, masks = tensor(next_obs), out.state, stack_masks(next_infos)
-        starts = tensor(ended)
+        starts, infos = tensor(ended), next_infos
     stacked = {name: torch.stack(values) for name, values in columns.items()}
     with torch.no_grad():
         last_value = policy.value(obs, state, starts)
@@ -312,3 +321,27 @@ def collect_episodes(
         last_value=last_value,
     )
     return buffer, finished
+
+
+def _demonstrated(
+    policy: ActorCritic,
+    out: ActOutput,
+    obs: Tensor,
+    state: PolicyState,
+    masks: ActionMasks | None,
+    starts: Tensor,
+    infos: Sequence[dict[str, Any]],
+) -> ActOutput:
+    """``out`` with the demonstrator's actions and the policy's log-probabilities of them
+    (the recurrent state does not depend on the action, so ``out.state`` stands)."""
+    actions = torch.as_tensor(
+        np.stack([info["demonstration"] for info in infos]), device=obs.device
+    )
+    scored = policy.evaluate(
+        obs[None],
+        actions[None],
+        masks.index(None) if masks is not None else None,
+        state,
+        starts[None],
+    )
+    return out._replace(action=actions, log_prob=scored.log_prob[0])

@@ -6,9 +6,13 @@ Training episodes draw their seeds from a fixed pool (`train_seed`) far from the
 for evaluation, so ``esper ppo eval --seeds 100-109`` is always held out. With the paired
 baseline each pool seed's static run is trained once per environment process.
 
+With ``demonstrations`` the policy first clones the rule-based heuristic (`clone`), so PPO
+starts from the baseline's behaviour rather than from a random policy.
+
 A training directory holds ``config.json`` (a `PPOTrainConfig`), ``updates.jsonl`` (one
 row per update), ``policy.pt`` (`esper.rl.agent`), ``trainer.pt`` (optimizer and random
-state for ``--resume``; tensors and plain data only) and ``training_curve.png``. A run
+state for ``--resume``; tensors and plain data only), ``training_curve.png``, and when
+cloning ``clone.json`` (a `CloneRecord`) and ``cloned.pt`` (the cloned policy). A run
 resumed after any interruption gives the policy an uninterrupted one would have.
 """
 
@@ -29,18 +33,24 @@ import torch
 
 from esper.config import RunConfig, from_dict, reject_non_finite, to_dict
 from esper.rl.agent import POLICY_FILE, PolicyMeta, save_policy
+from esper.rl.buffer import RolloutBuffer
 from esper.rl.env import MorphogenesisEnv, env_config
-from esper.rl.ppo import PPOConfig, UpdateStats, ppo_update
+from esper.rl.policy import RecurrentFactoredPolicy
+from esper.rl.ppo import PPOConfig, UpdateStats, clone_update, ppo_update
 from esper.rl.rollout import EpisodeSummary, collect_episodes
-from esper.rl.workers import EnvPool, PoolFactory
+from esper.rl.workers import EnvPool, PoolFactory, VectorEnvPool
 from esper.rundir import atomic_write, save_atomic
 from esper.telemetry.updates import UPDATES_FILE, UpdateRow, plot_training, read_updates
 
 __all__ = [
+    "CLONED_POLICY_FILE",
+    "CLONE_FILE",
     "TRAINER_FILE",
     "UPDATES_FILE",
+    "CloneRecord",
     "PPOTrainConfig",
     "UpdateRow",
+    "clone",
     "load_train_config",
     "plot_training",
     "read_updates",
@@ -50,6 +60,10 @@ __all__ = [
 ]
 
 TRAINER_FILE = "trainer.pt"
+CLONE_FILE = "clone.json"
+CLONED_POLICY_FILE = "cloned.pt"
+"""The policy as cloning left it, before any PPO update (``esper ppo eval --policy``
+takes it as it takes ``policy.pt``)."""
 
 
 def _esper_ppo() -> PPOConfig:
@@ -80,12 +94,21 @@ class PPOTrainConfig:
     """Width of the policy's encoder and LSTM."""
     paired_baseline: bool = True
     """Pay the terminal reward relative to the static host on the same seed."""
+    demonstrations: int = 0
+    """Episodes of the rule-based heuristic (the run config's settings) to clone before
+    PPO starts, on the first seeds of the training pool, rounded up to whole groups of
+    ``envs``: the policy starts where the heuristic is (behaviour cloning) instead of at
+    random. 0: no cloning."""
+    clone_epochs: int = 100
+    """Passes over the demonstrations when cloning them."""
 
     def __post_init__(self) -> None:
         reject_non_finite(self)
-        for name in ("episodes", "envs", "workers", "train_seeds", "hidden"):
+        for name in ("episodes", "envs", "workers", "train_seeds", "hidden", "clone_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.demonstrations < 0:
+            raise ValueError(f"demonstrations must be at least 0, got {self.demonstrations}")
         if self.ppo.num_minibatches > self.envs:
             raise ValueError(
                 f"ppo.num_minibatches ({self.ppo.num_minibatches}) cannot exceed envs "
@@ -110,7 +133,10 @@ def train_seed(config: PPOTrainConfig, episode: int) -> int:
 
 def _factory(config: PPOTrainConfig) -> Callable[[], MorphogenesisEnv]:
     return functools.partial(
-        MorphogenesisEnv, config=to_dict(config.run), paired_baseline=config.paired_baseline
+        MorphogenesisEnv,
+        config=to_dict(config.run),
+        paired_baseline=config.paired_baseline,
+        demonstrator=config.demonstrations > 0,
     )
 
 
@@ -120,8 +146,13 @@ def train(
     on_update: Callable[[UpdateRow], None] = lambda row: None,
     resume: bool = False,
     make_pool: PoolFactory = EnvPool,
+    on_clone: Callable[[CloneRecord], None] = lambda record: None,
 ) -> list[UpdateRow]:
     """Train (or, with ``resume``, continue training) a policy into ``out``.
+
+    With ``config.demonstrations`` the policy first clones the heuristic (`clone`), and
+    ``on_clone`` hears how that went; then PPO updates follow, each reported to
+    ``on_update``.
 
     Resuming continues after the last update whose state was saved (``trainer.pt``), or
     starts again if none was. ``make_pool`` builds the environments' pool from (factory,
@@ -154,7 +185,14 @@ def train(
     else:  # a new run, or one that stopped before its first update was saved
         (out / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
         (out / UPDATES_FILE).write_text("")
+    cloned = resume and (out / TRAINER_FILE).is_file()  # the state is saved after cloning
     with make_pool(_factory(config), config.envs, config.workers) as pool:
+        if config.demonstrations and not cloned:
+            record = clone(pool, policy, config, steps, generator)
+            (out / CLONE_FILE).write_text(json.dumps(dataclasses.asdict(record), indent=2) + "\n")
+            _save(out, policy, meta, optimizer, generator, 0)
+            save_policy(out / CLONED_POLICY_FILE, policy, meta)
+            on_clone(record)
         for update in range(start, config.updates):
             fraction = 1.0 - update / config.updates if config.ppo.anneal_lr else 1.0
             learning_rate = fraction * config.ppo.learning_rate
@@ -179,19 +217,90 @@ def train(
             rows.append(row)
             with (out / UPDATES_FILE).open("a") as handle:
                 handle.write(row.to_json() + "\n")
-            save_policy(out / POLICY_FILE, policy, meta)
-            save_atomic(
-                out / TRAINER_FILE,
-                {
-                    "policy": policy.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "updates": update + 1,
-                },
-            )
+            _save(out, policy, meta, optimizer, generator, update + 1)
             plot_training(rows, out / "training_curve.png", config.run.task)
             on_update(row)
     return rows
+
+
+def _save(
+    out: Path,
+    policy: RecurrentFactoredPolicy,
+    meta: PolicyMeta,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    updates: int,
+) -> None:
+    save_policy(out / POLICY_FILE, policy, meta)
+    save_atomic(
+        out / TRAINER_FILE,
+        {
+            "policy": policy.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "updates": updates,
+        },
+    )
+
+
+@dataclass(frozen=True)
+class CloneRecord:
+    """How cloning the heuristic went (saved as ``clone.json``)."""
+
+    demonstrations: int
+    """Heuristic episodes cloned."""
+    mean_return: float
+    """The demonstrations' mean episode return."""
+    mean_final_accuracy: float
+    epochs: int
+    first_likelihood: float
+    """Mean probability the policy gave the heuristic's actions in the first pass."""
+    last_likelihood: float
+    """The same in the last pass."""
+    value_loss: float
+    seconds: float
+
+
+def clone(
+    pool: VectorEnvPool,
+    policy: RecurrentFactoredPolicy,
+    config: PPOTrainConfig,
+    steps: int,
+    generator: torch.Generator,
+) -> CloneRecord:
+    """Run ``config.demonstrations`` heuristic episodes (groups of ``envs``, on the first
+    seeds of the training pool) and fit ``policy`` to them (`clone_update`, with an
+    optimizer of its own so PPO's starts fresh)."""
+    began = time.perf_counter()
+    buffers, episodes = [], []
+    groups = math.ceil(config.demonstrations / config.envs)
+    for group in range(groups):
+        seeds = [train_seed(config, group * config.envs + i) for i in range(config.envs)]
+        buffer, finished = collect_episodes(
+            pool, policy, seeds, steps, generator, demonstrated=True
+        )
+        buffers.append(buffer)
+        episodes += finished
+    optimizer = torch.optim.Adam(
+        policy.parameters(), lr=config.ppo.learning_rate, eps=config.ppo.adam_eps
+    )
+    policy.train()
+    stats = clone_update(
+        policy, optimizer, RolloutBuffer.concat(buffers), config.ppo, config.clone_epochs, generator
+    )
+    policy.eval()
+    return CloneRecord(
+        demonstrations=groups * config.envs,
+        mean_return=float(np.mean([e.episode_return for e in episodes])),
+        mean_final_accuracy=float(
+            np.mean([e.summary.get("final_accuracy", math.nan) for e in episodes])
+        ),
+        epochs=stats.epochs,
+        first_likelihood=stats.first_likelihood,
+        last_likelihood=stats.last_likelihood,
+        value_loss=stats.value_loss,
+        seconds=time.perf_counter() - began,
+    )
 
 
 def _spare_seeds(config: PPOTrainConfig, update: int) -> Callable[[], int]:

@@ -12,9 +12,12 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import esper.rl
+from esper.config import to_dict
+from esper.controller import HeuristicController
 from esper.controller.features import observation_names, observation_size
 from esper.lifecycle import LifecycleOp
 from esper.rl.env import ENV_ID, MorphogenesisEnv
+from esper.training.episode import run_episode
 
 SHORT: dict[str, Any] = {"task": "digits", "epochs": 6, "max_batches": 3}
 WAIT, GERMINATE, FOSSILIZE, CULL = (int(op) for op in LifecycleOp)
@@ -122,3 +125,21 @@ def test_maskable_ppo_from_sb3_contrib_trains_on_it() -> None:
     obs, _ = env.reset(seed=2)
     action, _ = model.predict(obs, action_masks=inner.action_masks())
     assert env.action_space.contains(action)
+
+
+def test_following_the_demonstrations_replays_the_heuristics_run() -> None:
+    env = MorphogenesisEnv(demonstrator=True, task="digits", epochs=12, max_batches=3)
+    _, info = env.reset(seed=3)
+    taken, done = [], False
+    while not done:
+        _, _, done, _, info = env.step(info["demonstration"])
+        assert not info["illegal"]  # the heuristic only does what is legal
+        taken.append(info["record"]["action"])
+    assert any(a["op"] == GERMINATE for a in taken)  # the heuristic grew: a real test
+    heuristic = HeuristicController(
+        env.blueprints, env.config.heuristic, env.config.episode.lifecycle
+    )
+    run = run_episode(env._runner(3), heuristic)
+    # The same decisions (the env closes the last epoch with WAIT), the same accuracy.
+    assert taken == [to_dict(r.action) for r in run.history[:-1]]
+    assert info["final_accuracy"] == run.final_accuracy

@@ -15,8 +15,16 @@ import torch
 import esper.rl.agent
 import esper.rl.training
 from esper.cli import main
-from esper.rl.agent import POLICY_FILE
-from esper.rl.training import read_updates
+from esper.rl.agent import POLICY_FILE, load_policy
+from esper.rl.env import MorphogenesisEnv
+from esper.rl.policy import ActionMasks
+from esper.rl.training import (
+    CLONE_FILE,
+    CLONED_POLICY_FILE,
+    load_train_config,
+    read_updates,
+    train_seed,
+)
 from tests.commands import SHORT_PPO, policy_weights, ppo_train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -68,27 +76,84 @@ def test_eval_and_run_load_the_policy(trained: Path, tmp_path: Path) -> None:
         assert run["episode"]["training"]["counterfactuals"] == "live", config_file
 
 
-def test_an_interrupted_training_resumes_to_the_same_policy(
-    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    out = tmp_path / "train"
+def _interrupt_at_policy_save(patch: pytest.MonkeyPatch, count: int) -> None:
+    """Raise KeyboardInterrupt right after the ``count``-th policy file is written."""
     real = esper.rl.agent.save_policy
     calls: list[int] = []
 
     def save(*args: Any) -> None:
         real(*args)
         calls.append(1)
-        if len(calls) == 1:
-            raise KeyboardInterrupt  # after the first update's policy, before its trainer state
+        if len(calls) == count:
+            raise KeyboardInterrupt
 
+    patch.setattr(esper.rl.training, "save_policy", save)
+
+
+def test_an_interrupted_training_resumes_to_the_same_policy(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "train"
     with monkeypatch.context() as patch:
-        patch.setattr(esper.rl.training, "save_policy", save)
+        # After the first update's policy, before its trainer state.
+        _interrupt_at_policy_save(patch, 1)
         assert ppo_train(out) == 130
     assert main(["ppo", "train", "--resume", str(out), "--quiet"]) == 0
     for key, value in policy_weights(trained).items():
         assert torch.equal(policy_weights(out)[key], value), key
     rows = [r.episodes for r in read_updates(out / "updates.jsonl")]
     assert rows == [2, 4]
+
+
+@pytest.fixture(scope="module")
+def cloned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ppo") / "cloned"
+    assert ppo_train(out, "--demonstrations", "2") == 0
+    return out
+
+
+def test_cloning_the_heuristic_starts_ppo_from_its_behaviour(cloned: Path) -> None:
+    record = json.loads((cloned / CLONE_FILE).read_text())
+    assert record["demonstrations"] == 2 and record["epochs"] == 100
+    assert record["last_likelihood"] > max(0.9, record["first_likelihood"])
+    # On the seeds it was shown, the cloned policy (most likely action of each head)
+    # does what the heuristic does, step for step.
+    config = load_train_config(cloned / "config.json")
+    policy, _ = load_policy(cloned / CLONED_POLICY_FILE)
+    env = MorphogenesisEnv(config=config.run, demonstrator=True)
+    for episode in range(2):
+        obs, info = env.reset(seed=train_seed(config, episode))
+        state, start, done = policy.initial_state(1), 1.0, False
+        while not done:
+            masks = ActionMasks.from_numpy({k: v[None] for k, v in info["masks"].items()})
+            with torch.no_grad():
+                out = policy.act(
+                    torch.as_tensor(obs)[None], state, masks, torch.tensor([start]), True
+                )
+            assert out.action[0].tolist() == info["demonstration"].tolist()
+            state, start = out.state, 0.0
+            obs, _, done, _, info = env.step(info["demonstration"])
+    # PPO went on from there: the final policy is the cloned one, updated.
+    assert [r.episodes for r in read_updates(cloned / "updates.jsonl")] == [2, 4]
+    assert any(
+        not torch.equal(value, policy.state_dict()[key])
+        for key, value in policy_weights(cloned).items()
+    )
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_a_training_interrupted_around_cloning_resumes_to_the_same_policy(
+    count: int, cloned: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1: cloned, before its trainer state; 2: cloned and saved; 3: in the first update.
+    out = tmp_path / "train"
+    with monkeypatch.context() as patch:
+        _interrupt_at_policy_save(patch, count)
+        assert ppo_train(out, "--demonstrations", "2") == 130
+    assert main(["ppo", "train", "--resume", str(out), "--quiet"]) == 0
+    for key, value in policy_weights(cloned).items():
+        assert torch.equal(policy_weights(out)[key], value), key
+    assert json.loads((out / CLONE_FILE).read_text())["demonstrations"] == 2
 
 
 def test_two_workers_train_the_same_policy_as_one(trained: Path, tmp_path: Path) -> None:

@@ -147,17 +147,7 @@ def ppo_update(
         config: the hyperparameters.
         generator: random generator for the minibatch shuffles (None: torch's global one).
     """
-    advantages, returns = gae(
-        buffer.rewards,
-        buffer.values,
-        buffer.last_value,
-        buffer.terminated,
-        buffer.truncated,
-        buffer.final_values,
-        config.gamma,
-        config.gae_lambda,
-    )
-    data = buffer.sequences(advantages, returns, keep_time=policy.is_recurrent)
+    data = _sequences(policy, buffer, config.gamma, config.gae_lambda)
     if config.num_minibatches > data.count:
         raise ValueError(
             f"{config.num_minibatches} minibatches need at least as many sequences; "
@@ -210,11 +200,26 @@ def ppo_update(
         clip_fraction_per_minibatch=tuple(log["clip"]),
         ratio_min=min(log["ratio_min"], default=float("nan")),
         ratio_max=max(log["ratio_max"], default=float("nan")),
-        explained_variance=explained_variance(buffer.values, returns),
+        explained_variance=explained_variance(data.values, data.returns),
         epochs=epochs,
         minibatches=len(log["kl"]),
         stopped_early=stopped,
     )
+
+
+def _sequences(policy: ActorCritic, buffer: RolloutBuffer, gamma: float, lam: float) -> Sequences:
+    """The rollout's sequences for an update, with GAE(lambda) advantages and returns."""
+    advantages, returns = gae(
+        buffer.rewards,
+        buffer.values,
+        buffer.last_value,
+        buffer.terminated,
+        buffer.truncated,
+        buffer.final_values,
+        gamma,
+        lam,
+    )
+    return buffer.sequences(advantages, returns, keep_time=policy.is_recurrent)
 
 
 def _gradient_step(
@@ -255,17 +260,8 @@ def clone_update(
     passes of ``config.num_minibatches`` minibatches of whole sequences. A warm start for
     PPO: the policy begins where the demonstrator is, and the critic knows what that is
     worth."""
-    _, returns = gae(
-        buffer.rewards,
-        buffer.values,
-        buffer.last_value,
-        buffer.terminated,
-        buffer.truncated,
-        buffer.final_values,
-        config.gamma,
-        1.0,  # lambda 1: the Monte Carlo return of the demonstrations, whatever V says
-    )
-    data = buffer.sequences(returns - buffer.values, returns, keep_time=policy.is_recurrent)
+    # Lambda 1: the returns are the demonstrations' Monte Carlo returns, whatever V says.
+    data = _sequences(policy, buffer, config.gamma, 1.0)
     minibatches = min(config.num_minibatches, data.count)
     likelihood: list[float] = []
     value_losses: list[float] = []

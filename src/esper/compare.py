@@ -11,8 +11,9 @@ again, and an interrupted one resumes from its last checkpoint, so rerunning the
 command continues an interrupted compare.
 
 The result: a table (mean and 95% t-interval over seeds of final and best accuracy,
-parameters, training and evaluation FLOPs, wall time and seeds kept, plus each arm's
-paired difference in final accuracy against the first arm), ``compare.json``,
+parameters, training and evaluation FLOPs, wall time, seeds kept and the run's return,
+the reward every controller's run records, plus each arm's paired difference in final
+accuracy against the first arm), ``compare.json``,
 ``compare.md`` and ``accuracy_vs_flops.png`` (one point per run) in ``OUT``.
 """
 
@@ -275,6 +276,7 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("eval_flops", "eval FLOPs"),
     ("wall_seconds", "wall (s)"),
     ("seeds_fossilized", "seeds kept"),
+    ("total_reward", "return"),
 )
 
 
@@ -415,7 +417,12 @@ def _cell(values: Sequence[float], key: str) -> str:
         text = format_flops(mean).removesuffix("FLOPs").strip()
         spread = format_flops(half).removesuffix("FLOPs").strip() if math.isfinite(half) else ""
         return f"{text} ± {spread}" if spread else text
-    digits = {"final_accuracy": 2, "best_accuracy": 2, "seeds_fossilized": 1}.get(key, 0)
+    digits = {
+        "final_accuracy": 2,
+        "best_accuracy": 2,
+        "seeds_fossilized": 1,
+        "total_reward": 3,
+    }.get(key, 0)
     if not math.isfinite(half):
         return f"{mean:,.{digits}f}"
     return f"{mean:,.{digits}f} ± {half:,.{digits}f}"

@@ -52,6 +52,10 @@ def test_compare_writes_the_table_the_json_and_the_plot(reference: Path) -> None
     finals = [runs[("heuristic", s)]["final_accuracy"] for s in (0, 1)]
     assert heuristic["final_accuracy"]["mean"] == pytest.approx(sum(finals) / 2)
     assert heuristic["final_accuracy"]["ci95"] > 0
+    # The return every run records (the learned controller's objective) is compared too.
+    returns = [runs[("heuristic", s)]["total_reward"] for s in (0, 1)]
+    assert heuristic["total_reward"]["mean"] == pytest.approx(sum(returns) / 2)
+    assert "| seeds kept | return |" in table
     # The grown runs grew, and paid for it in compute; the static ones did not.
     for seed in (0, 1):
         grown, static = runs[("heuristic", seed)], runs[("static", seed)]

@@ -227,7 +227,7 @@ def _add_compare_command(commands: Any) -> None:
         description="Train every arm on every seed (a local process pool, or Ray tasks with "
         "--ray; one torch thread per run) and print a table of mean and 95% interval over "
         "seeds: final and best accuracy, parameters, training and evaluation FLOPs, wall "
-        "time, seeds kept, and each arm's paired difference against the first. Writes "
+        "time, seeds kept, return, and each arm's paired difference against the first. Writes "
         "compare.json, compare.md and accuracy_vs_flops.png to --out. Finished runs are "
         "kept and interrupted ones resume: rerun the same command to continue.",
     )

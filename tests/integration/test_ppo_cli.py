@@ -133,6 +133,14 @@ def test_cloning_the_heuristic_starts_ppo_from_its_behaviour(cloned: Path) -> No
             assert out.action[0].tolist() == info["demonstration"].tolist()
             state, start = out.state, 0.0
             obs, _, done, _, info = env.step(info["demonstration"])
+    # Both policies evaluate, each into its own default directory beside them.
+    for policy_file, results in (
+        (cloned, "eval-digits"),
+        (cloned / CLONED_POLICY_FILE, "eval-cloned-digits"),
+    ):
+        flags = ["--seeds", "100", "--arms", "learned", "--workers", "1", "--quiet"]
+        assert main(["ppo", "eval", "--policy", str(policy_file), *flags]) == 0
+        assert (cloned / results / "compare.json").is_file()
     # PPO went on from there: the final policy is the cloned one, updated.
     assert [r.episodes for r in read_updates(cloned / "updates.jsonl")] == [2, 4]
     assert any(

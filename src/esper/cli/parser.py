@@ -380,7 +380,13 @@ def _eval_options(parser: argparse.ArgumentParser) -> None:
     _epoch_options(add, "epochs per run", "the policy's")
     add("--workers", type=int, metavar="W", help="runs trained at once (default: cores)")
     _data_options(add)
-    add("--out", type=Path, metavar="DIR", help="results (default: POLICY/eval-<task>)")
+    add(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="results (default: eval-<task> beside the policy; eval-<name>-<task> for "
+        "another file than policy.pt, e.g. cloned.pt)",
+    )
     add("--quiet", action="store_true", help="no line per finished run, only the table")
     ray_argument(parser, "run every arm x seed as a task (one CPU each)")
 

@@ -20,7 +20,7 @@ from esper.cli.runs import train_command
 from esper.cluster import connected, import_ray
 from esper.compare import compare, parse_arms, parse_seeds, provenance, write_outputs
 from esper.config import RunConfig, to_dict
-from esper.rl.agent import PolicyError, load_policy
+from esper.rl.agent import POLICY_FILE, PolicyError, load_policy
 from esper.rl.env import env_config
 from esper.rl.ray_envs import RayEnvPool
 from esper.rl.training import (
@@ -245,6 +245,15 @@ def _resolve(args: argparse.Namespace) -> PPOTrainConfig:
 # ---------------------------------------------------------------- eval
 
 
+def _eval_dir(policy: Path, task: str) -> Path:
+    """Default results directory: ``eval-<task>`` beside the policy, ``eval-<name>-<task>``
+    for a policy file other than the training's ``policy.pt`` (e.g. ``cloned.pt``), so
+    two policies of one training never share (and refuse) each other's runs."""
+    if policy.is_dir() or policy.name == POLICY_FILE:
+        return (policy if policy.is_dir() else policy.parent) / f"eval-{task}"
+    return policy.parent / f"eval-{policy.stem}-{task}"
+
+
 def _eval(args: argparse.Namespace, console: Console) -> int:
     policy_dir = Path(args.policy)
     try:
@@ -258,9 +267,7 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
     except ValueError as error:
         raise RunError(str(error)) from None
     run = _eval_config(args, meta.task, base)
-    out: Path = args.out or (policy_dir if policy_dir.is_dir() else policy_dir.parent) / (
-        f"eval-{run.task}"
-    )
+    out: Path = args.out or _eval_dir(policy_dir, run.task)
     total = len(arms) * len(seeds)
     started = provenance(" ".join(["esper", *map(shlex.quote, args.argv)]))  # before HEAD moves
     with contextlib.ExitStack() as stack:

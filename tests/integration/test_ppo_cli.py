@@ -138,7 +138,7 @@ def test_cloning_the_heuristic_starts_ppo_from_its_behaviour(cloned: Path) -> No
         (cloned, "eval-digits"),
         (cloned / CLONED_POLICY_FILE, "eval-cloned-digits"),
     ):
-        flags = ["--seeds", "100", "--arms", "learned", "--workers", "1", "--quiet"]
+        flags = ["--seeds", "100-100", "--arms", "learned", "--workers", "1", "--quiet"]
         assert main(["ppo", "eval", "--policy", str(policy_file), *flags]) == 0
         assert (cloned / results / "compare.json").is_file()
     # PPO went on from there: the final policy is the cloned one, updated.

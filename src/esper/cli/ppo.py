@@ -249,9 +249,10 @@ def _eval_dir(policy: Path, task: str) -> Path:
     """Default results directory: ``eval-<task>`` beside the policy, ``eval-<name>-<task>``
     for a policy file other than the training's ``policy.pt`` (e.g. ``cloned.pt``), so
     two policies of one training never share (and refuse) each other's runs."""
-    if policy.is_dir() or policy.name == POLICY_FILE:
-        return (policy if policy.is_dir() else policy.parent) / f"eval-{task}"
-    return policy.parent / f"eval-{policy.stem}-{task}"
+    if policy.is_dir():
+        return policy / f"eval-{task}"
+    name = "" if policy.name == POLICY_FILE else f"{policy.stem}-"
+    return policy.parent / f"eval-{name}{task}"
 
 
 def _eval(args: argparse.Namespace, console: Console) -> int:

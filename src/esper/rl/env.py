@@ -162,9 +162,7 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
             first = self.runner.observe()
             self._rng = torch.get_rng_state()
         info: dict[str, Any] = {"epoch": 1, "seed": self.episode_seed}
-        obs = self._observe(first, info)
-        info["masks"] = self._masks
-        return obs, info
+        return self._observe(first, info), info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         runner = self.runner
@@ -204,9 +202,8 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
             info["final"] = _plain(last)
             info["final_accuracy"] = last.val.accuracy
             info["summary"] = self._summary()
-        obs = self._observe(following, info)
-        info.update(masks=self._masks, epoch=runner.epoch)
-        return obs, reward, terminated, False, info
+        info["epoch"] = runner.epoch
+        return self._observe(following, info), reward, terminated, False, info
 
     def action_masks(self) -> np.ndarray:
         """sb3-contrib's MaskablePPO mask: the heads' masks concatenated (independent)."""
@@ -228,6 +225,8 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
         return EpisodeRunner(model, data, episode)
 
     def _observe(self, seen: Observation, info: dict[str, Any]) -> np.ndarray:
+        """The observation of ``seen``; puts the next decision's masks (and, with a
+        demonstrator, the heuristic's action) in ``info``."""
         assert self.runner is not None
         self._slots = seen.slots
         if self._heuristic is not None:
@@ -237,6 +236,7 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
             )
         masks = conditional_masks(seen.slots, self.blueprints)
         self._masks = {key: np.asarray(value, dtype=bool) for key, value in masks.items()}
+        info["masks"] = self._masks
         values = observation(
             seen.signals, seen.slots, self.blueprints, self.runner.data.random_guess_loss
         )

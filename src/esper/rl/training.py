@@ -36,7 +36,7 @@ from esper.rl.agent import POLICY_FILE, PolicyMeta, save_policy
 from esper.rl.buffer import RolloutBuffer
 from esper.rl.env import MorphogenesisEnv, env_config
 from esper.rl.policy import RecurrentFactoredPolicy
-from esper.rl.ppo import PPOConfig, UpdateStats, clone_update, ppo_update
+from esper.rl.ppo import CloneStats, PPOConfig, UpdateStats, clone_update, ppo_update
 from esper.rl.rollout import EpisodeSummary, collect_episodes
 from esper.rl.workers import EnvPool, PoolFactory, VectorEnvPool
 from esper.rundir import atomic_write, save_atomic
@@ -174,7 +174,8 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)
     rows: list[UpdateRow] = []
     start = 0
-    if resume and (out / TRAINER_FILE).is_file():
+    saved = resume and (out / TRAINER_FILE).is_file()  # written after cloning too
+    if saved:
         state = torch.load(out / TRAINER_FILE, map_location="cpu", weights_only=True)
         policy.load_state_dict(state["policy"])
         optimizer.load_state_dict(state["optimizer"])
@@ -185,9 +186,8 @@ def train(
     else:  # a new run, or one that stopped before its first update was saved
         (out / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
         (out / UPDATES_FILE).write_text("")
-    cloned = resume and (out / TRAINER_FILE).is_file()  # the state is saved after cloning
     with make_pool(_factory(config), config.envs, config.workers) as pool:
-        if config.demonstrations and not cloned:
+        if config.demonstrations and not saved:
             record = clone(pool, policy, config, steps, generator)
             (out / CLONE_FILE).write_text(json.dumps(dataclasses.asdict(record), indent=2) + "\n")
             _save(out, policy, meta, optimizer, generator, 0)
@@ -244,20 +244,15 @@ def _save(
 
 
 @dataclass(frozen=True)
-class CloneRecord:
-    """How cloning the heuristic went (saved as ``clone.json``)."""
+class CloneRecord(CloneStats):
+    """How cloning the heuristic went (saved as ``clone.json``): the fit (`CloneStats`)
+    and the demonstrations it was fitted to."""
 
     demonstrations: int
     """Heuristic episodes cloned."""
     mean_return: float
     """The demonstrations' mean episode return."""
     mean_final_accuracy: float
-    epochs: int
-    first_likelihood: float
-    """Mean probability the policy gave the heuristic's actions in the first pass."""
-    last_likelihood: float
-    """The same in the last pass."""
-    value_loss: float
     seconds: float
 
 
@@ -290,15 +285,12 @@ def clone(
     )
     policy.eval()
     return CloneRecord(
+        **dataclasses.asdict(stats),
         demonstrations=groups * config.envs,
         mean_return=float(np.mean([e.episode_return for e in episodes])),
         mean_final_accuracy=float(
             np.mean([e.summary.get("final_accuracy", math.nan) for e in episodes])
         ),
-        epochs=stats.epochs,
-        first_likelihood=stats.first_likelihood,
-        last_likelihood=stats.last_likelihood,
-        value_loss=stats.value_loss,
         seconds=time.perf_counter() - began,
     )
 

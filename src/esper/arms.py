@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["ARM_HELP", "Arm", "parse_arms", "parse_seeds"]
+__all__ = ["ARM_HELP", "MAX_SEED_COUNT", "Arm", "parse_arms", "parse_seeds"]
 
 ARM_HELP = (
     "static, heuristic, static-matched (a static host widened to the grown runs' mean "
@@ -65,13 +65,22 @@ def parse_arms(text: str) -> list[Arm]:
     return arms
 
 
+# A bare number above this is more likely a seed than a count ("--seeds 100" meaning seed
+# 100 would otherwise start 100 runs), so it must be written as a range.
+MAX_SEED_COUNT = 20
+
+
 def parse_seeds(text: str) -> list[int]:
-    """``5`` (seeds 0-4), ``100-109`` (inclusive) or ``1,3,7``; ValueError names the fix."""
+    """``5`` (seeds 0-4), ``100-109`` (inclusive) or ``1,3,7``; ValueError names the fix.
+
+    A bare count above ``MAX_SEED_COUNT`` is refused: write it as a range (``0-99``).
+    """
     form = "use a count (5), an inclusive range (100-109) or a list (1,3,7)"
+    is_list, is_range = "," in text, "-" in text.strip("-")
     try:
-        if "," in text:
+        if is_list:
             seeds = [int(part) for part in text.split(",")]
-        elif "-" in text.strip("-"):
+        elif is_range:
             low, high = (int(part) for part in text.split("-", 1))
             if high < low:
                 raise ValueError
@@ -83,6 +92,12 @@ def parse_seeds(text: str) -> list[int]:
             seeds = list(range(count))
     except ValueError:
         raise ValueError(f"bad --seeds {text!r}: {form}") from None
+    if not (is_list or is_range) and len(seeds) > MAX_SEED_COUNT:
+        n = len(seeds)
+        raise ValueError(
+            f"--seeds {n} would run {n} seeds (0-{n - 1}): write 0-{n - 1} if you mean "
+            f"that, or {n}-{n} for seed {n} alone"
+        )
     if any(s < 0 or s >= 2**63 for s in seeds) or len(set(seeds)) != len(seeds):
         raise ValueError(f"bad --seeds {text!r}: seeds must be distinct and >= 0; {form}")
     return seeds

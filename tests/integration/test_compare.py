@@ -180,6 +180,7 @@ def test_runs_trained_with_other_settings_are_refused_and_reported(
         (["--seeds", "5-3"], ["bad --seeds '5-3'"]),
         (["--seeds", "two"], ["bad --seeds 'two'"]),
         (["--seeds", "1,1"], ["distinct"]),
+        (["--seeds", "100"], ["would run 100 seeds", "100-100"]),
         (["--workers", "0"], ["--workers must be at least 1"]),
         (["--task", "nope"], ["nope", "digits"]),
     ],
@@ -206,6 +207,10 @@ def test_seed_and_arm_forms() -> None:
     assert parse_seeds("3") == [0, 1, 2]
     assert parse_seeds("100-102") == [100, 101, 102]
     assert parse_seeds("7,1") == [7, 1]
+    assert parse_seeds("20") == list(range(20))
+    assert len(parse_seeds("0-99")) == 100
+    with pytest.raises(ValueError, match="write 0-99 if you mean that, or 100-100 for seed 100"):
+        parse_seeds("100")
     assert [a.label for a in parse_arms("static@1.50,heuristic")] == ["static@1.5", "heuristic"]
 
 

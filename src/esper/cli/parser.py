@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from esper import __version__
-from esper.arms import ARM_HELP
+from esper.arms import ARM_HELP, MAX_SEED_COUNT
 from esper.training.tasks import TASKS
 
 __all__ = [
@@ -245,8 +245,8 @@ def compare_options(parser: argparse.ArgumentParser) -> None:
     add(
         "--seeds",
         default="5",
-        help="a count (5: seeds 0-4), an inclusive range (100-109) or a list (1,3,7) "
-        "(default: %(default)s)",
+        help=f"a count up to {MAX_SEED_COUNT} (5: seeds 0-4), an inclusive range (100-109) "
+        "or a list (1,3,7) (default: %(default)s)",
     )
     _epoch_options(add, "epochs per run", "the task's")
     add(
@@ -371,7 +371,12 @@ def _eval_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--policy", required=True, metavar="DIR", help="the training run (or its policy.pt)")
     add("--task", help="task (default: the policy's)")
-    add("--seeds", default="100-109", help="held-out seeds (default: %(default)s)")
+    add(
+        "--seeds",
+        default="100-109",
+        help="held-out seeds: an inclusive range, a list (1,3,7) or a count up to "
+        f"{MAX_SEED_COUNT} (default: %(default)s)",
+    )
     add(
         "--arms",
         default="learned,heuristic,static",

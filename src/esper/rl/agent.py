@@ -108,7 +108,8 @@ def load_policy(
         fmt = payload["format"]
     except Exception as error:  # unpickling refused, truncated zip, missing keys...
         raise PolicyError(
-            f"{path} is not a readable policy file ({type(error).__name__})"
+            f"{path} is not a readable policy file ({type(error).__name__}): pass the "
+            "policy.pt (or the directory) an 'esper ppo train' run wrote"
         ) from None
     if fmt != FORMAT or meta.observation_version != OBSERVATION_VERSION:
         raise PolicyError(

@@ -12,7 +12,9 @@ The digits host is 2/4/8 channels wide; a residual seed keeps its slot's width. 
 computation at its slot instead: ``x + gamma * conv1x1(relu(norm(conv3x3(x))))`` with a
 4x wider hidden layer. The heuristic runs with it alone, at growth budgets of 1 and 2x
 the host's parameters (chosen on tuning seeds 1000-1004), and with its default
-blueprints. Writes ``benchmarks/results/digits-widening.{md,json}``.
+blueprints. The static arms widen the host uniformly (x1.25 rounds to 2/5/10, x1.5 is
+3/6/12) and one block at a time, to show where width pays. Writes
+``benchmarks/results/digits-widening.{md,json}``.
 """
 
 from __future__ import annotations
@@ -64,22 +66,33 @@ def _wide_only(budget: float) -> HeuristicConfig:
     return HeuristicConfig(blueprints=("wide",), max_growth_params=budget)
 
 
-ARMS: dict[str, tuple[float, HeuristicConfig | None]] = {
-    "static": (1.0, None),
-    "static@1.25": (1.25, None),
-    "static@1.5": (1.5, None),
-    "heuristic (default blueprints)": (1.0, HeuristicConfig(blueprints=PRODUCT)),
-    "heuristic (wide, budget 1x)": (1.0, _wide_only(1.0)),
-    "heuristic (wide, budget 2x)": (1.0, _wide_only(2.0)),
+HOST = (2, 4, 8)
+"""The digits task's host widths."""
+
+ARMS: dict[str, tuple[tuple[int, ...], HeuristicConfig | None]] = {
+    "static": (HOST, None),
+    "static@1.25 (2/5/10)": ((2, 5, 10), None),
+    "static@1.5 (3/6/12)": ((3, 6, 12), None),
+    "static, first block 3 (3/4/8)": ((3, 4, 8), None),
+    "static, middle block 8 (2/8/8)": ((2, 8, 8), None),
+    "static, last block 16 (2/4/16)": ((2, 4, 16), None),
+    "heuristic (default blueprints)": (HOST, HeuristicConfig(blueprints=PRODUCT)),
+    "heuristic (wide, budget 1x)": (HOST, _wide_only(1.0)),
+    "heuristic (wide, budget 2x)": (HOST, _wide_only(2.0)),
 }
-"""Arm -> (host width multiplier, heuristic settings; None: the static host)."""
+"""Arm -> (host widths, heuristic settings; None: the static host)."""
 
 
-def _run(split: SplitData, width: float, heuristic: HeuristicConfig | None, seed: int) -> Any:
-    spec = get_task("digits")
+def _run(
+    split: SplitData, widths: tuple[int, ...], heuristic: HeuristicConfig | None, seed: int
+) -> Any:
+    task = get_task("digits")
+    spec = dataclasses.replace(
+        task, host_kwargs=lambda s, m: {**task.host_kwargs(s, m), "widths": widths}
+    )
     config = dataclasses.replace(spec.default_config(), seed=seed)
     torch.manual_seed(seed)
-    model = build_model(spec, split, lifecycle=config.lifecycle, width_multiplier=width)
+    model = build_model(spec, split, lifecycle=config.lifecycle)
     data = SplitBatches(split, spec.batch_size, seed)
     controller: Controller = StaticController()
     if heuristic is not None:
@@ -96,9 +109,9 @@ def main() -> None:
     seeds = parse_seeds(args.seeds)
     split = load_digits()
     runs: dict[str, list[dict[str, float]]] = {}
-    for arm, (width, heuristic) in ARMS.items():
+    for arm, (widths, heuristic) in ARMS.items():
         for seed in seeds:
-            result = _run(split, width, heuristic, seed)
+            result = _run(split, widths, heuristic, seed)
             runs.setdefault(arm, []).append(
                 {
                     "seed": seed,

@@ -1003,11 +1003,13 @@ def test_a_directory_is_created_only_through_its_lock(tmp_path: Path) -> None:
 
 
 def test_the_readme_guarantees_are_the_ones_tested_here() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    table = readme.split("<!-- guarantees -->")[1].split("<!-- /guarantees -->")[0]
+    root = Path(__file__).resolve().parents[2]
+    assert "(docs/guarantees.md)" in (root / "README.md").read_text()
+    page = (root / "docs" / "guarantees.md").read_text()
+    table = page.split("<!-- guarantees -->")[1].split("<!-- /guarantees -->")[0]
     named = re.findall(r"`(test_\w+)`", table)
     here = {name for name in globals() if name.startswith("test_")}
     assert named and set(named) <= here, set(named) - here
     rows = [line for line in table.splitlines() if line.startswith("| ") and "`test_" in line]
     assert all(re.search(r"`test_\w+`", row) for row in rows)
-    assert "max_consecutive_rollbacks" in readme
+    assert "max_consecutive_rollbacks" in page

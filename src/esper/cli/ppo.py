@@ -18,8 +18,9 @@ from esper.cli.common import print_error
 from esper.cli.compare import open_pool, print_compare
 from esper.cli.runs import train_command
 from esper.cluster import connected, import_ray
-from esper.compare import compare, parse_arms, parse_seeds, provenance, write_outputs
+from esper.compare import compare, parse_arms, parse_seeds, write_outputs
 from esper.config import RunConfig, to_dict
+from esper.provenance import provenance
 from esper.rl.agent import POLICY_FILE, PolicyError, load_policy
 from esper.rl.env import env_config
 from esper.rl.ray_envs import RayEnvPool

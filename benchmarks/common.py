@@ -5,23 +5,23 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-import esper.compare
+import esper.provenance
+from esper.compare import mean_interval
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict[str, Any]:
     """What ran the benchmark: CPU, cores, torch build and thread count."""
-    return {**esper.compare.machine(), "threads": torch.get_num_threads()}
+    return {**esper.provenance.machine(), "threads": torch.get_num_threads()}
 
 
-COMMIT = esper.compare.commit()
+COMMIT = esper.provenance.commit()
 """The commit at start-up: the code that ran, even if HEAD moves while a benchmark runs."""
 
 
@@ -34,19 +34,14 @@ def command() -> str:
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
     """Mean and half-width of a 95% t-interval (0 for a single value)."""
-    mean, half = esper.compare.mean_interval(values)
+    mean, half = mean_interval(values)
     return mean, 0.0 if math.isnan(half) else half
 
 
 def write_result(name: str, payload: dict[str, Any], markdown: str) -> Path:
     """Write ``<name>.json`` and ``<name>.md`` under benchmarks/results/."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    meta: dict[str, Any] = {
-        "command": command(),
-        "commit": COMMIT,
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
+    meta = {**esper.provenance.provenance(command(), COMMIT), "machine": machine()}
     (RESULTS / f"{name}.json").write_text(json.dumps({**meta, **payload}, indent=2) + "\n")
     header = (
         f"Command: `{meta['command']}`  \nCommit: {meta['commit']}  \n"

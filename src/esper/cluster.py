@@ -2,7 +2,7 @@
 connect to a cluster.
 
 Ray is an optional extra (``pip install 'esper[ray]'``): nothing else in Esper imports
-it, and the modules that run work on Ray (`esper.compare_ray`, `esper.rl.ray_envs`)
+it, and the modules that run work on Ray (`esper.compare.pools`, `esper.rl.ray_envs`)
 import it through `import_ray` only when a pool is built.
 """
 

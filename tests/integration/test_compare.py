@@ -72,7 +72,7 @@ def test_a_finished_compare_is_not_trained_again(
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr("esper.compare.run", refuse)
+    monkeypatch.setattr("esper.compare.runs.run", refuse)
     before = _runs(reference)
     assert compare(reference, "--arms", "static,heuristic", "--seeds", "2", "--workers", "1") == 0
     assert _runs(reference) == before

@@ -15,6 +15,8 @@ import torch
 import esper.rl.agent
 import esper.rl.training
 from esper.cli import main
+from esper.cli.ppo import PROVENANCE_FILE
+from esper.provenance import commit, machine
 from esper.rl.agent import POLICY_FILE, load_policy
 from esper.rl.env import MorphogenesisEnv
 from esper.rl.policy import ActionMasks
@@ -50,6 +52,15 @@ def test_training_writes_its_directory(trained: Path) -> None:
     # Weights and plain metadata only: loadable without unpickling code.
     payload = torch.load(trained / POLICY_FILE, weights_only=True)
     assert payload["meta"]["task"] == "digits"
+
+
+def test_training_records_its_command_commit_and_machine(trained: Path) -> None:
+    record = json.loads((trained / PROVENANCE_FILE).read_text())
+    assert record["command"].startswith(f"esper ppo train {' '.join(SHORT_PPO)} --episodes 4")
+    assert record["command"].endswith(f"--out {trained}")
+    assert record["commit"] == commit() and record["commit"]
+    assert record["machine"] == machine() and record["machine"]["cores"] >= 1
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", record["date"]), record["date"]
 
 
 def test_eval_and_run_load_the_policy(trained: Path, tmp_path: Path) -> None:
@@ -98,7 +109,9 @@ def test_an_interrupted_training_resumes_to_the_same_policy(
         # After the first update's policy, before its trainer state.
         _interrupt_at_policy_save(patch, 1)
         assert ppo_train(out) == 130
+    started = (out / PROVENANCE_FILE).read_text()
     assert main(["ppo", "train", "--resume", str(out), "--quiet"]) == 0
+    assert (out / PROVENANCE_FILE).read_text() == started  # the record of its start
     for key, value in policy_weights(trained).items():
         assert torch.equal(policy_weights(out)[key], value), key
     rows = [r.episodes for r in read_updates(out / "updates.jsonl")]

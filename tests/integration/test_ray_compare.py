@@ -21,7 +21,7 @@ import pytest
 
 import esper.cli.compare
 from esper.cli import main
-from esper.compare_ray import TOKEN_FILE, RayPool
+from esper.compare.pools import TOKEN_FILE, RayPool
 from tests.commands import FAST_COMPARE, compare, interrupt_at_save
 
 ARMS = ["--arms", "static,heuristic", "--seeds", "2"]

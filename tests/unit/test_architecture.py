@@ -8,11 +8,13 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src" / "esper"
 
 # Which top-level parts of esper each part may import (besides itself).
-BOTTOM = {"lifecycle", "contracts", "config", "registry", "machine"}
+BOTTOM = {"lifecycle", "contracts", "config", "registry", "machine", "provenance"}
 ALLOWED: dict[str, set[str]] = {
     "lifecycle": set(),
     "registry": set(),
     "machine": set(),
+    # Command, commit, machine and date of a result; it may import torch (its version).
+    "provenance": set(),
     "arms": set(),
     "cluster": set(),
     "contracts": {"lifecycle"},
@@ -25,11 +27,12 @@ ALLOWED: dict[str, set[str]] = {
     "rl": BOTTOM | {"cluster", "data", "model", "controller", "telemetry", "training", "rundir"},
     "rundir": set(),
     "run": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "rundir"},
+    # Runs, pools (local and Ray: Ray itself only through esper.cluster), statistics, report.
     "compare": BOTTOM
-    | {"arms", "data", "model", "controller", "telemetry", "training", "rl", "run"},
+    | {"arms", "cluster", "data", "model", "controller", "telemetry", "training", "rl"}
+    | {"run", "rundir"},
     # The live view reads what runs write, like `esper report`; it never imports torch.
     "watch": BOTTOM | {"telemetry"},
-    "compare_ray": BOTTOM | {"cluster", "compare", "rundir"},
     "cli": BOTTOM
     | {
         "arms",
@@ -44,7 +47,6 @@ ALLOWED: dict[str, set[str]] = {
         "run",
         "compare",
         "watch",
-        "compare_ray",
     },
 }
 

@@ -17,16 +17,16 @@ from esper.cluster import connected
 from esper.compare import (
     CompareResult,
     LocalPool,
+    RayPool,
     RunOutcome,
     RunPool,
     compare,
     parse_arms,
     parse_seeds,
-    provenance,
     table,
     write_outputs,
 )
-from esper.compare_ray import RayPool
+from esper.provenance import provenance
 from esper.run import RunError
 from esper.telemetry.report import format_flops
 

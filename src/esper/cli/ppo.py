@@ -18,8 +18,9 @@ from esper.cli.common import print_error
 from esper.cli.compare import open_pool, print_compare
 from esper.cli.runs import train_command
 from esper.cluster import connected, import_ray
-from esper.compare import compare, parse_arms, parse_seeds, provenance, write_outputs
+from esper.compare import compare, parse_arms, parse_seeds, write_outputs
 from esper.config import RunConfig, to_dict
+from esper.provenance import provenance
 from esper.rl.agent import POLICY_FILE, PolicyError, load_policy
 from esper.rl.env import env_config
 from esper.rl.ray_envs import RayEnvPool
@@ -35,7 +36,11 @@ from esper.rl.workers import EnvPool, EnvWorkerError, PoolFactory
 from esper.run import RunError, RunFailedError
 from esper.telemetry.tensorboard import TENSORBOARD_DIR, TrainingTensorBoard, require_tensorboard
 
-__all__ = ["ppo_command"]
+__all__ = ["PROVENANCE_FILE", "ppo_command"]
+
+PROVENANCE_FILE = "provenance.json"
+"""In a training directory: the command, commit, machine and date the training started
+with (`esper.provenance.provenance`)."""
 
 
 def ppo_command(args: argparse.Namespace, console: Console) -> int:
@@ -116,6 +121,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
                 f"cannot create {out} ({error.strerror}); choose another --out"
             ) from None
         resume = False
+    _record_provenance(args, out, resume)
     with contextlib.ExitStack() as stack:
         make_pool: PoolFactory = EnvPool
         where = f"{config.workers} worker(s)"
@@ -131,6 +137,16 @@ def _train(args: argparse.Namespace, console: Console) -> int:
                 soft_wrap=True,
             )
         return _train_with_progress(args, console, out, config, resume, make_pool)
+
+
+def _record_provenance(args: argparse.Namespace, out: Path, resume: bool) -> None:
+    """Write `PROVENANCE_FILE` for a training that starts now; a resumed training keeps
+    the record of its start (and writes one only if it has none)."""
+    path = out / PROVENANCE_FILE
+    if resume and path.is_file():
+        return
+    record = provenance(" ".join(["esper", *map(shlex.quote, args.argv)]))
+    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _warn(message: str) -> None:

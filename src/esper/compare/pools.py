@@ -1,10 +1,15 @@
-"""``esper compare --ray``: `RayPool` runs every arm x seed as a task on a Ray cluster.
+"""Where `compare` runs its tasks: `LocalPool` (processes on this machine) and `RayPool`
+(tasks on a Ray cluster), side by side behind one `RunPool` protocol.
 
-A task calls `esper.compare.run_task`, exactly as a local worker does (one CPU and one
-torch thread, or a share of a GPU), so a run's numbers do not depend on where it ran;
-outcomes come back as the tasks finish.
+Both call `esper.compare.runs.run_task`, one CPU and one torch thread per run (or, on Ray,
+a share of a GPU), so a run's numbers do not depend on where it ran; outcomes come back
+as the runs finish.
 
-The driver's ``--out`` stays the cache, as for local runs, wherever the runs train:
+Ray is an optional extra: this module imports it only through `esper.cluster.import_ray`
+when a `RayPool` is made, so importing `esper.compare` never imports Ray.
+
+``esper compare --ray``: `RayPool` runs every arm x seed as a Ray task. The driver's
+``--out`` stays the cache, as for local runs, wherever the runs train:
 
 * ``--out`` on a filesystem every node mounts at the same path (detected per task: the
   driver writes a token file there and the task looks for it): the task trains in place,
@@ -34,19 +39,110 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import multiprocessing
+import queue
 import shutil
+import signal
 import socket
 import tempfile
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import torch
 
 from esper.cluster import RayUnavailableError, import_ray
-from esper.compare import RunOutcome, RunTask, cached_outcome, run_task
+from esper.compare.runs import RunOutcome, RunTask, cached_outcome, run_task
 from esper.rundir import CHECKPOINT, LOCK
 
-__all__ = ["TOKEN_FILE", "Files", "RayPool", "read_run_files", "remote_run", "write_run_files"]
+__all__ = [
+    "TOKEN_FILE",
+    "Files",
+    "LocalPool",
+    "RayPool",
+    "RunPool",
+    "read_run_files",
+    "remote_run",
+    "write_run_files",
+]
+
+
+class RunPool(Protocol):
+    """Where `compare` runs its tasks: `LocalPool` (processes on this machine) or
+    `RayPool` (tasks on a Ray cluster)."""
+
+    def submit(self, task: RunTask) -> None:
+        """Start ``task`` (or queue it); its outcome comes back from `next_done`."""
+
+    def next_done(self) -> RunOutcome:
+        """Block until a submitted task finishes; its outcome (failures included)."""
+
+    def close(self) -> None:
+        """Every task is done: release the workers."""
+
+    def terminate(self) -> None:
+        """Stop at once (Ctrl-C): unfinished runs keep their last checkpoint."""
+
+
+# ---------------------------------------------------------------- local processes
+
+
+class LocalPool:
+    """Runs `RunTask`s in ``workers`` spawned processes, one torch thread each.
+
+    ``workers=1`` runs every task in this process, one after another. Tasks can be
+    submitted while others run; `next_done` blocks until one finishes.
+    """
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {workers}")
+        self.workers = workers
+        self._waiting: list[RunTask] = []
+        self._done: queue.Queue[RunOutcome] = queue.Queue()
+        self._running = 0
+        self._pool: Any = None
+        if workers > 1:
+            # spawn, not fork: a forked child inherits torch's thread pools mid-state.
+            context = multiprocessing.get_context("spawn")
+            self._pool = context.Pool(workers, initializer=_worker_init)
+
+    def submit(self, task: RunTask) -> None:
+        self._running += 1
+        if self._pool is None:
+            self._waiting.append(task)
+        else:
+            self._pool.apply_async(run_task, (task,), callback=self._done.put)
+
+    def next_done(self) -> RunOutcome:
+        if self._running == 0:
+            raise RuntimeError("no task is running")
+        self._running -= 1
+        if self._pool is None:
+            return run_task(self._waiting.pop(0))
+        return self._done.get()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+
+    def terminate(self) -> None:
+        """Stop at once (Ctrl-C): every run keeps its last checkpoint and resumes later."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+
+
+def _worker_init() -> None:
+    # Ctrl-C is the parent's to handle: it terminates the workers, whose runs then
+    # resume from their last checkpoint on the next compare.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------- Ray
 
 TOKEN_FILE = ".esper-ray-token"
 """In ``--out``: identifies this compare's directory, so a task can tell whether the
@@ -144,7 +240,7 @@ def write_run_files(run_dir: Path, files: Files) -> None:
 
 
 class RayPool:
-    """Runs `RunTask`s as Ray tasks; the same interface as `esper.compare.LocalPool`.
+    """Runs `RunTask`s as Ray tasks; the same interface as `LocalPool`.
 
     Needs a Ray connection (`esper.cluster.connected`).
 

@@ -1,0 +1,240 @@
+"""What a compare shows: the table (mean and 95% interval of each of `METRICS` per arm,
+and each arm's paired difference in final accuracy against the first), ``compare.json``,
+``compare.md`` and ``accuracy_vs_flops.png``; and the result read back from
+``compare.json`` for ``esper report``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from esper.arms import Arm
+from esper.compare.runs import RunOutcome
+from esper.compare.statistics import ArmSummary, CompareResult, mean_interval, paired_difference
+from esper.run import RunError
+from esper.telemetry.report import format_flops
+
+__all__ = [
+    "METRICS",
+    "load_result",
+    "plot_accuracy_vs_flops",
+    "table",
+    "write_outputs",
+    "write_report",
+]
+
+METRICS: tuple[tuple[str, str], ...] = (
+    ("final_accuracy", "final acc (%)"),
+    ("best_accuracy", "best acc (%)"),
+    ("params", "params"),
+    ("train_flops", "train FLOPs"),
+    ("eval_flops", "eval FLOPs"),
+    ("wall_seconds", "wall (s)"),
+    ("seeds_fossilized", "seeds kept"),
+    ("total_reward", "return"),
+)
+
+
+def _cell(values: Sequence[float], key: str) -> str:
+    mean, half = mean_interval(values)
+    if not values:
+        return "-"
+    if key.endswith("flops"):
+        text = format_flops(mean).removesuffix("FLOPs").strip()
+        spread = format_flops(half).removesuffix("FLOPs").strip() if math.isfinite(half) else ""
+        return f"{text} ± {spread}" if spread else text
+    digits = {
+        "final_accuracy": 2,
+        "best_accuracy": 2,
+        "seeds_fossilized": 1,
+        "total_reward": 3,
+    }.get(key, 0)
+    if not math.isfinite(half):
+        return f"{mean:,.{digits}f}"
+    return f"{mean:,.{digits}f} ± {half:,.{digits}f}"
+
+
+def table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the results table (FLOPs in SI units, e.g. 5.53 T)."""
+    first = result.arms[0]
+    header = ["arm", "runs", *(name for _, name in METRICS), f"Δ final vs {first.label} (pp)"]
+    rows = []
+    for arm in result.arms:
+        runs = f"{len(arm.finished)}/{len(arm.runs)}"
+        cells = [_cell(arm.values(key), key) for key, _ in METRICS]
+        if arm is first:
+            delta = "-"
+        else:
+            mean, half, n = paired_difference(arm, first)
+            delta = "-" if n == 0 else f"{mean:+.2f}" + (f" ± {half:.2f}" if n > 1 else "")
+        rows.append([arm.label, runs, *cells, delta])
+    return header, rows
+
+
+def write_outputs(result: CompareResult, meta: dict[str, Any]) -> None:
+    """``compare.json``, ``compare.md`` and ``accuracy_vs_flops.png`` in ``result.out``."""
+    payload = {
+        **meta,
+        "task": result.task,
+        "epochs": result.epochs,
+        "seeds": list(result.seeds),
+        "arms": [
+            {
+                "arm": arm.arm.label,
+                "label": arm.label,
+                "width": arm.width,
+                "runs": len(arm.runs),
+                "finished": len(arm.finished),
+                **{
+                    key: dict(zip(("mean", "ci95"), mean_interval(arm.values(key)), strict=True))
+                    for key, _ in METRICS
+                },
+            }
+            for arm in result.arms
+        ],
+        "runs": [
+            {
+                "arm": o.arm,
+                "seed": o.seed,
+                "run_dir": os.path.relpath(o.run_dir, result.out) if o.run_dir else None,
+                "summary": o.summary,
+                "error": o.error,
+            }
+            for arm in result.arms
+            for o in arm.runs
+        ],
+    }
+    (result.out / "compare.json").write_text(json.dumps(_plain(payload), indent=2) + "\n")
+    write_report(result, meta)
+
+
+def write_report(result: CompareResult, meta: dict[str, Any]) -> None:
+    """``compare.md`` and ``accuracy_vs_flops.png`` in ``result.out``."""
+    header, rows = table(result)
+    machine = meta["machine"]
+    lines = [
+        f"Command: `{meta['command']}`  ",
+        f"Commit: {meta['commit']}  ",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
+        "one torch thread per run  ",
+        f"Date: {meta['date']}",
+        "",
+        f"### {result.task}, {result.epochs} epochs, seeds "
+        f"{_seed_text(result.seeds)} (mean ± 95% interval over seeds)",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+        "FLOPs: matrix multiplications, convolutions and attention (2 per multiply-add), "
+        "forward and backward for training; evaluation includes counterfactual passes.",
+    ]
+    failures = [o for arm in result.arms for o in arm.failed]
+    lines += [f"- failed: {o.arm} seed {o.seed}: {o.error}" for o in failures]
+    (result.out / "compare.md").write_text("\n".join(lines) + "\n")
+    plot_accuracy_vs_flops(result, result.out / "accuracy_vs_flops.png")
+
+
+_PROVENANCE = ("command", "commit", "machine", "date")
+
+
+def load_result(out: Path) -> tuple[CompareResult, dict[str, Any]]:
+    """The result and provenance that `write_outputs` saved to ``out/compare.json``, for
+    ``esper report`` to rebuild the table and the plot from the file alone."""
+    path = out / "compare.json"
+    try:
+        data = json.loads(path.read_text())
+        arms = []
+        for entry in data["arms"]:
+            label = str(entry["arm"])
+            runs = tuple(
+                RunOutcome(
+                    label,
+                    int(run["seed"]),
+                    str(out / run["run_dir"]) if run["run_dir"] else "",
+                    run["summary"],
+                    run["error"],
+                )
+                for run in data["runs"]
+                if run["arm"] == label
+            )
+            width = math.nan if entry["width"] is None else float(entry["width"])
+            controllers = [o.summary["controller"] for o in runs if o.summary]
+            controller = controllers[0] if controllers else _CONTROLLERS.get(label, "baseline")
+            matched = label == "static-matched"
+            arm = Arm(label, str(controller), None if matched else width)
+            arms.append(ArmSummary(arm, str(entry["label"]), runs, width))
+        meta = {key: data[key] for key in _PROVENANCE}
+        result = CompareResult(
+            str(data["task"]), int(data["epochs"]), tuple(data["seeds"]), tuple(arms), out
+        )
+    except OSError as error:
+        raise RunError(f"cannot read {path} ({error.strerror})") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise RunError(f"{path} is not a compare.json written by esper compare ({error})") from None
+    if not result.arms:
+        raise RunError(f"{path} lists no arm")
+    return result, meta
+
+
+_CONTROLLERS = {"heuristic": "heuristic", "learned": "ppo"}
+"""The controller of an arm with no finished run to say (every other arm is static)."""
+
+
+def _seed_text(seeds: Sequence[int]) -> str:
+    ordered = sorted(seeds)
+    if ordered == list(range(ordered[0], ordered[-1] + 1)) and len(ordered) > 2:
+        return f"{ordered[0]}-{ordered[-1]}"
+    return ", ".join(map(str, ordered))
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def plot_accuracy_vs_flops(result: CompareResult, path: Path) -> None:
+    """Final accuracy against training FLOPs: one small point per run, and each arm's
+    mean with its 95% intervals on both axes."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
+    for index, arm in enumerate(result.arms):
+        colour = colours[index % len(colours)]
+        xs, ys = arm.values("train_flops"), arm.values("final_accuracy")
+        if not xs:
+            continue
+        ax.scatter(xs, ys, s=18, color=colour, alpha=0.5)
+        (mx, hx), (my, hy) = mean_interval(xs), mean_interval(ys)
+        ax.errorbar(
+            [mx],
+            [my],
+            xerr=[[hx if math.isfinite(hx) else 0.0]],
+            yerr=[[hy if math.isfinite(hy) else 0.0]],
+            fmt="o",
+            ms=7,
+            color=colour,
+            capsize=3,
+            label=f"{arm.label} (n={len(xs)})",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs per run")
+    ax.set_ylabel("final validation accuracy (%)")
+    ax.set_title(f"{result.task}, {result.epochs} epochs: accuracy against training compute")
+    ax.grid(alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:  # no finished run: an empty plot, no legend
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -1,0 +1,75 @@
+"""A compare's result and its statistics over seeds: each arm's runs, the mean and 95%
+t-interval of any summary value, and an arm's paired difference against another."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from esper.arms import Arm
+from esper.compare.runs import RunOutcome
+
+__all__ = ["ArmSummary", "CompareResult", "mean_interval", "paired_difference"]
+
+
+@dataclass(frozen=True)
+class ArmSummary:
+    """One arm's runs and their statistics over seeds."""
+
+    arm: Arm
+    label: str
+    """The arm as shown, e.g. ``static-matched (x1.83)``."""
+    runs: tuple[RunOutcome, ...]
+    width: float
+
+    @property
+    def finished(self) -> list[dict[str, Any]]:
+        return [r.summary for r in self.runs if r.summary is not None]
+
+    @property
+    def failed(self) -> list[RunOutcome]:
+        return [r for r in self.runs if r.summary is None]
+
+    def values(self, key: str) -> list[float]:
+        return [float(s[key]) for s in self.finished]
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """Every arm of a compare, on its task, epochs and seeds; ``out`` holds its files."""
+
+    task: str
+    epochs: int
+    seeds: tuple[int, ...]
+    arms: tuple[ArmSummary, ...]
+    out: Path
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and half-width of its 95% t-interval (NaN half-width for fewer than 2)."""
+    mean = statistics.fmean(values) if values else math.nan
+    if len(values) < 2:
+        return mean, math.nan
+    # Imported here, for start-up time only: scipy.stats takes a noticeable part of a
+    # second to import, and every command that loads this module need not pay it.
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values)
+    return mean, half / math.sqrt(len(values))
+
+
+def paired_difference(arm: ArmSummary, reference: ArmSummary) -> tuple[float, float, int]:
+    """Mean and 95% half-width of this arm's final accuracy minus the reference's, over
+    the seeds both finished (pairing by seed removes the seed-to-seed spread)."""
+    ours = {o.seed: o.summary for o in arm.runs if o.summary}
+    theirs = {o.seed: o.summary for o in reference.runs if o.summary}
+    diffs = [
+        float(ours[s]["final_accuracy"]) - float(theirs[s]["final_accuracy"])
+        for s in sorted(ours.keys() & theirs.keys())
+    ]
+    mean, half = mean_interval(diffs)
+    return mean, half, len(diffs)

@@ -48,8 +48,9 @@ from esper.model import MorphogeneticModel
 from esper.model.blueprints import blueprint_names
 from esper.training.batches import SplitBatches
 from esper.training.builders import build_model, load_data
+from esper.training.compute import eval_flops
 from esper.training.episode import EpisodeRunner
-from esper.training.loop import Batch, eval_flops, evaluate
+from esper.training.loop import Batch, evaluate
 from esper.training.tasks import TaskOptions, TaskSpec, get_task
 
 TARGET = 0.5

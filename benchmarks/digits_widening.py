@@ -36,7 +36,7 @@ from esper.data import SplitData, load_digits
 from esper.model.blueprints import Residual, blueprint_names, group_count, register_blueprint
 from esper.training.batches import SplitBatches
 from esper.training.builders import build_model
-from esper.training.heuristic import run_heuristic_episode
+from esper.training.episode import EpisodeRunner, run_episode
 from esper.training.tasks import get_task
 
 EXPANSION = 4
@@ -98,7 +98,7 @@ def _run(
     if heuristic is not None:
         names = blueprint_names(spec.topology)
         controller = HeuristicController(names, heuristic, config.lifecycle)
-    return run_heuristic_episode(controller, model, data, config)
+    return run_episode(EpisodeRunner(model, data, config), controller)
 
 
 def main() -> None:

@@ -50,7 +50,8 @@ from esper.data.arrays import image_split
 from esper.data.images import CIFAR10_CLASSES
 from esper.training.batches import SplitBatches
 from esper.training.builders import build_model, load_data
-from esper.training.loop import evaluate, train_flops, train_one_epoch
+from esper.training.compute import train_flops
+from esper.training.loop import evaluate, train_one_epoch
 from esper.training.optim import OptimizerSet
 from esper.training.tasks import TaskOptions, get_task
 

@@ -9,13 +9,27 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["ARM_HELP", "MAX_SEED_COUNT", "Arm", "parse_arms", "parse_seeds"]
+from esper.controller.registry import CONTROLLERS, ControllerSpec, get_controller
 
-ARM_HELP = (
-    "static, heuristic, static-matched (a static host widened to the grown runs' mean "
-    "final parameter count), static@X (every host width scaled by X, e.g. static@1.5) or "
-    "ppo:DIR (a policy trained by 'esper ppo train', shown as 'learned')"
-)
+__all__ = ["MAX_SEED_COUNT", "Arm", "arm_help", "parse_arms", "parse_seeds"]
+
+STATIC = "baseline"
+"""The controller of the static arms (``static``, ``static@X``, ``static-matched``)."""
+
+
+def arm_help() -> str:
+    """The arms ``--arms`` takes, in words: one per registered controller, and the static
+    host's widened forms."""
+    names = [
+        f"{spec.arm}:DIR (a policy trained by 'esper ppo train', shown as '{spec.arm_label}')"
+        if spec.needs_policy
+        else spec.arm
+        for _, spec in CONTROLLERS.items()
+    ]
+    return (
+        f"{', '.join(names)}, static-matched (a static host widened to the grown runs' mean "
+        "final parameter count) or static@X (every host width scaled by X, e.g. static@1.5)"
+    )
 
 
 @dataclass(frozen=True)
@@ -25,13 +39,45 @@ class Arm:
 
     label: str
     controller: str
+    """A registered controller (`esper.controller.CONTROLLERS`)."""
     width: float | None = 1.0
     policy: str | None = None
-    """The trained policy a ``ppo`` arm runs with."""
+    """The trained policy an arm of a controller that needs one runs with."""
 
     @property
     def grows(self) -> bool:
-        return self.controller != "baseline"
+        return get_controller(self.controller).grows
+
+
+def _controller_arm(name: str) -> Arm | None:
+    """The arm of a registered controller (``heuristic``, ``ppo:DIR``), or None."""
+    arm_name, _, argument = name.partition(":")
+    spec: ControllerSpec | None = next(
+        (s for _, s in CONTROLLERS.items() if s.arm == arm_name), None
+    )
+    if spec is None or spec.name == STATIC:
+        return None
+    if spec.needs_policy != bool(argument):
+        form = f"{spec.arm}:DIR" if spec.needs_policy else spec.arm
+        raise ValueError(f"arm {name!r}: write it as {form}")
+    return Arm(spec.arm_label, spec.name, 1.0, argument or None)
+
+
+def _static_arm(name: str) -> Arm | None:
+    """``static``, ``static-matched`` or ``static@X``, or None."""
+    if name == "static":
+        return Arm("static", STATIC, 1.0)
+    if name == "static-matched":
+        return Arm("static-matched", STATIC, None)
+    if not name.startswith("static@"):
+        return None
+    try:
+        width = float(name.removeprefix("static@"))
+    except ValueError:
+        width = math.nan
+    if not (math.isfinite(width) and width > 0):
+        raise ValueError(f"arm {name!r}: the width after @ must be a positive number")
+    return Arm(f"static@{width:g}", STATIC, width)
 
 
 def parse_arms(text: str) -> list[Arm]:
@@ -39,24 +85,9 @@ def parse_arms(text: str) -> list[Arm]:
     arms: list[Arm] = []
     for raw in text.split(","):
         name = raw.strip()
-        if name == "static":
-            arm = Arm("static", "baseline", 1.0)
-        elif name == "heuristic":
-            arm = Arm("heuristic", "heuristic", 1.0)
-        elif name.startswith("ppo:"):
-            arm = Arm("learned", "ppo", 1.0, name.removeprefix("ppo:"))
-        elif name == "static-matched":
-            arm = Arm("static-matched", "baseline", None)
-        elif name.startswith("static@"):
-            try:
-                width = float(name.removeprefix("static@"))
-            except ValueError:
-                width = math.nan
-            if not (math.isfinite(width) and width > 0):
-                raise ValueError(f"arm {name!r}: the width after @ must be a positive number")
-            arm = Arm(f"static@{width:g}", "baseline", width)
-        else:
-            raise ValueError(f"unknown arm {name!r}; arms are {ARM_HELP}")
+        arm = _static_arm(name) or _controller_arm(name)
+        if arm is None:
+            raise ValueError(f"unknown arm {name!r}; arms are {arm_help()}")
         if any(a.label == arm.label for a in arms):
             raise ValueError(f"arm {arm.label!r} is listed twice")
         arms.append(arm)

@@ -2,7 +2,10 @@
 
 `from_dict` builds any config class from plain data (a parsed JSON file) and rejects
 unknown keys with the list of valid ones; `to_dict` gives the resolved form that every
-run saves next to its results.
+run saves next to its results. `merge` is the one way layers of plain data combine
+(task defaults, then a policy's training environment, then a ``--config`` file, then
+flags: `esper.training.tasks.run_config`), and `shortcuts` turns flat flag names
+(``epochs``) into the nested layer they stand for (``episode.epochs``).
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from pathlib import PurePath
 from typing import Any, Literal, TypeVar
 
 from esper.lifecycle import BlendAlgorithm, LifecycleConfig
 
 __all__ = [
     "MAX_SEED",
+    "SHORTCUTS",
     "ConfigError",
     "EpisodeConfig",
     "GovernorConfig",
@@ -30,8 +35,10 @@ __all__ = [
     "SignalConfig",
     "TrainingConfig",
     "from_dict",
+    "merge",
     "observing_every_seed",
     "reject_non_finite",
+    "shortcuts",
     "to_dict",
 ]
 
@@ -343,8 +350,9 @@ class RunConfig:
 
     task: str = "digits"
     """Registered task (``esper --help`` lists them)."""
-    controller: Literal["heuristic", "baseline", "ppo"] = "heuristic"
-    """Who decides: the rule-based heuristic, the static baseline that never grows, or a
+    controller: str = "heuristic"
+    """Who decides: a registered controller (`esper.controller.CONTROLLERS`): the
+    rule-based ``heuristic``, the static ``baseline`` that never grows, or ``ppo``, a
     policy trained by ``esper ppo train`` (see ``policy``)."""
     policy: str | None = None
     """The trained policy (a ``policy.pt`` or its run directory) when controller is ppo."""
@@ -386,3 +394,57 @@ def observing_every_seed(config: RunConfig) -> RunConfig:
     learned controller needs (its observation carries them)."""
     training = replace(config.episode.training, counterfactuals="live")
     return replace(config, episode=replace(config.episode, training=training))
+
+
+def merge(base: Mapping[str, Any], *layers: Mapping[str, Any], path: str = "") -> dict[str, Any]:
+    """``base`` with each of ``layers`` merged in, in order, key by key at every depth: a
+    layer that sets ``episode.optim.weight_decay`` keeps every other optimizer setting.
+    A value that is not a section replaces; a section (JSON object) given where ``base``
+    holds another kind of value, or anything but an object where it holds a section, is
+    a `ConfigError` naming the key."""
+    merged = dict(base)
+    for layer in layers:
+        for key, value in layer.items():
+            where = f"{path}.{key}" if path else str(key)
+            old = merged.get(key)
+            if isinstance(old, Mapping):
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"{where}: expected a JSON object (a section), got {value!r}")
+                merged[key] = merge(old, value, path=where)
+            else:
+                merged[key] = dict(value) if isinstance(value, Mapping) else value
+    return merged
+
+
+SHORTCUTS: Mapping[str, tuple[str, ...]] = types.MappingProxyType(
+    {
+        "epochs": ("episode", "epochs"),
+        "seed": ("episode", "seed"),
+        "max_seeds": ("episode", "max_seeds"),
+        "max_batches": ("episode", "training", "max_batches"),
+        "max_val_batches": ("episode", "training", "max_val_batches"),
+        "compile": ("episode", "training", "compile"),
+    }
+)
+"""Flat names (the command line's flags) of nested `RunConfig` fields; every top-level
+field (``task``, ``batch_size``, ``data_dir``, ...) is a shortcut for itself."""
+
+
+def shortcuts(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The nested `RunConfig` layer that flat ``values`` stand for (`SHORTCUTS`, or a
+    top-level field's own name); None means "not given" and is left out, paths become
+    strings."""
+    top = {f.name for f in dataclasses.fields(RunConfig)}
+    layer: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        where = SHORTCUTS.get(name) or ((name,) if name in top else None)
+        if where is None:
+            valid = ", ".join([*SHORTCUTS, *sorted(top)])
+            raise ConfigError(f"unknown setting {name!r}; settings: {valid}")
+        node = layer
+        for key in where[:-1]:
+            node = node.setdefault(key, {})
+        node[where[-1]] = str(value) if isinstance(value, PurePath) else value
+    return layer

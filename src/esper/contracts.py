@@ -1,5 +1,6 @@
 """Small shared types that several packages need: topologies, task types, slot ids,
-the signals a controller reads and the `Controller` protocol."""
+the signals a controller reads, its `Decision` and the `Controller` protocol, and the
+gradient statistics that training measures and telemetry reports."""
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from esper.lifecycle import FactoredAction, LifecycleOp, SeedState
 
 __all__ = [
     "Contribution",
     "Controller",
+    "Decision",
+    "GradientStats",
     "SeedCost",
     "SlotReport",
+    "StatefulController",
     "TaskType",
     "Topology",
     "TrainingSignals",
@@ -142,7 +146,39 @@ class SlotReport:
     """What each blueprint that fits the host would cost in this slot."""
 
 
+@dataclass(frozen=True)
+class GradientStats:
+    """One seed's gradients over every batch of an epoch (pre-clip L2 norms)."""
+
+    batches: int
+    mean_norm: float
+    max_norm: float
+    min_norm: float
+    vanishing_batches: int
+    exploding_batches: int
+    ratio: float
+    """Mean over batches of (seed norm / host norm) * sqrt(host params / seed params):
+    per-parameter gradient intensity of the seed relative to the host. Gate G2 reads it."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A controller's choice for one epoch, and why (the history and the events say it)."""
+
+    action: FactoredAction
+    reason: str = ""
+
+
 class Controller(Protocol):
     """Decides one action per epoch from the run's signals and the slots' reports."""
 
-    def decide(self, signals: TrainingSignals, slots: Sequence[SlotReport]) -> FactoredAction: ...
+    def decide(self, signals: TrainingSignals, slots: Sequence[SlotReport]) -> Decision: ...
+
+
+class StatefulController(Controller, Protocol):
+    """A controller whose state goes into a run's checkpoints (tensors and plain data
+    only, so they load with ``torch.load(weights_only=True)``)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...

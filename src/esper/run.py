@@ -24,21 +24,16 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from esper.config import ConfigError, RunConfig, from_dict, observing_every_seed, to_dict
-from esper.contracts import Controller
-from esper.controller import HeuristicController, StaticController
+from esper.config import ConfigError, RunConfig, from_dict, to_dict
+from esper.contracts import StatefulController
 from esper.machine import auto_threads
-from esper.model.blueprints import blueprint_names
-from esper.model.morphogenetic import MorphogeneticModel
-from esper.rl.agent import PolicyController, PolicyError, load_policy
 from esper.rundir import (
     CHECKPOINT,
     Checkpoint,
-    LineFile,
     RunDirectory,
     RunError,
     RunFailedError,
@@ -46,6 +41,7 @@ from esper.rundir import (
     read_lines,
 )
 from esper.telemetry import (
+    HistorySink,
     JsonlSink,
     RunFinished,
     RunStarted,
@@ -53,19 +49,16 @@ from esper.telemetry import (
     Telemetry,
     TelemetryLevel,
 )
-from esper.telemetry.report import EpochRow, SlotRow, plot_timeline, read_history
+from esper.telemetry.report import plot_timeline, read_history
 from esper.telemetry.report import summarize as summarize_rows
-from esper.training.batches import SplitBatches
-from esper.training.builders import build_model, load_data
-from esper.training.episode import EpisodeRunner, EpochRecord
+from esper.training.builders import build_episode, build_run_controller
+from esper.training.episode import EpisodeRunner
 from esper.training.governor import GovernorStopError
-from esper.training.tasks import TaskOptions, get_task
 
 __all__ = [
     "CHECKPOINT",
     "RunError",
     "RunFailedError",
-    "StatefulController",
     "finish_report",
     "prepare_run_dir",
     "read_config",
@@ -73,16 +66,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("esper")
-
-
-class StatefulController(Controller, Protocol):
-    """A controller whose state goes into checkpoints (plain data only)."""
-
-    last_reason: str
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def prepare_run_dir(out: Path) -> Path:
@@ -111,23 +94,16 @@ def read_config(run_dir: Path) -> RunConfig:
             )
         raise RunError(f"{run_dir} is not a run directory (no config.json)")
     try:
-        return from_dict(RunConfig, json.loads(path.read_text()))
-    except json.JSONDecodeError as error:
-        raise RunError(f"{path} is not valid JSON ({error})") from None
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RunError(f"{path} is not UTF-8 text; it is not a config.json Esper wrote") from None
+    except (ValueError, RecursionError) as error:  # JSONDecodeError is a ValueError
+        raise RunError(f"{path} is not valid JSON ({str(error)[:200]})") from None
+    try:
+        config: RunConfig = from_dict(RunConfig, data)
     except ConfigError as error:
         raise RunError(f"{path}: {error}") from None
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise RunError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunError(
-            f"device {name!r} asked for, but CUDA is not available here; use --device cpu"
-        )
-    return device
+    return config
 
 
 @dataclass
@@ -138,96 +114,27 @@ class _Run:
 
 
 def _build(config: RunConfig, telemetry: Telemetry) -> _Run:
-    if config.controller == "ppo":
-        config = observing_every_seed(config)
-    spec = get_task(config.task)
-    options = TaskOptions(
-        data_dir=Path(config.data_dir) if config.data_dir else None,
-        text_file=Path(config.text_file) if config.text_file else None,
-    )
-    device = _device(config.device)
+    """The run's episode and controller (`build_episode`, `build_run_controller`), and
+    its configuration with the thread count --threads auto chose."""
     if isinstance(config.threads, int):
         torch.set_num_threads(config.threads)
-    split = load_data(spec, options)
-    episode = config.episode
-    torch.manual_seed(episode.seed)
-    model = build_model(spec, split, config.slots, episode.lifecycle, config.width_multiplier)
-    model.to(device)
-    data = SplitBatches(split, config.batch_size, episode.seed, augment=spec.augment)
-    runner = EpisodeRunner(model, data, episode, telemetry, device)
-    if config.threads == "auto" and device.type == "cpu":
+    runner = build_episode(config, telemetry=telemetry)
+    if config.threads == "auto" and runner.device.type == "cpu":
         # The model's work per training step decides; the count is saved with the config
         # (config.json), so a resumed run does its arithmetic in the same order.
-        items = config.batch_size * (split.block_size or 1)  # scored items per batch
+        targets = runner.compute.probe[1]  # [B] labels, or [B, T] tokens
+        items = config.batch_size * targets[0].numel()  # scored items per batch
         threads = auto_threads(runner.compute.host_train * items)
         torch.set_num_threads(threads)
         config = replace(config, threads=threads)
-    controller: StatefulController
-    if config.controller == "baseline":
-        controller = StaticController()
-    elif config.controller == "ppo":
-        if config.policy is None:
-            raise RunError("controller ppo needs a policy: pass --policy DIR")
-        try:
-            policy, meta = load_policy(Path(config.policy), config.task, model.slot_ids)
-        except PolicyError as error:
-            raise RunError(str(error)) from None
-        controller = PolicyController(policy, meta, data.random_guess_loss)
-    else:
-        try:
-            controller = HeuristicController(
-                blueprint_names(spec.topology),
-                config.heuristic,
-                episode.lifecycle,
-            )
-        except ValueError as error:
-            raise RunError(f"heuristic.blueprints: {error}") from None
+    try:
+        controller = build_run_controller(config, runner)
+    except ValueError as error:
+        raise RunError(str(error).splitlines()[0]) from None
     return _Run(config, runner, controller)
 
 
-def _row(record: EpochRecord, runner: EpisodeRunner, reason: str) -> EpochRow:
-    model: MorphogeneticModel = runner.model
-    slots = {
-        s.slot_id: SlotRow(
-            stage=s.stage.name,
-            blueprint=s.state.blueprint_id,
-            alpha=s.alpha,
-            contribution=None if measured is None else measured.pp,
-            params=s.seed_param_count(),
-            contribution_se=None if measured is None else measured.se,
-        )
-        for s in model.slots()
-        for measured in [record.contributions.get(s.slot_id)]
-    }
-    action = record.action
-    words = [action.op.name, action.slot or "", action.blueprint or ""]
-    if action.op.name != "GERMINATE":
-        words = words[:2]
-    return EpochRow(
-        epoch=record.epoch,
-        train_loss=record.train.loss,
-        train_accuracy=record.train.accuracy,
-        val_loss=record.val.loss,
-        val_accuracy=record.val.accuracy,
-        action=" ".join(w for w in words if w),
-        outcome=record.outcome,
-        reason=reason,
-        reward=record.reward.total,
-        rollback=record.rollback,
-        host_params=model.host_params,
-        seed_params=model.active_seed_params,
-        seconds=runner.wall_seconds,
-        germinated=runner.germinated,
-        fossilized=runner.fossilized,
-        culled=runner.culled,
-        slots=slots,
-        train_flops=record.train_flops,
-        eval_flops=record.eval_flops,
-        epoch_seconds=record.seconds,
-    )
-
-
-def _save_checkpoint(directory: RunDirectory, run: _Run, history: LineFile) -> None:
+def _save_checkpoint(directory: RunDirectory, run: _Run, history: HistorySink) -> None:
     config = run.config
     identity = directory.identity(config.controller, config.task, to_dict(config))
     state = {"runner": run.runner.state_dict(), "controller": run.controller.state_dict()}
@@ -291,8 +198,7 @@ def _start(
 def run(
     run_dir: Path,
     config: RunConfig | None,
-    extra_sinks: Sequence[Sink],
-    on_epoch: Callable[[EpochRow], None],
+    extra_sinks: Sequence[Sink] = (),
     warn: Callable[[str], None] = log.warning,
 ) -> dict[str, Any]:
     """Run (``config`` given) or resume (``config`` None) the run in ``run_dir``.
@@ -300,16 +206,18 @@ def run(
     The directory is locked for the whole run (a second run on it gets `RunError`
     naming this one). Resuming continues from the newest intact checkpoint of this run
     that agrees with ``history.jsonl`` (``warn`` is told when an older one is used), or
-    from epoch 1 if the run stopped before its first checkpoint. ``on_epoch`` is called
-    after every epoch with its history row (progress display). Returns the summary,
-    also written to ``summary.json``. Raises `RunFailedError` when the run has to stop: the
-    disk is full, or the governor met a fault that rolling back does not fix.
+    from epoch 1 if the run stopped before its first checkpoint. ``extra_sinks`` receive
+    the run's events besides ``events.jsonl`` and ``history.jsonl`` (a progress display,
+    TensorBoard); every epoch's `EpochCompleted` reaches those with a ``level`` of their
+    own whatever the telemetry level. Returns the summary, also written to
+    ``summary.json``. Raises `RunFailedError` when the run has to stop: the disk is
+    full, or the governor met a fault that rolling back does not fix.
     """
     opener = RunDirectory.open if config is None else RunDirectory.create
     with opener(run_dir) as directory:
         config, checkpoint, kept = _start(directory, config, warn)
         try:
-            _train(directory, config, checkpoint, kept, extra_sinks, on_epoch)
+            _train(directory, config, checkpoint, kept, extra_sinks)
             return finish_report(run_dir)
         except GovernorStopError as error:
             raise RunFailedError(
@@ -329,12 +237,12 @@ def _train(
     checkpoint: Checkpoint | None,
     history_lines: list[bytes],
     extra_sinks: Sequence[Sink],
-    on_epoch: Callable[[EpochRow], None],
 ) -> None:
     """Build the run, load ``checkpoint`` (or start it), and train to the last epoch."""
     run_dir = directory.path
     level = TelemetryLevel.parse(config.telemetry_level)
-    sinks: list[Sink] = [JsonlSink(run_dir / "events.jsonl"), *extra_sinks]
+    history = HistorySink(run_dir / "history.jsonl", history_lines)
+    sinks: list[Sink] = [history, JsonlSink(run_dir / "events.jsonl"), *extra_sinks]
     with Telemetry(level, sinks) as telemetry:
         built = _build(config, telemetry)
         config, runner, controller = built.config, built.runner, built.controller
@@ -349,15 +257,12 @@ def _train(
             telemetry.emit(
                 RunStarted(run_dir.name, config.task, config.controller, to_dict(config))
             )
-        history = LineFile(run_dir / "history.jsonl", history_lines)
         while not runner.done:
             observation = runner.observe()
-            action = controller.decide(observation.signals, observation.slots)
-            record = runner.apply(action, controller.last_reason)
-            row = _row(record, runner, controller.last_reason)
-            history.append(row.to_json())
-            _save_checkpoint(directory, built, history)
-            on_epoch(row)
+            runner.apply(controller.decide(observation.signals, observation.slots))
+            _save_checkpoint(
+                directory, built, history
+            )  # after the history row: it holds its digest
         result = runner.result()
         telemetry.emit(
             RunFinished(

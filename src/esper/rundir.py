@@ -49,7 +49,6 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "Identity",
-    "LineFile",
     "RunDirectory",
     "RunError",
     "RunFailedError",
@@ -147,26 +146,6 @@ def read_lines(path: Path) -> list[bytes]:
     if lines and not lines[-1].endswith(b"\n"):
         lines.pop()
     return lines
-
-
-class LineFile:
-    """An append-only file of lines that keeps the SHA-256 of everything it holds."""
-
-    def __init__(self, path: Path, lines: Sequence[bytes] = ()) -> None:
-        self.path = path
-        self.count = len(lines)
-        self._digest = hashlib.sha256(b"".join(lines))
-
-    def append(self, line: str) -> None:
-        data = (line + "\n").encode("utf-8")
-        with self.path.open("ab") as handle:
-            handle.write(data)
-        self._digest.update(data)
-        self.count += 1
-
-    @property
-    def digest(self) -> str:
-        return self._digest.hexdigest()
 
 
 # ---------------------------------------------------------------- identity and digests

@@ -16,8 +16,7 @@ from esper.data import load_digits
 from esper.lifecycle import FactoredAction, LifecycleOp, SeedStage
 from esper.training.batches import SplitBatches
 from esper.training.builders import build_model
-from esper.training.episode import ScriptedController
-from esper.training.heuristic import run_heuristic_episode
+from esper.training.episode import EpisodeRunner, ScriptedController, run_episode
 from esper.training.tasks import get_task
 
 TRAIN_LOSS = [2.1564153, 1.7199702, 1.1469955, 0.8137177, 0.6586439, 0.5914238]
@@ -33,7 +32,7 @@ def test_golden_digits_episode() -> None:
     model = build_model(task, split, lifecycle=config.lifecycle)
     data = SplitBatches(split, task.batch_size, seed=0)
     schedule = {2: FactoredAction(LifecycleOp.GERMINATE, "r0c1", "conv_heavy")}
-    result = run_heuristic_episode(ScriptedController(schedule), model, data, config)
+    result = run_episode(EpisodeRunner(model, data, config), ScriptedController(schedule))
     assert [r.train.loss for r in result.history] == pytest.approx(TRAIN_LOSS, rel=1e-4)
     assert [r.val.loss for r in result.history] == pytest.approx(VAL_LOSS, rel=1e-4)
     assert [r.stages["r0c1"] for r in result.history] == [SeedStage[s] for s in STAGES]

@@ -24,11 +24,11 @@ from esper.rundir import read_checkpoint
 from esper.telemetry import (
     EpochCompleted,
     GateEvaluated,
-    GradientStats,
     RunFinished,
     RunStarted,
     SeedFossilized,
     SeedGerminated,
+    SeedGradients,
     read_events,
 )
 from esper.telemetry.report import read_history
@@ -167,7 +167,7 @@ def test_the_default_run_grows_and_keeps_a_seed(
     assert any(isinstance(e, SeedGerminated) for e in events)
     assert any(isinstance(e, SeedFossilized) for e in events)
     last = read_history(out / "history.jsonl")[-1]
-    assert any(s.stage == SeedStage.FOSSILIZED.name for s in last.slots.values())
+    assert any(s.stage is SeedStage.FOSSILIZED for s in last.slots.values())
 
 
 # ---------------------------------------------------------------- resume
@@ -542,7 +542,7 @@ def test_baseline_never_germinates(tmp_path: Path, early_config: Path) -> None:
     assert (summary["seeds_germinated"], summary["added_params"]) == (0, 0)
     rows = read_history(out / "history.jsonl")
     assert [r.action for r in rows] == ["WAIT"] * 3
-    assert all(s.stage == "DORMANT" for r in rows for s in r.slots.values())
+    assert all(s.stage is SeedStage.DORMANT for r in rows for s in r.slots.values())
     assert not any(isinstance(e, SeedGerminated) for e in read_events(out / "events.jsonl"))
 
 
@@ -612,4 +612,4 @@ def test_telemetry_level_filters_events_but_never_history(
     assert {RunStarted, RunFinished, SeedGerminated} <= kinds
     assert (EpochCompleted in kinds) == (level in ("normal", "debug"))
     assert (GateEvaluated in kinds) == (level == "debug")
-    assert (GradientStats in kinds) == (level == "debug")
+    assert (SeedGradients in kinds) == (level == "debug")

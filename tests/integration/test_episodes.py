@@ -8,15 +8,15 @@ from collections.abc import Sequence
 import torch
 
 from esper.config import EpisodeConfig
-from esper.contracts import SlotReport, TrainingSignals
+from esper.contracts import Decision, SlotReport, TrainingSignals
 from esper.data import load_digits
 from esper.lifecycle import FactoredAction, LifecycleOp, SeedStage
 from esper.model import MorphogeneticModel
 from esper.telemetry import GovernorRollback, MemorySink, SeedFossilized, Telemetry, TelemetryLevel
 from esper.training.batches import SplitBatches
-from esper.training.builders import build_model
-from esper.training.episode import EpisodeResult, EpisodeRunner, ScriptedController
-from esper.training.heuristic import run_heuristic_episode, train_heuristic
+from esper.training.builders import build_model, run_episodes
+from esper.training.episode import EpisodeRunner, ScriptedController, run_episode
+from esper.training.ledger import EpisodeResult
 from esper.training.tasks import get_task
 
 SPLIT = load_digits()
@@ -38,14 +38,14 @@ class GrowThenKeep:
     def __init__(self, epoch: int, slot: str, blueprint: str, threshold: float) -> None:
         self.epoch, self.slot, self.blueprint, self.threshold = epoch, slot, blueprint, threshold
 
-    def decide(self, signals: TrainingSignals, slots: Sequence[SlotReport]) -> FactoredAction:
+    def decide(self, signals: TrainingSignals, slots: Sequence[SlotReport]) -> Decision:
         if signals.epoch == self.epoch:
-            return FactoredAction(LifecycleOp.GERMINATE, self.slot, self.blueprint)
+            return Decision(FactoredAction(LifecycleOp.GERMINATE, self.slot, self.blueprint))
         report = next(r for r in slots if r.slot_id == self.slot)
         c = report.state.contribution
         if LifecycleOp.FOSSILIZE in report.legal and c is not None and c >= self.threshold:
-            return FactoredAction(LifecycleOp.FOSSILIZE, self.slot)
-        return FactoredAction.wait()
+            return Decision(FactoredAction(LifecycleOp.FOSSILIZE, self.slot), "G5 can pass")
+        return Decision(FactoredAction.wait())
 
 
 def _stages(result: EpisodeResult, slot: str) -> list[SeedStage]:
@@ -61,7 +61,7 @@ def test_a_seed_grows_blends_passes_g5_and_fossilizes() -> None:
     controller = GrowThenKeep(2, "r0c1", "conv_heavy", config.lifecycle.min_fossilize_contribution)
     sink = MemorySink()
     with Telemetry(TelemetryLevel.LIFECYCLE, [sink]) as telemetry:
-        result = run_heuristic_episode(controller, model, data, config, telemetry)
+        result = run_episode(EpisodeRunner(model, data, config, telemetry), controller)
     assert _stages(result, "r0c1") == [
         SeedStage.DORMANT,
         SeedStage.TRAINING,
@@ -87,7 +87,7 @@ def test_a_culled_slot_is_embargoed_then_takes_a_new_seed() -> None:
         6: dataclasses.replace(germinate, blueprint="attention"),  # embargoed: refused
         9: dataclasses.replace(germinate, blueprint="attention"),
     }
-    result = run_heuristic_episode(ScriptedController(schedule), model, data, config)
+    result = run_episode(EpisodeRunner(model, data, config), ScriptedController(schedule))
     by_epoch = {r.epoch: r for r in result.history}
     assert [by_epoch[e].stages["r0c1"] for e in range(2, 10)] == [
         SeedStage.TRAINING,
@@ -114,7 +114,7 @@ def test_same_seed_gives_same_losses_and_weights() -> None:
     for _ in range(2):
         model, data, config = _setup(seed=3, epochs=8)
         controller = GrowThenKeep(2, "r0c1", "conv_heavy", 1.0)
-        runs.append((run_heuristic_episode(controller, model, data, config), model))
+        runs.append((run_episode(EpisodeRunner(model, data, config), controller), model))
     (first, model_a), (second, model_b) = runs
     assert _losses(first) == _losses(second)
     state_a, state_b = model_a.state_dict(), model_b.state_dict()
@@ -127,7 +127,7 @@ def test_same_seed_gives_same_losses_and_weights() -> None:
 def test_heuristic_entry_point_and_runner_agree() -> None:
     schedule = {2: FactoredAction(LifecycleOp.GERMINATE, "r0c2", "conv_light")}
     model, data, config = _setup(epochs=16)
-    via_heuristic = run_heuristic_episode(ScriptedController(schedule), model, data, config)
+    via_heuristic = run_episode(EpisodeRunner(model, data, config), ScriptedController(schedule))
     model, data, config = _setup(epochs=16)
     runner = EpisodeRunner(model, data, config)
     controller = ScriptedController(schedule)
@@ -149,18 +149,18 @@ class Saboteur:
     def __init__(self, model: MorphogeneticModel, epoch: int) -> None:
         self.model, self.epoch = model, epoch
 
-    def decide(self, signals: TrainingSignals, slots: Sequence[SlotReport]) -> FactoredAction:
+    def decide(self, signals: TrainingSignals, slots: Sequence[SlotReport]) -> Decision:
         if signals.epoch == self.epoch:
             with torch.no_grad():
                 next(iter(self.model.get_host_parameters())).fill_(float("nan"))
-        return FactoredAction.wait()
+        return Decision(FactoredAction.wait(), "sabotage")
 
 
 def test_governor_rolls_back_a_nan_and_the_episode_finishes() -> None:
     model, data, config = _setup(epochs=8)
     sink = MemorySink()
     with Telemetry(TelemetryLevel.LIFECYCLE, [sink]) as telemetry:
-        result = run_heuristic_episode(Saboteur(model, 4), model, data, config, telemetry)
+        result = run_episode(EpisodeRunner(model, data, config, telemetry), Saboteur(model, 4))
     assert len(result.history) == 8
     rollbacks = sink.of_type(GovernorRollback)
     assert [r.epoch for r in rollbacks] == [5]
@@ -170,8 +170,8 @@ def test_governor_rolls_back_a_nan_and_the_episode_finishes() -> None:
     assert result.final_accuracy > 50.0  # it went on learning after the rollback
 
 
-def test_train_heuristic_on_digits_grows_and_keeps_a_seed() -> None:
-    (result,) = train_heuristic("digits")
+def test_run_episodes_on_digits_grows_and_keeps_a_seed() -> None:
+    (result,) = run_episodes("digits")
     assert result.seeds_germinated >= 1
     assert result.seeds_fossilized >= 1
     assert len(result.rewards) == TASK.epochs

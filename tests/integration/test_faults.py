@@ -35,6 +35,7 @@ import esper.rundir
 import esper.training.episode as episode_module
 from esper.cli import main
 from esper.config import EpisodeConfig, GovernorConfig, TrainingConfig
+from esper.contracts import Decision
 from esper.data import DataFormatError, load_cifar10, load_digits
 from esper.lifecycle import LIVE_STAGES, FactoredAction, LifecycleConfig, LifecycleOp, SeedStage
 from esper.model import MorphogeneticModel, build_host
@@ -777,7 +778,7 @@ class _Saboteur:
     ) -> None:
         self.runner, self.scripted, self.poison = runner, ScriptedController(schedule), poison
 
-    def decide(self, signals: Any, slots: Any) -> FactoredAction:
+    def decide(self, signals: Any, slots: Any) -> Decision:
         target = self.poison.get(signals.epoch)
         if target is not None:
             with torch.no_grad():
@@ -830,7 +831,7 @@ def test_a_seed_younger_than_the_snapshot_is_counted_as_culled() -> None:
 class _Fossilizer(_Saboteur):
     """Also marks the seed as clearly helpful at ``epoch``, so FOSSILIZE passes G5."""
 
-    def decide(self, signals: Any, slots: Any) -> FactoredAction:
+    def decide(self, signals: Any, slots: Any) -> Decision:
         if signals.epoch == 5:
             self.runner.model.slot("r0c0").record(contribution=5.0)
         return super().decide(signals, slots)

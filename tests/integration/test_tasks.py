@@ -17,6 +17,7 @@ from PIL import Image
 
 from esper.cli import main
 from esper.contracts import Topology
+from esper.lifecycle import SeedStage
 from esper.model.blueprints import blueprint_names
 from esper.telemetry.report import read_history
 from esper.training.builders import loader
@@ -201,6 +202,9 @@ def test_a_transformer_task_germinates_a_transformer_blueprint(tmp_path: Path) -
     # The largest transformer blueprint, which no CNN host has.
     assert blueprint == "mlp" and blueprint in blueprint_names(Topology.TRANSFORMER)
     assert blueprint not in blueprint_names(Topology.CNN)
-    assert rows[1].slots[slot].stage == "TRAINING" and rows[1].slots[slot].blueprint == blueprint
+    assert (
+        rows[1].slots[slot].stage is SeedStage.TRAINING
+        and rows[1].slots[slot].blueprint == blueprint
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds_germinated"] == 2 and summary["added_params"] > 0  # one an epoch

@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import esper.run
 from esper.cli import main
+from esper.lifecycle import SeedStage
 from esper.telemetry.report import read_history
 from esper.telemetry.updates import read_updates
 
@@ -71,7 +72,7 @@ def test_a_run_writes_its_history_and_events_for_tensorboard(tmp_path: Path, ear
     assert _scalars(board, "compute/train_flops")[6] == pytest.approx(
         sum(r.train_flops for r in rows)
     )
-    live = {sid for r in rows for sid, s in r.slots.items() if s.stage != "DORMANT"}
+    live = {sid for r in rows for sid, s in r.slots.items() if s.stage is not SeedStage.DORMANT}
     assert live, "the early heuristic grows a seed"
     for slot in live:
         assert _scalars(board, f"slots/{slot}/alpha") == {

@@ -34,8 +34,7 @@ from esper.telemetry import (
     SeedGerminated,
     SeedStageChanged,
 )
-from esper.telemetry.events import Event
-from esper.telemetry.report import EpochRow, SlotRow
+from esper.telemetry.events import EpochCompleted, Event, SlotSnapshot, history_line
 from esper.telemetry.updates import UpdateRow
 from esper.watch.app import WatchApp, band_cells
 from esper.watch.files import RUN_MARKER
@@ -114,7 +113,7 @@ STAGES: dict[int, dict[str, tuple[str, float, float | None]]] = {
 ACTIONS = {2: "GERMINATE r0c1 conv_light", 4: "FOSSILIZE r0c1", 5: "GERMINATE r0c0 conv_heavy"}
 
 
-def _row(epoch: int) -> EpochRow:
+def _row(epoch: int) -> EpochCompleted:
     stages = STAGES.get(epoch, STAGES[6] if epoch > 6 else {})
     slots = {}
     for slot in SLOTS:
@@ -123,8 +122,8 @@ def _row(epoch: int) -> EpochRow:
             None if stage == "DORMANT" else ("conv_light" if slot == "r0c1" else "conv_heavy")
         )
         params = 0 if blueprint is None else 42
-        slots[slot] = SlotRow(stage, blueprint, alpha, contribution, params, 0.3)
-    return EpochRow(
+        slots[slot] = SlotSnapshot(SeedStage[stage], blueprint, alpha, contribution, params, 0.3)
+    return EpochCompleted(
         epoch=epoch,
         train_loss=2.0 / epoch,
         train_accuracy=50.0 + 4 * epoch,
@@ -197,7 +196,7 @@ def write_epochs(path: Path, *epochs: int) -> None:
     for epoch in epochs:
         write_events(path, epoch)
         with (path / "history.jsonl").open("a") as handle:
-            handle.write(_row(epoch).to_json() + "\n")
+            handle.write(history_line(_row(epoch)) + "\n")
 
 
 def test_the_marker_name_is_the_run_directorys() -> None:
@@ -220,7 +219,7 @@ def test_it_follows_a_run_as_it_is_written_and_waits_for_a_half_written_line(
         assert re.search(r"r0c1\s*│.*│ training conv_light", screen), screen
         assert "6 GFLOPs" in screen  # compute so far: two epochs of 3 GFLOPs
         # Half of epoch 3's row: the view keeps showing epoch 2 and says a line is coming.
-        line = _row(3).to_json() + "\n"
+        line = history_line(_row(3)) + "\n"
         with (run / "history.jsonl").open("a") as handle:
             handle.write(line[:40])
         screen = await wait_for(pilot, "a line is being written")

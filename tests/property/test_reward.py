@@ -18,7 +18,8 @@ from esper.data import load_digits
 from esper.model.blueprints import blueprint_names
 from esper.training.batches import SplitBatches
 from esper.training.builders import build_model
-from esper.training.episode import EpisodeResult, EpisodeRunner, run_episode
+from esper.training.episode import EpisodeRunner, run_episode
+from esper.training.ledger import EpisodeResult
 from esper.training.reward import (
     compute_charge,
     epoch_reward,

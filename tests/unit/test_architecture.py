@@ -15,7 +15,7 @@ ALLOWED: dict[str, set[str]] = {
     "machine": set(),
     # Command, commit, machine and date of a result; it may import torch (its version).
     "provenance": set(),
-    "arms": set(),
+    "arms": BOTTOM | {"controller"},
     "cluster": set(),
     "contracts": {"lifecycle"},
     "config": {"lifecycle"},
@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "training": BOTTOM | {"data", "model", "controller", "telemetry"},
     "rl": BOTTOM | {"cluster", "data", "model", "controller", "telemetry", "training", "rundir"},
     "rundir": set(),
-    "run": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rl", "rundir"},
+    "run": BOTTOM | {"data", "model", "controller", "telemetry", "training", "rundir"},
     # Runs, pools (local and Ray: Ray itself only through esper.cluster), statistics, report.
     "compare": BOTTOM
     | {"arms", "cluster", "data", "model", "controller", "telemetry", "training", "rl"}

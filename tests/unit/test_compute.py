@@ -19,16 +19,13 @@ from esper.lifecycle import FactoredAction, LifecycleOp, SeedStage, transition
 from esper.model.blueprints import blueprint_names
 from esper.model.hosts import CNNHost, TransformerHost
 from esper.model.morphogenetic import MorphogeneticModel
-from esper.training import compute, loop
+from esper.training import compute
 from esper.training.batches import SplitBatches
 from esper.training.builders import build_model
-from esper.training.episode import (
-    EpisodeResult,
-    EpisodeRunner,
-    ScriptedController,
-    run_episode,
-)
-from esper.training.loop import eval_flops, evaluate, train_flops
+from esper.training.compute import eval_flops, train_flops
+from esper.training.episode import EpisodeRunner, ScriptedController, run_episode
+from esper.training.ledger import EpisodeResult
+from esper.training.loop import evaluate
 from esper.training.tasks import get_task
 
 CLASSIFY = TaskType.CLASSIFICATION
@@ -168,7 +165,7 @@ def test_compute_is_counted_once_per_architecture_and_leaves_the_run_unchanged(
     split = load_digits()
     config = dataclasses.replace(task.default_config(), epochs=12, seed=1)
     calls: list[str] = []
-    counted = loop.train_flops
+    counted = compute.train_flops
 
     def spy(*args: object) -> float:
         calls.append("train")

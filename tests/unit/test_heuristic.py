@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from esper.config import EpisodeConfig, HeuristicConfig
-from esper.contracts import Contribution, SeedCost, SlotReport, Topology, TrainingSignals, slot_id
+from esper.contracts import (
+    Contribution,
+    Decision,
+    SeedCost,
+    SlotReport,
+    Topology,
+    TrainingSignals,
+    slot_id,
+)
 from esper.controller import HeuristicController
 from esper.data import load_digits
 from esper.lifecycle import (
@@ -28,7 +36,8 @@ from esper.lifecycle import (
 from esper.model.blueprints import blueprint_names, get_blueprint
 from esper.training.batches import SplitBatches
 from esper.training.builders import build_model
-from esper.training.episode import EpisodeResult, EpisodeRunner, run_episode
+from esper.training.episode import EpisodeRunner, run_episode
+from esper.training.ledger import EpisodeResult
 from esper.training.tasks import get_task
 
 CNN = tuple(blueprint_names(Topology.CNN))
@@ -135,23 +144,23 @@ LIFECYCLE = LifecycleConfig()
 
 def test_grows_from_the_start_epoch_one_seed_per_epoch() -> None:
     controller = _controller(start_epoch=2)
-    assert controller.decide(_signals(1), _empty()) == WAIT
-    assert "epoch 2" in controller.last_reason
-    assert controller.decide(_signals(2), _empty()) == _germinate("r0c2", "conv_heavy")
+    waiting = controller.decide(_signals(1), _empty())
+    assert waiting.action == WAIT and "epoch 2" in waiting.reason
+    assert controller.decide(_signals(2), _empty()).action == _germinate("r0c2", "conv_heavy")
     growing = _slots(DORMANT, DORMANT, _seed(SeedStage.GERMINATED, "conv_heavy"))
-    assert controller.decide(_signals(3), growing) == _germinate("r0c1", "conv_heavy")
+    assert controller.decide(_signals(3), growing).action == _germinate("r0c1", "conv_heavy")
 
 
 def test_does_not_germinate_too_close_to_the_end() -> None:
     controller = _controller(min_epochs_left=10)
-    assert controller.decide(_signals(21), _empty()) == WAIT  # 9 of 30 epochs left
-    assert "9 epoch(s) left" in controller.last_reason
-    assert controller.decide(_signals(20), _empty()).op is LifecycleOp.GERMINATE
+    late = controller.decide(_signals(21), _empty())  # 9 of 30 epochs left
+    assert late.action == WAIT and "9 epoch(s) left" in late.reason
+    assert controller.decide(_signals(20), _empty()).action.op is LifecycleOp.GERMINATE
 
 
 def test_germination_uses_the_configured_blend() -> None:
     controller = _controller(blend=BlendAlgorithm.SIGMOID)
-    assert controller.decide(_signals(), _empty()).blend is BlendAlgorithm.SIGMOID
+    assert controller.decide(_signals(), _empty()).action.blend is BlendAlgorithm.SIGMOID
 
 
 @pytest.mark.parametrize(
@@ -164,8 +173,7 @@ def test_germination_uses_the_configured_blend() -> None:
 )
 def test_never_germinates_where_germinate_is_not_legal(slots: list[SlotReport]) -> None:
     controller = _controller()
-    assert controller.decide(_signals(), slots) == WAIT
-    assert controller.last_reason == "no slot may take a seed"
+    assert controller.decide(_signals(), slots) == Decision(WAIT, "no slot may take a seed")
 
 
 # ---------------------------------------------------------------- where and what
@@ -184,13 +192,15 @@ def test_grows_where_capacity_is_cheapest_first(
 ) -> None:
     # The deepest open slot has the fewest positions: most parameters per FLOP.
     states = [DORMANT if s is SeedStage.DORMANT else _seed(s) for s in stages]
-    action = _controller(max_growth_params=None).decide(_signals(), _slots(*states))
+    action = _controller(max_growth_params=None).decide(_signals(), _slots(*states)).action
     assert (action.op, action.slot) == (LifecycleOp.GERMINATE, expected)
 
 
 def test_transformer_slots_cost_alike_so_the_deepest_wins() -> None:
-    action = _controller(TRANSFORMER).decide(
-        _signals(), _slots(*[DORMANT] * 3, topology=Topology.TRANSFORMER)
+    action = (
+        _controller(TRANSFORMER)
+        .decide(_signals(), _slots(*[DORMANT] * 3, topology=Topology.TRANSFORMER))
+        .action
     )
     assert action == _germinate("r0c2", "mlp")  # the largest transformer blueprint
 
@@ -198,27 +208,26 @@ def test_transformer_slots_cost_alike_so_the_deepest_wins() -> None:
 def test_grows_the_largest_blueprint_that_fits_the_parameter_budget() -> None:
     big = _costs(2)["conv_heavy"].params  # 18,592 parameters in r0c2
     roomy = _controller(max_growth_params=big / HOST_PARAMS)
-    assert roomy.decide(_signals(), _empty()) == _germinate("r0c2", "conv_heavy")
+    assert roomy.decide(_signals(), _empty()).action == _germinate("r0c2", "conv_heavy")
     tight = _controller(max_growth_params=(big - 1) / HOST_PARAMS)
-    assert tight.decide(_signals(), _empty()) == _germinate("r0c2", "conv_light")
+    assert tight.decide(_signals(), _empty()).action == _germinate("r0c2", "conv_light")
     # What is already grown counts against the budget.
     grown = _slots(DORMANT, DORMANT, _seed(SeedStage.FOSSILIZED, "conv_heavy"))
     spent = _controller(max_growth_params=big / HOST_PARAMS)
-    assert spent.decide(_signals(), grown) == WAIT
-    assert spent.last_reason == "growth budget spent"
+    assert spent.decide(_signals(), grown) == Decision(WAIT, "growth budget spent")
 
 
 def test_a_compute_budget_limits_growth_too() -> None:
     costs = _costs(2)["conv_heavy"]
     controller = _controller(max_growth_params=None, max_growth_flops=0.0)
-    assert controller.decide(_signals(), _empty()) == WAIT
+    assert controller.decide(_signals(), _empty()).action == WAIT
     allowed = _controller(max_growth_params=None, max_growth_flops=costs.train_flops / HOST_FLOPS)
-    assert allowed.decide(_signals(), _empty()) == _germinate("r0c2", "conv_heavy")
+    assert allowed.decide(_signals(), _empty()).action == _germinate("r0c2", "conv_heavy")
 
 
 def test_only_the_configured_blueprints_are_grown() -> None:
     controller = _controller(CNN, blueprints=("norm", "conv_light"))
-    assert controller.decide(_signals(), _empty()) == _germinate("r0c2", "conv_light")
+    assert controller.decide(_signals(), _empty()).action == _germinate("r0c2", "conv_light")
 
 
 @pytest.mark.parametrize(
@@ -241,11 +250,14 @@ def test_a_host_without_blueprints_is_an_error() -> None:
 
 def _cull_conv_heavy(controller: HeuristicController) -> None:
     """conv_heavy is germinated in r0c2, trains, and is culled."""
-    assert controller.decide(_signals(10), _slots(DORMANT, DORMANT, DORMANT, budget=False)) == WAIT
+    assert (
+        controller.decide(_signals(10), _slots(DORMANT, DORMANT, DORMANT, budget=False)).action
+        == WAIT
+    )
     training = _slots(DORMANT, DORMANT, _seed(SeedStage.TRAINING, "conv_heavy"), budget=False)
-    assert controller.decide(_signals(11), training) == WAIT
+    assert controller.decide(_signals(11), training).action == WAIT
     culled = _slots(DORMANT, DORMANT, _seed(SeedStage.EMBARGOED, "conv_heavy"), budget=False)
-    assert controller.decide(_signals(12), culled) == WAIT
+    assert controller.decide(_signals(12), culled).action == WAIT
     assert controller.penalties == {"conv_heavy": pytest.approx(2.0)}
 
 
@@ -257,16 +269,18 @@ def test_a_culled_blueprint_is_skipped_while_penalised_then_returns() -> None:
     controller = _controller(max_growth_params=None)
     _cull_conv_heavy(controller)
     # conv_heavy is penalised (2.0 * 0.8 >= 1.5): the next largest is grown instead.
-    assert controller.decide(_signals(13), _open_r0c2()).blueprint == "conv_light"
+    assert controller.decide(_signals(13), _open_r0c2()).action.blueprint == "conv_light"
     # One more epoch of decay (2.0 * 0.8 ** 2 < 1.5) and it is grown again.
-    assert controller.decide(_signals(14), _open_r0c2()).blueprint == "conv_heavy"
+    assert controller.decide(_signals(14), _open_r0c2()).action.blueprint == "conv_heavy"
 
 
 def test_a_fossilized_seed_is_not_penalised() -> None:
     controller = _controller()
     clear = Contribution(gained=60, lost=10, items=1000)  # +5 pp, z 6
     on_probation = _seed(SeedStage.PROBATIONARY, measured=clear)
-    assert controller.decide(_signals(11), _slots(on_probation)) == _op(LifecycleOp.FOSSILIZE)
+    assert controller.decide(_signals(11), _slots(on_probation)).action == _op(
+        LifecycleOp.FOSSILIZE
+    )
     controller.decide(_signals(12), _slots(_seed(SeedStage.FOSSILIZED), DORMANT))
     assert controller.penalties == {}
 
@@ -288,16 +302,14 @@ def test_fossilizes_once_g5_passes_in_pp_and_in_standard_errors(
 ) -> None:
     measured = Contribution(gained, lost, items=1000)
     seed = _seed(SeedStage.PROBATIONARY, measured=measured)
-    action = _controller().decide(_signals(), _slots(seed, budget=False))
+    action = _controller().decide(_signals(), _slots(seed, budget=False)).action
     assert action.op is expected
     if expected is LifecycleOp.FOSSILIZE:
         assert f"{measured.pp:+.2f}" in _controller_reason(seed)
 
 
 def _controller_reason(seed: SeedState) -> str:
-    controller = _controller()
-    controller.decide(_signals(), _slots(seed, budget=False))
-    return controller.last_reason
+    return _controller().decide(_signals(), _slots(seed, budget=False)).reason
 
 
 @pytest.mark.parametrize(("gained", "lost"), [(3, 1), (2, 2), (1, 3), (4, 0), (0, 4)])
@@ -309,7 +321,7 @@ def test_a_contribution_within_noise_is_neither_kept_nor_culled(gained: int, los
     assert abs(measured.z) <= 2.0
     for stage in (SeedStage.BLENDING, SeedStage.PROBATIONARY):
         seed = _seed(stage, epochs_in_stage=1, measured=measured)
-        assert _controller().decide(_signals(), _slots(seed, budget=False)) == WAIT
+        assert _controller().decide(_signals(), _slots(seed, budget=False)).action == WAIT
         assert probation_verdict(seed, LIFECYCLE) is None
 
 
@@ -318,7 +330,7 @@ def test_a_seed_is_judged_harmful_on_probation_not_while_it_blends(stage: SeedSt
     harmful = Contribution(gained=2, lost=20, items=1000)  # -1.8 pp, z -3.8
     seed = _seed(stage, epochs_in_stage=1, measured=harmful)
     if stage is SeedStage.BLENDING:  # the host is still adapting: no verdict yet
-        assert _controller().decide(_signals(), _slots(seed, budget=False)) == WAIT
+        assert _controller().decide(_signals(), _slots(seed, budget=False)).action == WAIT
     else:  # on probation, the lifecycle culls it
         assert probation_verdict(seed, LIFECYCLE) is not None
 
@@ -326,30 +338,30 @@ def test_a_seed_is_judged_harmful_on_probation_not_while_it_blends(stage: SeedSt
 def test_a_seed_stalled_in_training_is_culled_and_not_grown_there_again() -> None:
     controller = _controller(stalled_training_epochs=8, max_growth_params=None)
     young = _slots(DORMANT, DORMANT, _seed(SeedStage.TRAINING, "conv_heavy", epochs_in_stage=7))
-    assert controller.decide(_signals(), young) == _germinate("r0c1", "conv_heavy")
+    assert controller.decide(_signals(), young).action == _germinate("r0c1", "conv_heavy")
     stalled = _slots(
         DORMANT, DORMANT, _seed(SeedStage.TRAINING, "conv_heavy", epochs_in_stage=8), budget=False
     )
-    assert controller.decide(_signals(), stalled) == _op(LifecycleOp.CULL, "r0c2")
-    assert "stalled" in controller.last_reason
+    culled = controller.decide(_signals(), stalled)
+    assert culled.action == _op(LifecycleOp.CULL, "r0c2") and "stalled" in culled.reason
     # Once r0c2 is open again, conv_heavy is not grown there (other slots keep it).
     controller.penalties.clear()
     reopened = _slots(_seed(SeedStage.FOSSILIZED), _seed(SeedStage.FOSSILIZED), DORMANT)
-    assert controller.decide(_signals(), reopened) == _germinate("r0c2", "conv_light")
+    assert controller.decide(_signals(), reopened).action == _germinate("r0c2", "conv_light")
     assert controller.state_dict()["stalled"] == [["r0c2", "conv_heavy"]]
 
 
 def test_judging_a_seed_comes_before_germinating_and_goes_in_slot_order() -> None:
     unclear = _seed(SeedStage.PROBATIONARY, measured=Contribution(3, 1, 1000))
     strong = _seed(SeedStage.PROBATIONARY, measured=Contribution(90, 0, 1000))
-    action = _controller().decide(_signals(), _slots(DORMANT, unclear, strong))
+    action = _controller().decide(_signals(), _slots(DORMANT, unclear, strong)).action
     assert action == _op(LifecycleOp.FOSSILIZE, "r0c2")
 
 
 def test_waits_while_a_seed_grows_and_no_slot_may_take_another() -> None:
     growing = _seed(SeedStage.BLENDING, epochs_in_stage=9)
     slots = _slots(growing, DORMANT, DORMANT, budget=False)
-    assert _controller().decide(_signals(val_accuracy=20.0), slots) == WAIT
+    assert _controller().decide(_signals(val_accuracy=20.0), slots).action == WAIT
 
 
 # ---------------------------------------------------------------- checkpointing
@@ -364,11 +376,11 @@ def test_state_dict_round_trip_preserves_decisions() -> None:
     restored.load_state_dict(state)
     fresh = _controller(max_growth_params=None)
     for epoch in (13, 14):
-        expected = original.decide(_signals(epoch), _open_r0c2())
-        assert restored.decide(_signals(epoch), _open_r0c2()) == expected
+        expected = original.decide(_signals(epoch), _open_r0c2()).action
+        assert restored.decide(_signals(epoch), _open_r0c2()).action == expected
     assert restored.state_dict() == original.state_dict()
     # Without the state, the penalty is lost.
-    assert fresh.decide(_signals(13), _open_r0c2()).blueprint == "conv_heavy"
+    assert fresh.decide(_signals(13), _open_r0c2()).action.blueprint == "conv_heavy"
 
     # The stages seen so far are restored too: a cull is noticed across the checkpoint.
     seen = _controller()

@@ -14,7 +14,7 @@ from esper.contracts import TaskType
 from esper.machine import FLOPS_PER_THREAD, auto_threads, busy_cores, physical_cores
 from esper.model import build_host
 from esper.training.builders import build_model, load_data
-from esper.training.loop import train_flops
+from esper.training.compute import train_flops
 from esper.training.tasks import TaskOptions, get_task
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from esper.contracts import GradientStats
 from esper.lifecycle import Gate, SeedStage
 from esper.telemetry import (
     EVENT_TYPES,
@@ -19,7 +20,7 @@ from esper.telemetry import (
     Event,
     GateEvaluated,
     GovernorRollback,
-    GradientStats,
+    HistorySink,
     JsonlSink,
     MemorySink,
     RunFinished,
@@ -27,6 +28,7 @@ from esper.telemetry import (
     SeedCulled,
     SeedFossilized,
     SeedGerminated,
+    SeedGradients,
     SeedStageChanged,
     SinkError,
     SlotSnapshot,
@@ -34,6 +36,8 @@ from esper.telemetry import (
     TelemetryLevel,
     event_from_dict,
     format_event,
+    history_line,
+    parse_row,
     read_events,
 )
 
@@ -54,11 +58,23 @@ def one_of_each() -> list[Event]:
             val_loss=0.61,
             val_accuracy=79.5,
             action="GERMINATE r0c1 conv_light",
+            outcome="applied",
+            reason="most capacity per FLOP",
             reward=0.125,
-            seeds=(
-                SlotSnapshot("r0c0", SeedStage.DORMANT, None, 0.0, None, None),
-                SlotSnapshot("r0c1", SeedStage.BLENDING, "conv_light", 0.4, 1.5, 0.31),
-            ),
+            rollback=None,
+            host_params=1000,
+            seed_params=2336,
+            seconds=12.5,
+            germinated=1,
+            fossilized=0,
+            culled=0,
+            slots={
+                "r0c0": SlotSnapshot(SeedStage.DORMANT, None, 0.0, None, 0),
+                "r0c1": SlotSnapshot(SeedStage.BLENDING, "conv_light", 0.4, 1.5, 2336, 0.5, 0.31),
+            },
+            train_flops=1e9,
+            eval_flops=2e8,
+            epoch_seconds=1.25,
         ),
         SeedGerminated(
             epoch=12, slot="r0c1", seed_id="s1", blueprint="conv_light", blend="linear", params=2336
@@ -104,15 +120,18 @@ def one_of_each() -> list[Event]:
             restored_epoch=38,
             culled_slots=("r0c1", "r0c2"),
         ),
-        GradientStats(
+        SeedGradients(
             epoch=12,
             slot="r0c1",
-            mean_norm=1.5e-3,
-            max_norm=2e-2,
-            min_norm=1e-7,
-            vanishing_batches=3,
-            exploding_batches=0,
-            ratio=0.31,
+            gradients=GradientStats(
+                batches=20,
+                mean_norm=1.5e-3,
+                max_norm=2e-2,
+                min_norm=1e-7,
+                vanishing_batches=3,
+                exploding_batches=0,
+                ratio=0.31,
+            ),
         ),
         RunFinished(
             epochs=50,
@@ -169,7 +188,7 @@ def test_lifecycle_drops_epoch_summaries_and_debug_events() -> None:
     kinds = {type(e) for e in emitted_at(TelemetryLevel.LIFECYCLE)}
     assert EpochCompleted not in kinds
     assert GateEvaluated not in kinds
-    assert GradientStats not in kinds
+    assert SeedGradients not in kinds
     assert {RunStarted, SeedGerminated, SeedCulled, GovernorRollback, RunFinished} <= kinds
 
 
@@ -177,7 +196,56 @@ def test_normal_adds_epoch_summaries_but_not_debug_events() -> None:
     kinds = {type(e) for e in emitted_at(TelemetryLevel.NORMAL)}
     assert EpochCompleted in kinds
     assert GateEvaluated not in kinds
-    assert GradientStats not in kinds
+    assert SeedGradients not in kinds
+
+
+def test_a_sink_with_a_level_of_its_own_gets_its_events_whatever_the_runs() -> None:
+    # The history is the run's record: every epoch reaches it even at level OFF, while
+    # a sink without a level of its own follows the run's.
+    class RecordSink(MemorySink):
+        level = TelemetryLevel.NORMAL
+
+    record, follows = RecordSink(), MemorySink()
+    telemetry = Telemetry(TelemetryLevel.OFF, [record, follows])
+    for event in one_of_each():
+        telemetry.emit(event)
+    assert follows.events == []
+    assert {type(e) for e in record.events} == {
+        type(e) for e in one_of_each() if e.level <= TelemetryLevel.NORMAL
+    }
+    assert telemetry.enabled(TelemetryLevel.NORMAL)
+    assert not telemetry.enabled(TelemetryLevel.DEBUG)
+
+
+def test_the_history_sink_writes_epochs_and_keeps_the_files_digest(tmp_path: Path) -> None:
+    import hashlib
+
+    epoch = next(e for e in one_of_each() if isinstance(e, EpochCompleted))
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(b"kept\n")
+    sink = HistorySink(path, [b"kept\n"])
+    with Telemetry(TelemetryLevel.OFF, [sink]) as telemetry:
+        for event in one_of_each():
+            telemetry.emit(event)
+    assert path.read_text().splitlines() == ["kept", history_line(epoch)]
+    assert sink.digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert parse_row(history_line(epoch)) == epoch
+
+
+def test_a_history_line_written_before_a_field_existed_still_reads() -> None:
+    # Rows of older runs have no gradient ratio, FLOPs or epoch time; they read with
+    # the fields' defaults (and a NaN loss written as a string).
+    old = {
+        "epoch": 3, "train_loss": "nan", "train_accuracy": 10.0, "val_loss": 2.0,
+        "val_accuracy": 12.0, "action": "WAIT", "outcome": "applied", "reason": "",
+        "reward": 0.0, "rollback": None, "host_params": 496, "seed_params": 0,
+        "seconds": 1.0, "germinated": 0, "fossilized": 0, "culled": 0,
+        "slots": {"r0c0": {"stage": "DORMANT", "blueprint": None, "alpha": 0.0,
+                           "contribution": None, "params": 0}},
+    }  # fmt: skip
+    row = parse_row(json.dumps(old))
+    assert math.isnan(row.train_loss) and row.train_flops == 0.0
+    assert row.slots["r0c0"] == SlotSnapshot(SeedStage.DORMANT, None, 0.0, None, 0)
 
 
 def test_debug_emits_everything_in_order() -> None:
@@ -241,20 +309,11 @@ def test_encoding_of_enums_tuples_and_non_finite_floats() -> None:
     changed = one_of_each()[3].to_dict()
     assert (changed["from_stage"], changed["to_stage"]) == ("BLENDING", "PROBATIONARY")
     assert one_of_each()[6].to_dict()["gate"] == "G2_START_BLENDING"
-    stats = GradientStats(
-        epoch=1,
-        slot="r0c0",
-        mean_norm=math.nan,
-        max_norm=-math.inf,
-        min_norm=0.0,
-        vanishing_batches=0,
-        exploding_batches=0,
-        ratio=0.0,
-    )
+    stats = SeedGradients(1, "r0c0", GradientStats(4, math.nan, -math.inf, 0.0, 0, 0, 0.0))
     back = event_from_dict(json.loads(json.dumps(stats.to_dict(), allow_nan=False)))
-    assert isinstance(back, GradientStats)
-    assert math.isnan(back.mean_norm)
-    assert back.max_norm == -math.inf
+    assert isinstance(back, SeedGradients)
+    assert math.isnan(back.gradients.mean_norm)
+    assert back.gradients.max_norm == -math.inf
 
 
 @pytest.mark.parametrize(

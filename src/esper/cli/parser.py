@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from esper import __version__
-from esper.arms import ARM_HELP, MAX_SEED_COUNT
+from esper.arms import MAX_SEED_COUNT, arm_help
+from esper.controller.registry import CONTROLLERS, ControllerSpec
 from esper.training.tasks import TASKS
 
 __all__ = [
     "build_parser",
     "compare_options",
+    "controller_command",
     "positive_seconds",
     "ray_argument",
     "run_options",
@@ -93,30 +95,11 @@ def _non_negative(kind: type[int] | type[float]) -> Any:
 
 
 def _add_run_commands(commands: Any) -> None:
-    """heuristic, baseline and report."""
-    heuristic = commands.add_parser(
-        "heuristic",
-        help="grow the network with the rule-based heuristic controller",
-        description="Train the task's host while the heuristic controller germinates, "
-        "blends, fossilizes and culls seeds. Writes a run directory (see --out).",
-    )
-    run_options(heuristic)
-    heuristic.set_defaults(controller="heuristic")
-    baseline = commands.add_parser(
-        "baseline",
-        help="train the same task, budget and seed with no growth (the static comparison)",
-        description="Train the task's host as a fixed network: same data, epochs, seed and "
-        "optimizer as 'esper heuristic', but no seed is ever germinated.",
-    )
-    run_options(baseline)
-    baseline.set_defaults(controller="baseline")
-    baseline.add_argument(
-        "--width-multiplier",
-        type=float,
-        metavar="X",
-        help="scale every host width by X, e.g. to train a static host of the grown size "
-        "(default: 1)",
-    )
+    """One command per registered controller with a command of its own (``heuristic``,
+    ``baseline``; ``ppo run`` is under ``ppo``), and ``report``."""
+    for _, spec in CONTROLLERS.items():
+        if len(spec.command) == 1:
+            controller_command(commands, spec)
     report = commands.add_parser(
         "report",
         help="rebuild the summary and plots of a run, a PPO training or a compare, from its files",
@@ -133,6 +116,18 @@ def _add_run_commands(commands: Any) -> None:
         metavar="RUN_DIR",
         help="a run directory, an 'esper ppo train' directory or an 'esper compare' --out",
     )
+
+
+def controller_command(commands: Any, spec: ControllerSpec) -> argparse.ArgumentParser:
+    """The command that runs ``spec``'s controller (its last word, under ``commands``)."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        spec.command[-1], help=spec.help, description=spec.description or spec.help
+    )
+    run_options(parser)
+    if spec.needs_policy:
+        parser.add_argument("--policy", metavar="DIR", help="the training run (or policy.pt)")
+    parser.set_defaults(controller=spec.name)
+    return parser
 
 
 def _epoch_options(add: Callable[..., Any], epochs: str, default: str) -> None:
@@ -184,6 +179,12 @@ def run_options(parser: argparse.ArgumentParser) -> None:
         "--telemetry-level",
         choices=["off", "lifecycle", "normal", "debug"],
         help="what goes to events.jsonl and the console (default: normal)",
+    )
+    add(
+        "--width-multiplier",
+        type=float,
+        metavar="X",
+        help="scale every host width by X, e.g. a static host of the grown size (default: 1)",
     )
     _data_options(add)
     add(
@@ -240,7 +241,7 @@ def compare_options(parser: argparse.ArgumentParser) -> None:
     add(
         "--arms",
         default="static,heuristic,static-matched",
-        help=f"comma-separated arms (default: %(default)s): {ARM_HELP}",
+        help=f"comma-separated arms (default: %(default)s): {arm_help()}",
     )
     add(
         "--seeds",
@@ -321,15 +322,9 @@ def _add_ppo_command(commands: Any) -> None:
         "training FLOPs (an 'esper compare' with the policy as an arm).",
     )
     _eval_options(evaluate)
-    once = actions.add_parser(
-        "run",
-        help="one episode driven by a trained policy, with the run directory of 'heuristic'",
-        description="Train the task's host while a trained policy decides; writes the same "
-        "run directory and timeline as 'esper heuristic'.",
-    )
-    run_options(once)
-    once.add_argument("--policy", metavar="DIR", help="the training run (or policy.pt)")
-    once.set_defaults(controller="ppo")
+    for _, spec in CONTROLLERS.items():
+        if spec.command[:-1] == ("ppo",):
+            controller_command(actions, spec)
 
 
 def _train_options(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,5 @@
-"""``esper heuristic``, ``esper baseline`` and ``esper report``: one run of a task."""
+"""One run of a task with a registered controller (``esper heuristic``, ``esper
+baseline``, ``esper ppo run``), and ``esper report``."""
 
 from __future__ import annotations
 
@@ -13,91 +14,84 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from esper.cli.common import Terminated, print_error
-from esper.config import ConfigError, RunConfig, from_dict, to_dict
+from esper.config import RunConfig, shortcuts
+from esper.controller import get_controller
+from esper.lifecycle import SeedStage
 from esper.run import RunError, finish_report, prepare_run_dir, read_config, run
-from esper.telemetry import ConsoleSink, Sink
-from esper.telemetry.report import EpochRow, format_flops
+from esper.telemetry import ConsoleSink, EpochCompleted, Event, Sink, TelemetryLevel
+from esper.telemetry.report import format_flops
 from esper.telemetry.tensorboard import TENSORBOARD_DIR, RunTensorBoard, require_tensorboard
-from esper.training.tasks import get_task
+from esper.training.tasks import run_config
 
-__all__ = ["COMMANDS", "report_command", "resolve_config", "train_command"]
-
-COMMANDS = {"heuristic": "heuristic", "baseline": "baseline", "ppo": "ppo run"}
-"""The command that trains each controller's runs (for messages)."""
-
-
-# Flag -> path in the RunConfig dictionary.
-_FLAG_PATHS: dict[str, tuple[str, ...]] = {
-    "task": ("task",),
-    "epochs": ("episode", "epochs"),
-    "max_batches": ("episode", "training", "max_batches"),
-    "max_val_batches": ("episode", "training", "max_val_batches"),
-    "seed": ("episode", "seed"),
-    "slots": ("slots",),
-    "max_seeds": ("episode", "max_seeds"),
-    "batch_size": ("batch_size",),
-    "device": ("device",),
-    "threads": ("threads",),
-    "compile": ("episode", "training", "compile"),
-    "telemetry_level": ("telemetry_level",),
-    "data_dir": ("data_dir",),
-    "text_file": ("text_file",),
-    "width_multiplier": ("width_multiplier",),
-    "policy": ("policy",),
-}
+__all__ = [
+    "RUN_FLAGS",
+    "ProgressSink",
+    "read_config_file",
+    "report_command",
+    "resolve_config",
+    "train_command",
+]
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+RUN_FLAGS = (
+    "task",
+    "epochs",
+    "max_batches",
+    "max_val_batches",
+    "seed",
+    "slots",
+    "max_seeds",
+    "batch_size",
+    "device",
+    "threads",
+    "compile",
+    "telemetry_level",
+    "data_dir",
+    "text_file",
+    "width_multiplier",
+    "policy",
+)
+"""The run flags that set the configuration (`esper.config.shortcuts` says where)."""
+
+
+def read_config_file(path: Path | None) -> dict[str, Any]:
+    """The JSON object in a ``--config`` file ({} without one); `RunError` in one line
+    for a file that cannot be read, is not UTF-8 JSON or holds something else."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as error:
+        raise RunError(f"cannot read --config {path} ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise RunError(f"--config {path} is not UTF-8 text") from None
+    except (json.JSONDecodeError, RecursionError, ValueError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else error
+        raise RunError(f"--config {path} is not valid JSON: {reason}") from None
+    if not isinstance(data, dict):
+        raise RunError(f"--config {path} must hold a JSON object")
+    return data
 
 
 def resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> RunConfig:
     """Task defaults, then ``base`` (a policy's training environment, if it is for the
-    same task), then the --config file, then flags; strictly validated."""
-    file_data: dict[str, Any] = {}
-    if args.config is not None:
-        try:
-            file_data = json.loads(args.config.read_text())
-        except OSError as error:
-            raise RunError(f"cannot read --config {args.config} ({error.strerror})") from None
-        except json.JSONDecodeError as error:
-            raise RunError(f"--config {args.config} is not valid JSON: {error}") from None
-        if not isinstance(file_data, dict):
-            raise RunError(f"--config {args.config} must hold a JSON object")
-    flags: dict[str, Any] = {}
-    for name, path in _FLAG_PATHS.items():
-        value = getattr(args, name, None)
-        if value is None:
-            continue
-        node = flags
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = str(value) if isinstance(value, Path) else value
-    task_name = flags.get("task") or file_data.get("task") or (base or {}).get("task") or "digits"
-    spec = get_task(str(task_name))
-    defaults = RunConfig(task=spec.name, batch_size=spec.batch_size, episode=spec.default_config())
-    controller = {"controller": getattr(args, "controller", "heuristic")}
-    merged = to_dict(defaults)
-    if base is not None and base.get("task") == spec.name:
-        merged = _merge(merged, base)
-    merged = _merge(_merge(_merge(merged, file_data), flags), controller)
-    config = from_dict(RunConfig, merged)
-    if config.episode.epochs < 1:
-        raise ConfigError("epochs must be at least 1")
+    same task), then the --config file, then flags (`esper.training.tasks.run_config`)."""
+    file_data = read_config_file(args.config)
+    flags = shortcuts({name: getattr(args, name, None) for name in RUN_FLAGS})
+    controller = getattr(args, "controller", "heuristic")
+    task = flags.get("task") or file_data.get("task") or (base or {}).get("task") or "digits"
+    same_task = base is not None and base.get("task") == task
+    layers = [base or {}] if same_task else []
+    config = run_config(*layers, file_data, flags, {"controller": controller, "task": task})
+    get_controller(config.controller)  # a registered controller, or one line naming them
     return config
 
 
-def _status(row: EpochRow, best: float) -> str:
+def _status(row: EpochCompleted, best: float) -> str:
     seeds = "  ".join(
-        f"{sid} {slot.stage.lower()}" + (f" {slot.blueprint}" if slot.blueprint else "")
+        f"{sid} {slot.stage.name.lower()}" + (f" {slot.blueprint}" if slot.blueprint else "")
         for sid, slot in row.slots.items()
-        if slot.stage != "DORMANT"
+        if slot.stage is not SeedStage.DORMANT
     )
     return f"val {row.val_accuracy:5.2f}% (best {best:.2f}%)  {seeds or 'no seeds'}"
 
@@ -128,39 +122,71 @@ def _summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
     return table
 
 
-def train_command(
-    args: argparse.Namespace, console: Console, base: dict[str, Any] | None = None
-) -> int:
-    """One run (``esper heuristic``, ``baseline``, ``ppo run``); ``base`` as in
-    `resolve_config`."""
-    if args.tensorboard:
-        require_tensorboard()  # before anything is written: one line if it is missing
-    if args.resume is not None:
-        names = [*_FLAG_PATHS, "config", "out"]
-        given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n, None) is not None]
-        if given:
-            raise RunError(
-                f"--resume continues a run with its saved configuration; drop {', '.join(given)}"
-            )
-        run_dir: Path = args.resume
-        config: RunConfig | None = None
-        saved = read_config(run_dir)
-        if saved.controller != args.controller:
-            command = COMMANDS[saved.controller]
-            raise RunError(
-                f"{run_dir} is an 'esper {command}' run; continue it with: "
-                f"esper {command} --resume {run_dir}"
-            )
-        epochs = saved.episode.epochs
-    else:
+class ProgressSink:
+    """The progress bar (or, off a terminal, one line per epoch) as a telemetry sink: it
+    reads every `EpochCompleted`, whatever the telemetry level."""
+
+    level = TelemetryLevel.NORMAL
+
+    def __init__(self, progress: Progress, console: Console, epochs: int, quiet: bool) -> None:
+        self.progress, self.console, self.epochs, self.quiet = progress, console, epochs, quiet
+        self.bar = progress.add_task("train", total=epochs, status="starting")
+        self.best = 0.0
+
+    def emit(self, event: Event) -> None:
+        if not isinstance(event, EpochCompleted):
+            return
+        self.best = max(self.best, event.val_accuracy)
+        status = _status(event, self.best)
+        self.progress.update(self.bar, completed=event.epoch, status=status)
+        if not self.console.is_terminal and not self.quiet:
+            line = f"epoch {event.epoch}/{self.epochs}  {status}"
+            self.console.print(line, soft_wrap=True)
+
+    def close(self) -> None:
+        """The bar belongs to the command."""
+
+
+def _run_directory(
+    args: argparse.Namespace, base: dict[str, Any] | None
+) -> tuple[Path, RunConfig | None, RunConfig]:
+    """The run directory, the configuration of a new run (None to resume one), and the
+    configuration the run will have."""
+    if args.resume is None:
         if args.out is not None and not args.out.strip():
             raise RunError("--out is empty; name the run directory, e.g. --out runs/first")
         config = resolve_config(args, base)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = f"{config.controller}-{config.task}-{stamp}"
-        out = Path(args.out) if args.out else Path("runs") / name
-        run_dir = prepare_run_dir(out)
-        epochs = config.episode.epochs
+        out = (
+            Path(args.out)
+            if args.out
+            else Path("runs") / f"{config.controller}-{config.task}-{stamp}"
+        )
+        return prepare_run_dir(out), config, config
+    names = [*RUN_FLAGS, "config", "out"]
+    given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n, None) is not None]
+    if given:
+        raise RunError(
+            f"--resume continues a run with its saved configuration; drop {', '.join(given)}"
+        )
+    saved = read_config(args.resume)
+    if saved.controller != args.controller:
+        command = get_controller(saved.controller).command_line
+        raise RunError(
+            f"{args.resume} is an 'esper {command}' run; continue it with: "
+            f"esper {command} --resume {args.resume}"
+        )
+    return args.resume, None, saved
+
+
+def train_command(
+    args: argparse.Namespace, console: Console, base: dict[str, Any] | None = None
+) -> int:
+    """One run of a registered controller (``esper heuristic``, ``baseline``, ``ppo
+    run``); ``base`` as in `resolve_config`."""
+    if args.tensorboard:
+        require_tensorboard()  # before anything is written: one line if it is missing
+    run_dir, config, planned = _run_directory(args, base)
     if not args.quiet:
         console.print(f"run directory: {run_dir}")
     progress = Progress(
@@ -173,34 +199,21 @@ def train_command(
         # Not a terminal (CI, a log file): one plain line per epoch instead of a bar.
         disable=args.quiet or not console.is_terminal,
     )
-    best = 0.0
-    # A telemetry sink for the events, fed the history rows too; the run closes it.
-    board = RunTensorBoard(run_dir) if args.tensorboard else None
+    level = max(TelemetryLevel.parse(planned.telemetry_level), TelemetryLevel.NORMAL)
+    board = RunTensorBoard(run_dir, level) if args.tensorboard else None
     with progress:
-        task = progress.add_task("train", total=epochs, status="starting")
-
-        def on_epoch(row: EpochRow) -> None:
-            nonlocal best
-            if board is not None:
-                board.write_epoch(row)
-            best = max(best, row.val_accuracy)
-            progress.update(task, completed=row.epoch, status=_status(row, best))
-            if not console.is_terminal and not args.quiet:
-                console.print(f"epoch {row.epoch}/{epochs}  {_status(row, best)}", soft_wrap=True)
-
-        def warn(message: str) -> None:
-            print_error(f"esper: warning: {message}", style="yellow")
-
-        sinks: list[Sink] = [] if args.quiet else [ConsoleSink(progress.console, show_epochs=False)]
+        sinks: list[Sink] = [ProgressSink(progress, console, planned.episode.epochs, args.quiet)]
+        if not args.quiet:
+            sinks.append(ConsoleSink(progress.console, show_epochs=False))
         if board is not None:
             sinks.append(board)
         try:
-            summary = run(run_dir, config, sinks, on_epoch, warn)
+            summary = run(run_dir, config, sinks, _warn)
         except KeyboardInterrupt as interrupt:
             progress.stop()
+            command = get_controller(args.controller).command_line
             console.print(
-                f"interrupted; continue with: esper {COMMANDS[args.controller]} --resume {run_dir}",
-                soft_wrap=True,
+                f"interrupted; continue with: esper {command} --resume {run_dir}", soft_wrap=True
             )
             return 143 if isinstance(interrupt, Terminated) else 130
     console.print(_summary_table(summary, run_dir))
@@ -212,6 +225,10 @@ def train_command(
             soft_wrap=True,
         )
     return 0
+
+
+def _warn(message: str) -> None:
+    print_error(f"esper: warning: {message}", style="yellow")
 
 
 def report_command(args: argparse.Namespace, console: Console) -> int:

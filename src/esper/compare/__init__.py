@@ -28,7 +28,7 @@ The package, in the order its modules import each other:
 
 from __future__ import annotations
 
-from esper.arms import ARM_HELP, Arm, parse_arms, parse_seeds
+from esper.arms import Arm, arm_help, parse_arms, parse_seeds
 from esper.compare.pools import LocalPool, RayPool, RunPool
 from esper.compare.report import (
     METRICS,
@@ -43,7 +43,6 @@ from esper.compare.schedule import compare, matched_width
 from esper.compare.statistics import ArmSummary, CompareResult, mean_interval, paired_difference
 
 __all__ = [
-    "ARM_HELP",
     "METRICS",
     "Arm",
     "ArmSummary",
@@ -53,6 +52,7 @@ __all__ = [
     "RunOutcome",
     "RunPool",
     "RunTask",
+    "arm_help",
     "cached_outcome",
     "compare",
     "load_result",

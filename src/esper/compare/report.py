@@ -14,9 +14,10 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from esper.arms import Arm
+from esper.arms import STATIC, Arm
 from esper.compare.runs import RunOutcome
 from esper.compare.statistics import ArmSummary, CompareResult, mean_interval, paired_difference
+from esper.controller import CONTROLLERS
 from esper.run import RunError
 from esper.telemetry.report import format_flops
 
@@ -166,7 +167,7 @@ def load_result(out: Path) -> tuple[CompareResult, dict[str, Any]]:
             )
             width = math.nan if entry["width"] is None else float(entry["width"])
             controllers = [o.summary["controller"] for o in runs if o.summary]
-            controller = controllers[0] if controllers else _CONTROLLERS.get(label, "baseline")
+            controller = controllers[0] if controllers else _controller_of(label)
             matched = label == "static-matched"
             arm = Arm(label, str(controller), None if matched else width)
             arms.append(ArmSummary(arm, str(entry["label"]), runs, width))
@@ -183,8 +184,11 @@ def load_result(out: Path) -> tuple[CompareResult, dict[str, Any]]:
     return result, meta
 
 
-_CONTROLLERS = {"heuristic": "heuristic", "learned": "ppo"}
-"""The controller of an arm with no finished run to say (every other arm is static)."""
+def _controller_of(label: str) -> str:
+    """The controller of an arm with no finished run to say: the registered controller
+    whose arm has this label (every other arm is static)."""
+    named = (spec.name for _, spec in CONTROLLERS.items() if spec.arm_label == label)
+    return next(named, STATIC)
 
 
 def _seed_text(seeds: Sequence[int]) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 from esper.arms import Arm
 from esper.config import RunConfig, from_dict, to_dict
+from esper.controller import get_controller
 from esper.run import RunError, finish_report, prepare_run_dir, read_config, run
 from esper.telemetry.report import read_history
 
@@ -52,15 +53,18 @@ def task_for(out: Path, base: RunConfig, arm: Arm, width: float, seed: int) -> R
 
 
 def _run_config(base: RunConfig, arm: Arm, width: float, seed: int) -> RunConfig:
-    return replace(
+    """The arm's run on ``seed``, as its controller needs it (`ControllerSpec.configure`:
+    the run directory saves what a rerun of the compare expects, so its cache holds)."""
+    config = replace(
         base,
-        controller=arm.controller,  # type: ignore[arg-type]
+        controller=arm.controller,
         policy=arm.policy,
         width_multiplier=width,
         threads=1,
         telemetry_level="lifecycle",
         episode=replace(base.episode, seed=seed),
     )
+    return get_controller(arm.controller).configure(config)
 
 
 def cached_outcome(task: RunTask) -> RunOutcome | None:
@@ -97,9 +101,9 @@ def run_task(task: RunTask) -> RunOutcome:
         config = from_dict(RunConfig, task.config)
         if (run_dir / "config.json").is_file():  # the same settings: cached_outcome checked
             # Interrupted: resume from its last checkpoint (or from epoch 1 if it had none).
-            summary = run(run_dir, None, [], lambda row: None)
+            summary = run(run_dir, None)
         else:
-            summary = run(prepare_run_dir(run_dir), config, [], lambda row: None)
+            summary = run(prepare_run_dir(run_dir), config)
         return RunOutcome(task.arm, task.seed, task.run_dir, summary)
     except Exception as error:  # reported per run; the compare goes on
         return _failed(task, error)

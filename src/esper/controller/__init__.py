@@ -1,6 +1,24 @@
-"""Controllers: who decides, epoch by epoch, when, where and what to grow."""
+"""Controllers: who decides, epoch by epoch, when, where and what to grow.
+
+`CONTROLLERS` holds every controller a run can name (`esper.controller.registry`).
+"""
 
 from esper.controller.heuristic import HeuristicController
+from esper.controller.registry import (
+    CONTROLLERS,
+    ControllerContext,
+    ControllerSpec,
+    build_controller,
+    get_controller,
+)
 from esper.controller.static import StaticController
 
-__all__ = ["HeuristicController", "StaticController"]
+__all__ = [
+    "CONTROLLERS",
+    "ControllerContext",
+    "ControllerSpec",
+    "HeuristicController",
+    "StaticController",
+    "build_controller",
+    "get_controller",
+]

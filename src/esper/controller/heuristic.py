@@ -37,7 +37,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from esper.config import HeuristicConfig
-from esper.contracts import SeedCost, SlotReport, TrainingSignals
+from esper.contracts import Decision, SeedCost, SlotReport, TrainingSignals
+from esper.controller.registry import ControllerContext
 from esper.lifecycle import (
     FactoredAction,
     LifecycleConfig,
@@ -46,13 +47,13 @@ from esper.lifecycle import (
     gate_fossilize,
 )
 
-__all__ = ["HeuristicController"]
+__all__ = ["HeuristicController", "build"]
 
 _CULLED_STAGES = (SeedStage.CULLED, SeedStage.EMBARGOED)
 
 
 class HeuristicController:
-    """Rule-based controller; ``last_reason`` says why it chose its last action.
+    """Rule-based controller; each `Decision` says which rule chose it and why.
 
     ``blueprints`` are the names that fit the host's topology; ``lifecycle`` holds the
     gates the episode uses (G5's thresholds decide fossilization here too).
@@ -77,23 +78,21 @@ class HeuristicController:
         self.penalties: dict[str, float] = {}
         self.stalled: set[tuple[str, str]] = set()
         """(slot, blueprint) pairs G2 kept from blending: never grown there again."""
-        self.last_reason = ""
         self._seen: dict[str, SeedStage] = {}
 
-    def decide(self, signals: TrainingSignals, slots: Sequence[SlotReport]) -> FactoredAction:
+    def decide(self, signals: TrainingSignals, slots: Sequence[SlotReport]) -> Decision:
         self._learn_from_culls(slots)
-        action, self.last_reason = self._judge_live(slots) or self._grow(signals, slots)
-        return action
+        return self._judge_live(slots) or self._grow(signals, slots)
 
     # ------------------------------------------------------------ rule 1: judge
 
-    def _judge_live(self, slots: Sequence[SlotReport]) -> tuple[FactoredAction, str] | None:
+    def _judge_live(self, slots: Sequence[SlotReport]) -> Decision | None:
         for report in slots:
             state = report.state
             c, z = state.contribution, state.contribution_z
             stage = state.stage
             if stage is SeedStage.PROBATIONARY and gate_fossilize(state, self.lifecycle).passed:
-                return self._op(LifecycleOp.FOSSILIZE, report), f"G5: {c:+.2f} pp, z {z:+.1f}"
+                return self._op(LifecycleOp.FOSSILIZE, report, f"G5: {c:+.2f} pp, z {z:+.1f}")
             if (
                 stage is SeedStage.TRAINING
                 and state.epochs_in_stage >= self.config.stalled_training_epochs
@@ -101,23 +100,22 @@ class HeuristicController:
                 why = f"stalled in TRAINING for {state.epochs_in_stage} epochs (G2)"
                 if state.blueprint_id is not None:
                     self.stalled.add((report.slot_id, state.blueprint_id))
-                return self._op(LifecycleOp.CULL, report), why
+                return self._op(LifecycleOp.CULL, report, why)
         return None
 
     # ------------------------------------------------------------ rules 2-3: grow
 
-    def _grow(
-        self, signals: TrainingSignals, slots: Sequence[SlotReport]
-    ) -> tuple[FactoredAction, str]:
+    def _grow(self, signals: TrainingSignals, slots: Sequence[SlotReport]) -> Decision:
         cfg = self.config
         open_slots = [r for r in slots if LifecycleOp.GERMINATE in r.legal]
         if not open_slots:
-            return FactoredAction.wait(), "no slot may take a seed"
+            return Decision(FactoredAction.wait(), "no slot may take a seed")
         if signals.epoch < cfg.start_epoch:
-            return FactoredAction.wait(), f"growth starts at epoch {cfg.start_epoch}"
+            return Decision(FactoredAction.wait(), f"growth starts at epoch {cfg.start_epoch}")
         left = signals.max_epochs - signals.epoch
         if left < cfg.min_epochs_left:
-            return FactoredAction.wait(), f"{left} epoch(s) left, fewer than {cfg.min_epochs_left}"
+            why = f"{left} epoch(s) left, fewer than {cfg.min_epochs_left}"
+            return Decision(FactoredAction.wait(), why)
         params_left, flops_left = self._budget_left(signals, slots)
         candidates = []
         for report in reversed(open_slots):  # deepest first, so it wins ties
@@ -128,14 +126,14 @@ class HeuristicController:
                     (cost.params / max(cost.train_flops, 1.0), cost.params, report.slot_id, name)
                 )
         if not candidates:
-            return FactoredAction.wait(), "growth budget spent"
+            return Decision(FactoredAction.wait(), "growth budget spent")
         # Gain per cost: parameters per training FLOP; within 10% of the best, the
         # larger seed (more capacity) wins.
         top = max(c[0] for c in candidates)
         best = max((c for c in candidates if c[0] >= 0.9 * top), key=lambda c: c[1])
         _, params, sid, name = best
         action = FactoredAction(LifecycleOp.GERMINATE, sid, name, cfg.blend)
-        return action, f"most capacity per FLOP: {name} in {sid} (+{params:,} params)"
+        return Decision(action, f"most capacity per FLOP: {name} in {sid} (+{params:,} params)")
 
     def _budget_left(
         self, signals: TrainingSignals, slots: Sequence[SlotReport]
@@ -204,5 +202,12 @@ class HeuristicController:
         self._seen = {sid: SeedStage(stage) for sid, stage in state["seen"].items()}
 
     @staticmethod
-    def _op(op: LifecycleOp, report: SlotReport) -> FactoredAction:
-        return FactoredAction(op, report.slot_id)
+    def _op(op: LifecycleOp, report: SlotReport, reason: str) -> Decision:
+        return Decision(FactoredAction(op, report.slot_id), reason)
+
+
+def build(context: ControllerContext) -> HeuristicController:
+    """The heuristic of a run: the blueprints that fit its host, its ``heuristic``
+    settings, its gates. ValueError when the settings name blueprints the host lacks."""
+    config = context.config
+    return HeuristicController(context.blueprints, config.heuristic, config.episode.lifecycle)

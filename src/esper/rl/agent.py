@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from esper.contracts import SlotReport, TrainingSignals
+from esper.contracts import Decision, SlotReport, TrainingSignals
 from esper.controller.features import (
     BLENDS,
     OBSERVATION_VERSION,
@@ -28,7 +28,7 @@ from esper.controller.features import (
     observation,
     observation_size,
 )
-from esper.lifecycle import FactoredAction
+from esper.controller.registry import ControllerContext
 from esper.rl.policy import ActionMasks, RecurrentFactoredPolicy
 from esper.rundir import save_atomic
 
@@ -37,6 +37,7 @@ __all__ = [
     "PolicyController",
     "PolicyError",
     "PolicyMeta",
+    "build",
     "load_policy",
     "save_policy",
 ]
@@ -154,9 +155,8 @@ class PolicyController:
         self.deterministic = deterministic
         self.state = policy.initial_state(1)
         self.started = False
-        self.last_reason = ""
 
-    def decide(self, signals: TrainingSignals, slots: Sequence[SlotReport]) -> FactoredAction:
+    def decide(self, signals: TrainingSignals, slots: Sequence[SlotReport]) -> Decision:
         obs = observation(signals, slots, self.meta.blueprints, self.random_guess_loss)
         masks = conditional_masks(slots, self.meta.blueprints)
         arrays = {key: np.asarray([value], dtype=bool) for key, value in masks.items()}
@@ -171,8 +171,9 @@ class PolicyController:
         self.state, self.started = out.state, True
         action, illegal = decode_action(out.action[0].tolist(), slots, self.meta.blueprints)
         value = float(out.value[0])
-        self.last_reason = f"policy (value {value:+.2f})" + (f"; {illegal}" if illegal else "")
-        return action
+        return Decision(
+            action, f"policy (value {value:+.2f})" + (f"; {illegal}" if illegal else "")
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"state": [s.clone() for s in self.state], "started": self.started}
@@ -180,3 +181,13 @@ class PolicyController:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = tuple(state["state"])
         self.started = bool(state["started"])
+
+
+def build(context: ControllerContext) -> PolicyController:
+    """The learned controller of a run: the policy ``config.policy`` names, checked to fit
+    the run's task and slots (`PolicyError`, a ValueError naming the fix, if not)."""
+    config = context.config
+    if config.policy is None:
+        raise PolicyError("controller ppo needs a policy: pass --policy DIR")
+    policy, meta = load_policy(Path(config.policy), config.task, context.slot_ids)
+    return PolicyController(policy, meta, context.random_guess_loss)

@@ -16,9 +16,13 @@ nothing: there is no epoch left to train).
   ``[3]``); `action_masks` gives sb3-contrib's MaskablePPO its flat, independent-heads
   form.
 * Reward: the run's own (`esper.training.reward`): final accuracy net of compute, with
-  potential-based shaping. With ``paired_baseline`` the terminal reward is paid relative
-  to the static host's final accuracy on the same seed (computed once per seed): the
-  same optimal policy, far less variance between seeds.
+  potential-based shaping; ``info["reward_terms"]`` holds its terms. With
+  ``paired_baseline`` the terminal reward is paid relative to the static host's final
+  accuracy on the same seed (computed once per seed): the same optimal policy, far less
+  variance between seeds.
+* A run the governor has to stop (a fault that rolling back does not fix) ends the
+  episode early (``terminated``, ``info["stopped"]`` says why) and pays what an end
+  pays: the shaping back and the final accuracy at the stop, net of compute.
 * ``info["record"]`` is the applied epoch's `EpochRecord` as plain data.
 * With ``demonstrator``, ``info["demonstration"]`` holds the action the rule-based
   heuristic (`HeuristicController`, the run config's settings) takes on the next
@@ -31,16 +35,15 @@ task="digits")`` after ``import esper.rl``).
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from esper.config import RunConfig, from_dict, observing_every_seed, to_dict
-from esper.contracts import SlotReport
+from esper.config import ConfigError, RunConfig, observing_every_seed, shortcuts, to_dict
+from esper.contracts import Decision, SlotReport
 from esper.controller import HeuristicController, StaticController
 from esper.controller.features import (
     BLENDS,
@@ -56,39 +59,29 @@ from esper.data import SplitData
 from esper.lifecycle import FactoredAction, LifecycleOp
 from esper.model.blueprints import blueprint_names
 from esper.rl.policy import flat_action_mask
-from esper.training.batches import SplitBatches
-from esper.training.builders import build_model, load_data
+from esper.training.builders import build_episode, build_model, load_data, task_options
 from esper.training.episode import EpisodeRunner, Observation, run_episode
 from esper.training.governor import GovernorStopError
-from esper.training.tasks import TaskOptions, get_task
+from esper.training.ledger import describe_action
+from esper.training.reward import RewardTerms
+from esper.training.tasks import get_task, run_config
 
 __all__ = ["ENV_ID", "MorphogenesisEnv", "env_config"]
 
 ENV_ID = "Esper/Morphogenesis-v0"
 
 
-def env_config(config: RunConfig | dict[str, Any] | None = None, **overrides: Any) -> RunConfig:
-    """A `RunConfig` for the environment: the task's defaults, then ``config`` (a
-    RunConfig or its plain-data form), then ``overrides`` (``task``, ``epochs``,
-    ``max_batches``, ``max_val_batches``, ``data_dir``, ``text_file`` or any top-level
-    RunConfig field). The learned controller observes every blended seed's
-    contribution, so ``counterfactuals`` is always 'live' (`observing_every_seed`)."""
-    data = to_dict(config) if isinstance(config, RunConfig) else dict(config or {})
-    task = overrides.pop("task", None) or data.get("task", "digits")
-    spec = get_task(task)
-    base = to_dict(RunConfig(task=task, batch_size=spec.batch_size, episode=spec.default_config()))
-    merged = {**base, **data, "task": task}
-    episode = {**base["episode"], **data.get("episode", {})}
-    training = {**base["episode"]["training"], **episode["training"]}
-    for key in ("max_batches", "max_val_batches"):
-        if key in overrides:
-            training[key] = overrides.pop(key)
-    if "epochs" in overrides:
-        episode["epochs"] = overrides.pop("epochs")
-    episode["training"] = training
-    merged["episode"] = episode
-    merged.update({k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()})
-    return observing_every_seed(from_dict(RunConfig, merged))
+def env_config(config: RunConfig | Mapping[str, Any] | None = None, **overrides: Any) -> RunConfig:
+    """A `RunConfig` for the environment: the one resolution every command uses
+    (`esper.training.tasks.run_config`: the task's defaults, then ``config``, a RunConfig
+    or its plain data, then ``overrides``, flat settings such as ``task``, ``epochs``,
+    ``max_batches``, ``data_dir`` or any top-level field, `esper.config.shortcuts`). The
+    learned controller observes every blended seed's contribution, so ``counterfactuals``
+    is always 'live' (`observing_every_seed`)."""
+    data = to_dict(config) if isinstance(config, RunConfig) else (config or {})
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"run: expected a JSON object (a section), got {data!r}")
+    return observing_every_seed(run_config(data, shortcuts(overrides)))
 
 
 class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -116,13 +109,7 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
         super().__init__()
         self.config = env_config(config, **overrides)
         self.task = get_task(self.config.task)
-        self.split: SplitData = load_data(
-            self.task,
-            TaskOptions(
-                data_dir=Path(self.config.data_dir) if self.config.data_dir else None,
-                text_file=Path(self.config.text_file) if self.config.text_file else None,
-            ),
-        )
+        self.split: SplitData = load_data(self.task, task_options(self.config))
         probe = build_model(self.task, self.split, self.config.slots, None, 1.0)
         self.slot_ids = probe.slot_ids
         self.blueprints = blueprint_names(self.task.topology)
@@ -182,7 +169,8 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
         chosen, illegal = decode_action(np.asarray(action).tolist(), self._slots, self.blueprints)
         self._steps += 1
         self._illegal += illegal is not None
-        record = runner.apply(chosen)
+        reason = "agent" + (f"; {illegal}" if illegal else "")
+        record = runner.apply(Decision(chosen, reason))
         info: dict[str, Any] = {
             "record": _plain(record),
             "illegal": illegal or "",
@@ -190,20 +178,36 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
         }
         try:
             following = runner.observe()
-        except GovernorStopError as error:  # a persistent fault: the episode cannot go on
-            info.update(
-                stopped=str(error), masks=self._masks, epoch=runner.epoch, summary=self._summary()
-            )
-            return self._last_obs, 0.0, True, False, info
-        reward = self._reward(following)
+        except GovernorStopError:  # a persistent fault: the episode ends here
+            return self._stopped(runner, info)
+        reward = self._reward(following.reward)
+        info["reward_terms"] = to_dict(following.reward)
         terminated = runner.epoch >= runner.config.epochs
         if terminated:
-            last = runner.apply(FactoredAction.wait())  # closes the final epoch's record
-            info["final"] = _plain(last)
+            last = runner.apply(Decision(FactoredAction.wait(), "the episode is over"))
+            info["final"] = _plain(last)  # closes the final epoch's record
             info["final_accuracy"] = last.val.accuracy
             info["summary"] = self._summary()
         info["epoch"] = runner.epoch
         return self._observe(following, info), reward, terminated, False, info
+
+    def _stopped(
+        self, runner: EpisodeRunner, info: dict[str, Any]
+    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """The step into a governor stop: terminal, paying what any end pays (the shaping
+        back, the final accuracy at the stop, the failed epoch's compute)."""
+        stop = runner.stop
+        assert stop is not None
+        summary = {**self._summary(), "final_accuracy": stop.accuracy}
+        info.update(
+            stopped=stop.reason,
+            masks=self._masks,
+            epoch=runner.epoch,
+            reward_terms=to_dict(stop.reward),
+            final_accuracy=stop.accuracy,
+            summary=summary,
+        )
+        return self._last_obs, self._reward(stop.reward), True, False, info
 
     def action_masks(self) -> np.ndarray:
         """sb3-contrib's MaskablePPO mask: the heads' masks concatenated (independent)."""
@@ -212,17 +216,7 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
     # ------------------------------------------------------------ internals
 
     def _runner(self, seed: int) -> EpisodeRunner:
-        episode = dataclasses.replace(self.config.episode, seed=seed)
-        torch.manual_seed(seed)
-        model = build_model(
-            self.task,
-            self.split,
-            self.config.slots,
-            episode.lifecycle,
-            self.config.width_multiplier,
-        )
-        data = SplitBatches(self.split, self.config.batch_size, seed, augment=self.task.augment)
-        return EpisodeRunner(model, data, episode)
+        return build_episode(self.config, self.split, seed=seed)
 
     def _observe(self, seen: Observation, info: dict[str, Any]) -> np.ndarray:
         """The observation of ``seen``; puts the next decision's masks (and, with a
@@ -230,7 +224,7 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
         assert self.runner is not None
         self._slots = seen.slots
         if self._heuristic is not None:
-            chosen = self._heuristic.decide(seen.signals, seen.slots)
+            chosen = self._heuristic.decide(seen.signals, seen.slots).action
             info["demonstration"] = np.asarray(
                 encode_action(chosen, seen.slots, self.blueprints), dtype=np.int64
             )
@@ -252,9 +246,9 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
         summary["illegal_fraction"] = self._illegal / max(self._steps, 1)
         return summary
 
-    def _reward(self, seen: Observation) -> float:
-        reward = seen.reward.total
-        if self.paired_baseline and seen.reward.terminal != 0.0:
+    def _reward(self, terms: RewardTerms) -> float:
+        reward = terms.total
+        if self.paired_baseline and terms.terminal != 0.0:
             static = self.static_accuracy(self.episode_seed)
             reward -= self.config.episode.reward.accuracy_weight * static
         return float(reward)
@@ -269,10 +263,9 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
 
 
 def _describe(action: FactoredAction) -> str:
-    words = [action.op.name, action.slot or ""]
-    if action.op is LifecycleOp.GERMINATE:
-        words += [action.blueprint or "", action.blend.value]
-    return " ".join(w for w in words if w)
+    """The history's words for the action, with a germination's blend."""
+    text = describe_action(action)
+    return f"{text} {action.blend.value}" if action.op is LifecycleOp.GERMINATE else text
 
 
 def _plain(record: Any) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Events are frozen dataclasses: facts about the run, built by the training loop and handed
 to a `esper.telemetry.Telemetry`. They are deterministic (no wall-clock time inside; a
-sink may stamp ``"time"`` when it writes one) so two identical runs emit equal events.
+sink may stamp ``"time"`` when it writes one) so two identical runs emit equal events,
+except for the two wall times of `EpochCompleted`, the record of an epoch.
 
 Each event class carries two class variables:
 
@@ -14,12 +15,14 @@ Serialised form (`to_dict`, and one line of ``events.jsonl``)::
     {"event": "seed_germinated", "epoch": 12, "slot": "r0c1", ...}
 
 * enums (`SeedStage`, `Gate`) by ``.name``, e.g. ``"BLENDING"``, ``"G2_START_BLENDING"``;
-* tuples as lists; `SlotSnapshot` as a nested object;
+* tuples as lists; mappings as objects; nested records (`SlotSnapshot`,
+  `esper.contracts.GradientStats`) as nested objects;
 * finite floats as JSON numbers; non-finite floats as the strings ``"nan"``, ``"inf"``
   and ``"-inf"`` (strict JSON has no such numbers, and a diverged loss is a fact worth
   keeping, so they are not flattened to ``null``; ``null`` means "not measured").
 
-`event_from_dict` inverts `to_dict` exactly for every typed field. ``RunStarted.config``
+`event_from_dict` inverts `to_dict` exactly for every typed field; a field with a default
+may be missing (a file written before the field existed). ``RunStarted.config``
 is free-form: it round-trips unchanged only if it holds JSON-native values (str, int,
 float, bool, None, lists, str-keyed dicts); tuples come back as lists, enums as their
 names and any other object as ``str(value)``.
@@ -31,6 +34,7 @@ Units follow `esper.lifecycle`: accuracies and contributions are percentage poin
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import numbers
 import types
@@ -40,6 +44,7 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Any, ClassVar, TypeAlias
 
+from esper.contracts import GradientStats
 from esper.lifecycle import Gate, SeedStage
 
 __all__ = [
@@ -48,16 +53,18 @@ __all__ = [
     "Event",
     "GateEvaluated",
     "GovernorRollback",
-    "GradientStats",
     "RunFinished",
     "RunStarted",
     "SeedCulled",
     "SeedFossilized",
     "SeedGerminated",
+    "SeedGradients",
     "SeedStageChanged",
     "SlotSnapshot",
     "TelemetryLevel",
     "event_from_dict",
+    "history_line",
+    "parse_row",
 ]
 
 
@@ -92,19 +99,22 @@ class TelemetryLevel(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class SlotSnapshot:
-    """One slot's state at the end of an epoch, as reported in `EpochCompleted`.
+    """One slot at the end of an epoch, as `EpochCompleted` reports it.
 
     ``blueprint`` is None for an empty slot. ``alpha`` is the blend weight the seed
-    trained at (0 outside BLENDING/PROBATIONARY/FOSSILIZED). ``contribution`` (pp) and
-    ``gradient_ratio`` are None when not measured this epoch.
+    trained at (0 outside BLENDING/PROBATIONARY/FOSSILIZED). ``contribution`` and its
+    paired standard error ``contribution_se`` (pp), and ``gradient_ratio`` (gate G2's
+    measure), are None when not measured this epoch.
     """
 
-    slot: str
     stage: SeedStage
     blueprint: str | None
     alpha: float
     contribution: float | None
-    gradient_ratio: float | None
+    params: int
+    """The seed's trainable parameters (0 for an empty slot)."""
+    contribution_se: float | None = None
+    gradient_ratio: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         """JSON-serialisable form (see the module docstring for the encoding)."""
@@ -138,11 +148,17 @@ class RunStarted(_EventBase):
 
 @dataclass(frozen=True, slots=True)
 class EpochCompleted(_EventBase):
-    """Summary of one finished epoch.
+    """One finished epoch: the view of the runner's epoch record
+    (`esper.training.ledger.EpochRecord`) that every output shares. A line of
+    ``history.jsonl`` is this event's fields (without the ``"event"`` key); the console,
+    TensorBoard, ``esper watch`` and ``esper report`` read it.
 
-    ``action`` is the controller's decision in readable form (e.g. ``"GERMINATE r0c1
-    conv_light"``), ``reward`` the controller's reward for it (0 for the heuristic),
-    ``seeds`` one snapshot per slot in slot order.
+    ``action`` is the controller's op, slot and blueprint (e.g. ``"GERMINATE r0c1
+    conv_light"``), ``outcome`` "applied" or why it was refused, ``reason`` why the
+    controller chose it; ``reward`` the reward for reaching this epoch, which every run
+    records whatever its controller. ``slots`` holds every slot, in slot order.
+    ``seconds`` (wall time since the run started, across resumes) and ``epoch_seconds``
+    are the only wall-clock fields of any event.
     """
 
     level: ClassVar[TelemetryLevel] = TelemetryLevel.NORMAL
@@ -154,8 +170,30 @@ class EpochCompleted(_EventBase):
     val_loss: float
     val_accuracy: float
     action: str
+    outcome: str
+    reason: str
     reward: float
-    seeds: tuple[SlotSnapshot, ...]
+    rollback: str | None
+    """Why the governor rolled this epoch back, if it did."""
+    host_params: int
+    seed_params: int
+    """Trainable parameters of every live and fossilized seed at the end of the epoch."""
+    seconds: float
+    germinated: int
+    fossilized: int
+    culled: int
+    """Seeds germinated, fossilized and culled so far (cumulative)."""
+    slots: Mapping[str, SlotSnapshot]
+    train_flops: float = 0.0
+    """FLOPs of this epoch's training steps (forward and backward)."""
+    eval_flops: float = 0.0
+    """FLOPs of this epoch's evaluation, counterfactual passes included."""
+    epoch_seconds: float = 0.0
+
+    @property
+    def params(self) -> int:
+        """Trainable parameters at the end of the epoch, host and seeds."""
+        return self.host_params + self.seed_params
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,25 +297,16 @@ class GovernorRollback(_EventBase):
 
 
 @dataclass(frozen=True, slots=True)
-class GradientStats(_EventBase):
-    """Per-batch gradient norms of one slot's seed over an epoch.
-
-    ``vanishing_batches``/``exploding_batches`` count batches whose norm fell below /
-    rose above the monitor's thresholds; ``ratio`` is the seed-to-host gradient ratio
-    that gate G2 reads.
-    """
+class SeedGradients(_EventBase):
+    """A seed's gradient statistics over an epoch's batches (`GradientStats`: norms,
+    vanishing and exploding batches, and the seed-to-host ratio gate G2 reads)."""
 
     level: ClassVar[TelemetryLevel] = TelemetryLevel.DEBUG
-    kind: ClassVar[str] = "gradient_stats"
+    kind: ClassVar[str] = "seed_gradients"
 
     epoch: int
     slot: str
-    mean_norm: float
-    max_norm: float
-    min_norm: float
-    vanishing_batches: int
-    exploding_batches: int
-    ratio: float
+    gradients: GradientStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +336,7 @@ Event: TypeAlias = (
     | SeedCulled
     | GateEvaluated
     | GovernorRollback
-    | GradientStats
+    | SeedGradients
     | RunFinished
 )
 
@@ -332,6 +361,28 @@ def event_from_dict(data: Mapping[str, object]) -> Event:
         raise ValueError(f"unknown event kind {kind!r}: expected one of {known}")
     payload = {k: v for k, v in data.items() if k != "event" and k not in _SINK_KEYS}
     return typing.cast(Event, _record_from_dict(EVENT_TYPES[kind], payload, kind))
+
+
+# ---------------------------------------------------------------- history lines
+
+
+def history_line(row: EpochCompleted) -> str:
+    """``row`` as one line of ``history.jsonl`` (no newline): its fields, JSON-encoded as
+    events are (non-finite losses as ``"nan"``, ``"inf"``)."""
+    fields = row.to_dict()
+    del fields["event"]
+    return json.dumps(fields)
+
+
+def parse_row(line: str) -> EpochCompleted:
+    """One line of ``history.jsonl``; ValueError (or KeyError, TypeError) if it is not a
+    row. Lines written before a field existed read with its default."""
+    data = json.loads(line)
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    row = event_from_dict({**data, "event": EpochCompleted.kind})
+    assert isinstance(row, EpochCompleted)
+    return row
 
 
 # ---------------------------------------------------------------- encoding
@@ -381,15 +432,25 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def _record_from_dict(cls: type[Any], payload: Mapping[str, object], where: str) -> Any:
     hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    missing = [name for name in names if name not in payload]
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
+    # A field with a default may be missing: files written before it existed.
+    missing = [f.name for f in fields if f.name not in payload and _required(f)]
     if missing:
         raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
     unexpected = sorted(set(payload) - set(names))
     if unexpected:
         raise ValueError(f"{where}: unexpected field(s) {', '.join(unexpected)}")
-    kwargs = {name: _decode(hints[name], payload[name], f"{where}.{name}") for name in names}
+    kwargs = {
+        name: _decode(hints[name], payload[name], f"{where}.{name}")
+        for name in names
+        if name in payload
+    }
     return cls(**kwargs)
+
+
+def _required(field: dataclasses.Field[Any]) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
 
 
 def _decode(hint: Any, value: object, where: str) -> object:
@@ -403,10 +464,13 @@ def _decode(hint: Any, value: object, where: str) -> object:
         item_hint = typing.get_args(hint)[0]
         items = _expect(value, list, where)
         return tuple(_decode(item_hint, item, f"{where}[{i}]") for i, item in enumerate(items))
-    if origin is dict:
+    if origin in (dict, Mapping):
         mapping = _expect(value, dict, where)
         if not all(isinstance(key, str) for key in mapping):
             raise ValueError(f"{where}: keys must be strings")
+        args = typing.get_args(hint)
+        if len(args) == 2 and dataclasses.is_dataclass(args[1]):
+            return {k: _decode(args[1], v, f"{where}[{k!r}]") for k, v in mapping.items()}
         return dict(mapping)
     if hint is bool:
         return _expect(value, bool, where)

@@ -1,17 +1,15 @@
 """Run reports: the per-epoch history file, the summary and the timeline plot.
 
-Every run writes ``history.jsonl``, one `EpochRow` per epoch, flushed as it goes, at
-every telemetry level (it is the run's result, not telemetry). `summarize` and
-`plot_timeline` rebuild ``summary.json`` and ``timeline.png`` from it, so
-``esper report RUN_DIR`` works on finished and interrupted runs alike.
+Every run writes ``history.jsonl``, one `EpochCompleted` per epoch (`history_line`,
+`esper.telemetry.sinks.HistorySink` writes them as they come, at every telemetry level:
+it is the run's result). `summarize` and `plot_timeline` rebuild ``summary.json`` and
+``timeline.png`` from it, so ``esper report RUN_DIR`` works on finished and interrupted
+runs alike.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,78 +17,16 @@ from matplotlib.figure import Figure  # no pyplot: no global state, no display n
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from esper.lifecycle import SeedStage
+from esper.telemetry.events import EpochCompleted, parse_row
+
 __all__ = [
     "STAGE_COLOURS",
-    "EpochRow",
-    "SlotRow",
-    "append_row",
     "format_flops",
-    "parse_row",
     "plot_timeline",
     "read_history",
     "summarize",
 ]
-
-
-@dataclass(frozen=True)
-class SlotRow:
-    """One slot at the end of an epoch."""
-
-    stage: str
-    blueprint: str | None
-    alpha: float
-    contribution: float | None
-    """Counterfactual contribution measured this epoch (pp), if it was measured."""
-    params: int
-    contribution_se: float | None = None
-    """Its paired standard error (pp)."""
-
-
-@dataclass(frozen=True)
-class EpochRow:
-    """One epoch of a run, as written to ``history.jsonl``."""
-
-    epoch: int
-    train_loss: float
-    train_accuracy: float
-    val_loss: float
-    val_accuracy: float
-    action: str
-    """The controller's op and slot, e.g. ``GERMINATE r0c1 conv_light``."""
-    outcome: str
-    reason: str
-    """Why the controller chose the action."""
-    reward: float
-    rollback: str | None
-    host_params: int
-    seed_params: int
-    seconds: float
-    """Wall time since the run started (across resumes)."""
-    germinated: int
-    fossilized: int
-    culled: int
-    """Seeds germinated, fossilized and culled so far (cumulative)."""
-    slots: Mapping[str, SlotRow]
-    train_flops: float = 0.0
-    """FLOPs of this epoch's training steps (forward and backward)."""
-    eval_flops: float = 0.0
-    """FLOPs of this epoch's evaluation, counterfactual passes included."""
-    epoch_seconds: float = 0.0
-    """Wall time of this epoch."""
-
-    @property
-    def params(self) -> int:
-        """Trainable parameters at the end of the epoch, host and seeds."""
-        return self.host_params + self.seed_params
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        return json.dumps({k: _finite(v) for k, v in data.items()})
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EpochRow:
-        slots = {sid: SlotRow(**row) for sid, row in data["slots"].items()}
-        return cls(**{**data, "slots": slots})
 
 
 def format_flops(flops: float) -> str:
@@ -101,28 +37,7 @@ def format_flops(flops: float) -> str:
     return f"{flops:.3g} FLOPs"
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
-def append_row(path: Path, row: EpochRow) -> None:
-    """Append one epoch to ``history.jsonl`` and flush it to the OS."""
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(row.to_json() + "\n")
-
-
-def parse_row(line: str) -> EpochRow:
-    """One line of ``history.jsonl``; ValueError, KeyError or TypeError if it is not a row
-    (non-finite losses are written as strings, e.g. ``"nan"``)."""
-    data = json.loads(line)
-    for key in ("train_loss", "val_loss"):
-        data[key] = float(data[key])
-    return EpochRow.from_dict(data)
-
-
-def read_history(path: Path) -> list[EpochRow]:
+def read_history(path: Path) -> list[EpochCompleted]:
     """All epochs of a ``history.jsonl``; a malformed line is named in the error, and a
     last line without its newline (cut short) is left out."""
     rows = []
@@ -138,7 +53,7 @@ def read_history(path: Path) -> list[EpochRow]:
     return rows
 
 
-def summarize(rows: Sequence[EpochRow]) -> dict[str, Any]:
+def summarize(rows: Sequence[EpochCompleted]) -> dict[str, Any]:
     """Final and best accuracy, parameters, seed counts and wall time of a run."""
     if not rows:
         raise ValueError("the run has no completed epoch yet")
@@ -169,19 +84,19 @@ _ACTION_STYLE = {
     "CULL": ("X", "#c0392b", "cull"),
 }
 
-STAGE_COLOURS: Mapping[str, str] = {
-    "GERMINATED": "#f6e58d",
-    "TRAINING": "#f0932b",
-    "BLENDING": "#4a90d9",
-    "PROBATIONARY": "#9b59b6",
-    "FOSSILIZED": "#27ae60",
-    "CULLED": "#c0392b",
-    "EMBARGOED": "#e8a0a0",
-    "RESETTING": "#bdc3c7",
+STAGE_COLOURS: Mapping[SeedStage, str] = {
+    SeedStage.GERMINATED: "#f6e58d",
+    SeedStage.TRAINING: "#f0932b",
+    SeedStage.BLENDING: "#4a90d9",
+    SeedStage.PROBATIONARY: "#9b59b6",
+    SeedStage.FOSSILIZED: "#27ae60",
+    SeedStage.CULLED: "#c0392b",
+    SeedStage.EMBARGOED: "#e8a0a0",
+    SeedStage.RESETTING: "#bdc3c7",
 }
 
 
-def plot_timeline(rows: Sequence[EpochRow], path: Path, title: str) -> None:
+def plot_timeline(rows: Sequence[EpochCompleted], path: Path, title: str) -> None:
     """Validation accuracy over epochs above one band per slot showing its stages
     (coloured spans) and alpha (the black curve inside the band, 0 at the bottom)."""
     slot_ids = sorted({sid for r in rows for sid in r.slots}, reverse=True)
@@ -201,7 +116,10 @@ def plot_timeline(rows: Sequence[EpochRow], path: Path, title: str) -> None:
     # A seed culled by the lifecycle itself (probation) shows CULLED for one epoch; a
     # controller's cull is already in the actions.
     acted += [
-        (r, f"CULL {sid} (auto)") for r in rows for sid, s in r.slots.items() if s.stage == "CULLED"
+        (r, f"CULL {sid} (auto)")
+        for r in rows
+        for sid, s in r.slots.items()
+        if s.stage is SeedStage.CULLED
     ]
     acted.sort(key=lambda pair: pair[0].epoch)
     for n, (r, action) in enumerate(acted):
@@ -235,7 +153,9 @@ def plot_timeline(rows: Sequence[EpochRow], path: Path, title: str) -> None:
     slot_ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     used = {s.stage for r in rows for s in r.slots.values()} & set(STAGE_COLOURS)
     handles: list[Any] = [
-        Patch(color=c, label=name.lower()) for name, c in STAGE_COLOURS.items() if name in used
+        Patch(color=c, label=stage.name.lower())
+        for stage, c in STAGE_COLOURS.items()
+        if stage in used
     ]
     handles.append(Line2D([], [], color="black", lw=1.2, label="alpha (0-1)"))
     if handles:
@@ -245,12 +165,13 @@ def plot_timeline(rows: Sequence[EpochRow], path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _slot_band(ax: Any, rows: Sequence[EpochRow], slot_id: str, index: int) -> None:
+def _slot_band(ax: Any, rows: Sequence[EpochCompleted], slot_id: str, index: int) -> None:
     for r in rows:
         slot = r.slots.get(slot_id)
         if slot is None or slot.stage not in STAGE_COLOURS:
             continue
-        ax.broken_barh([(r.epoch - 0.5, 1.0)], (index - 0.4, 0.8), color=STAGE_COLOURS[slot.stage])
+        colour = STAGE_COLOURS[slot.stage]
+        ax.broken_barh([(r.epoch - 0.5, 1.0)], (index - 0.4, 0.8), color=colour)
     alphas = [
         (r.epoch, r.slots[slot_id].alpha)
         for r in rows
@@ -259,10 +180,11 @@ def _slot_band(ax: Any, rows: Sequence[EpochRow], slot_id: str, index: int) -> N
     if alphas:
         xs, ys = zip(*alphas, strict=True)
         ax.plot(xs, [index - 0.4 + 0.8 * a for a in ys], color="black", lw=1.2)
-    previous = "DORMANT"
+    previous = SeedStage.DORMANT
     for r in rows:
         slot = r.slots.get(slot_id)
-        stage = slot.stage if slot is not None else "DORMANT"
-        if slot is not None and slot.blueprint and stage == "TRAINING" and previous != "TRAINING":
+        stage = slot.stage if slot is not None else SeedStage.DORMANT
+        training = stage is SeedStage.TRAINING
+        if slot is not None and slot.blueprint and training and previous is not SeedStage.TRAINING:
             ax.text(r.epoch - 0.45, index + 0.22, slot.blueprint, fontsize=7, va="center")
         previous = stage

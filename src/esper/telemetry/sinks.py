@@ -1,4 +1,4 @@
-"""Where events go: the `Telemetry` dispatcher, the `Sink` protocol and three sinks.
+"""Where events go: the `Telemetry` dispatcher, the `Sink` protocol and four sinks.
 
 A run builds one `Telemetry` and passes it explicitly to whatever reports (there is no
 global hub). Telemetry only observes: the training loop never reads anything back from
@@ -6,6 +6,8 @@ it, so a run trains identically at every `TelemetryLevel`.
 
 * `JsonlSink`: the durable record, one JSON object per line (``events.jsonl``), read
   back with `read_events`;
+* `HistorySink`: the run's result, one `EpochCompleted` per line (``history.jsonl``),
+  at every level;
 * `ConsoleSink`: one readable line per event on a rich console (`format_event`);
 * `MemorySink`: keeps events in a list, for tests.
 
@@ -14,6 +16,7 @@ Sink errors are not swallowed: a sink that cannot write raises, naming its path.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -31,20 +34,22 @@ from esper.telemetry.events import (
     Event,
     GateEvaluated,
     GovernorRollback,
-    GradientStats,
     RunFinished,
     RunStarted,
     SeedCulled,
     SeedFossilized,
     SeedGerminated,
+    SeedGradients,
     SeedStageChanged,
     SlotSnapshot,
     TelemetryLevel,
     event_from_dict,
+    history_line,
 )
 
 __all__ = [
     "ConsoleSink",
+    "HistorySink",
     "JsonlSink",
     "MemorySink",
     "Sink",
@@ -59,7 +64,13 @@ _E = TypeVar("_E")
 
 
 class Sink(Protocol):
-    """Receives every event the `Telemetry` lets through. ``close`` must be idempotent."""
+    """Receives every event the `Telemetry` lets through. ``close`` must be idempotent.
+
+    A sink may have a ``level`` attribute (a `TelemetryLevel`): it then receives the
+    events up to that level whatever the run's, as the run's own record does
+    (`HistorySink`: every epoch, even at ``--telemetry-level off``). Without one (or
+    None), it receives the events up to the run's level.
+    """
 
     def emit(self, event: Event) -> None: ...
 
@@ -71,18 +82,24 @@ class SinkError(OSError):
 
 
 class Telemetry:
-    """Forwards events at or below ``level`` to every sink, in order.
+    """Forwards each event to every sink whose level it is at or below, in order: a
+    sink's own ``level`` if it has one (see `Sink`), else ``level``, the run's.
 
-    ``Telemetry(TelemetryLevel.OFF)`` (or `Telemetry.off`) drops everything; callers
-    with costly measurements should check `enabled` before computing them. Closing
-    closes every sink (all are attempted even if one fails; the first error is
-    re-raised); emitting after close raises RuntimeError. Usable as a context manager.
+    `Telemetry.off` (no sinks) drops everything; callers with costly measurements should
+    check `enabled` before computing them. Closing closes every sink (all are attempted
+    even if one fails; the first error is re-raised); emitting after close raises
+    RuntimeError. Usable as a context manager.
     """
 
     def __init__(self, level: TelemetryLevel, sinks: Sequence[Sink] = ()) -> None:
         self._level = TelemetryLevel(level)
         self._sinks = tuple(sinks)
+        self._levels = tuple(self._sink_level(sink) for sink in self._sinks)
         self._closed = False
+
+    def _sink_level(self, sink: Sink) -> TelemetryLevel:
+        own = getattr(sink, "level", None)
+        return self._level if own is None else TelemetryLevel(own)
 
     @classmethod
     def off(cls) -> Telemetry:
@@ -102,15 +119,18 @@ class Telemetry:
         return self._closed
 
     def enabled(self, level: TelemetryLevel) -> bool:
-        """Whether events of ``level`` are emitted (never for OFF, nor when self is OFF)."""
-        return TelemetryLevel.OFF < level <= self._level
+        """Whether events of ``level`` are emitted: at the run's level, or to a sink with a
+        level of its own (never for OFF)."""
+        return TelemetryLevel.OFF < level <= max(self._levels, default=self._level)
 
     def emit(self, event: Event) -> None:
-        """Send ``event`` to every sink if its level is enabled."""
+        """Send ``event`` to every sink whose level it is at or below."""
         if self._closed:
             raise RuntimeError(f"telemetry is closed; cannot emit {event.kind}")
-        if self.enabled(event.level):
-            for sink in self._sinks:
+        if event.level is TelemetryLevel.OFF:
+            return
+        for sink, level in zip(self._sinks, self._levels, strict=True):
+            if event.level <= level:
                 sink.emit(event)
 
     def close(self) -> None:
@@ -177,6 +197,41 @@ class JsonlSink:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+# ---------------------------------------------------------------- history
+
+
+class HistorySink:
+    """Appends every `EpochCompleted` to ``history.jsonl`` (`history_line`), whatever the
+    run's telemetry level (``level`` is NORMAL: it is the run's record, not telemetry),
+    and keeps the SHA-256 of every line the file holds (``lines``: those it held
+    already), which a checkpoint records. Other events are ignored.
+    """
+
+    level = TelemetryLevel.NORMAL
+
+    def __init__(self, path: Path, lines: Sequence[bytes] = ()) -> None:
+        self.path = path
+        self.count = len(lines)
+        self._digest = hashlib.sha256(b"".join(lines))
+
+    def emit(self, event: Event) -> None:
+        if not isinstance(event, EpochCompleted):
+            return
+        data = (history_line(event) + "\n").encode("utf-8")
+        with self.path.open("ab") as handle:
+            handle.write(data)
+        self._digest.update(data)
+        self.count += 1
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 (hex) of the whole file as it stands."""
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        """Nothing stays open between two epochs."""
 
 
 def _utc_now() -> str:
@@ -259,7 +314,7 @@ def event_style(event: Event) -> str:
         return "cyan"
     if isinstance(event, RunStarted | RunFinished):
         return "bold"
-    if isinstance(event, GateEvaluated | GradientStats):
+    if isinstance(event, GateEvaluated | SeedGradients):
         return "dim"
     return ""
 
@@ -277,7 +332,11 @@ def format_event(event: Event) -> str:
                 f"val loss {event.val_loss:.4f} acc {event.val_accuracy:.2f}%  "
                 f"{event.action}  reward {event.reward:+.3f}"
             )
-            seeds = [_snapshot(s) for s in event.seeds if s.stage is not SeedStage.DORMANT]
+            seeds = [
+                _snapshot(sid, s)
+                for sid, s in event.slots.items()
+                if s.stage is not SeedStage.DORMANT
+            ]
             return f"{line}  seeds {', '.join(seeds)}" if seeds else line
         case SeedGerminated():
             return (
@@ -311,11 +370,12 @@ def format_event(event: Event) -> str:
                 f"epoch {event.epoch}  ROLLBACK {event.reason}  val loss {event.val_loss:.4g}"
                 f" -> restored epoch {event.restored_epoch}{culled}"
             )
-        case GradientStats():
+        case SeedGradients():
+            g = event.gradients
             return (
-                f"epoch {event.epoch}  grads {event.slot}  mean {event.mean_norm:.2e} "
-                f"min {event.min_norm:.2e} max {event.max_norm:.2e}  ratio {event.ratio:.3f}  "
-                f"vanishing {event.vanishing_batches} exploding {event.exploding_batches}"
+                f"epoch {event.epoch}  grads {event.slot}  mean {g.mean_norm:.2e} "
+                f"min {g.min_norm:.2e} max {g.max_norm:.2e}  ratio {g.ratio:.3f}  "
+                f"vanishing {g.vanishing_batches} exploding {g.exploding_batches}"
             )
         case RunFinished():
             return (
@@ -328,11 +388,11 @@ def format_event(event: Event) -> str:
             assert_never(event)
 
 
-def _snapshot(snap: SlotSnapshot) -> str:
+def _snapshot(slot_id: str, snap: SlotSnapshot) -> str:
     parts = [f"alpha {snap.alpha:.2f}"]
     if snap.contribution is not None:
         parts.append(f"{snap.contribution:+.1f} pp")
-    return f"{snap.slot} {snap.stage.name} ({', '.join(parts)})"
+    return f"{slot_id} {snap.stage.name} ({', '.join(parts)})"
 
 
 # ---------------------------------------------------------------- memory

@@ -1,11 +1,11 @@
 """TensorBoard event files of a run or a PPO training, for ``--tensorboard``.
 
-Nothing here is a second record: the scalars are the rows a run appends to
-``history.jsonl`` (`RunTensorBoard.write_epoch`, one step per epoch) or a training to
+Nothing here is a second record: the scalars are the epochs a run records
+(`RunTensorBoard` is a telemetry `Sink`: each `EpochCompleted`, the line
+``history.jsonl`` holds, is one step) or the rows a training appends to
 ``updates.jsonl`` (`TrainingTensorBoard.write_update`, one step per training episode
-count), and the text is the lifecycle events of ``events.jsonl`` (`RunTensorBoard` is a
-telemetry `Sink`). Both write to ``DIR/tensorboard/``, so ``tensorboard --logdir runs``
-lays runs side by side.
+count), and the text is the lifecycle events of ``events.jsonl``. Both write to
+``DIR/tensorboard/``, so ``tensorboard --logdir runs`` lays runs side by side.
 
 Files are opened at the first step written, with that step as TensorBoard's *purge
 step*: TensorBoard drops what earlier files hold from that step on. A resumed run
@@ -27,12 +27,13 @@ from typing import Any
 from esper.telemetry.events import (
     EpochCompleted,
     Event,
-    GradientStats,
     RunFinished,
     RunStarted,
+    SeedGradients,
+    TelemetryLevel,
     event_from_dict,
 )
-from esper.telemetry.report import EpochRow, read_history
+from esper.telemetry.report import read_history
 from esper.telemetry.sinks import SinkError, format_event
 from esper.telemetry.updates import UPDATES_FILE, UpdateRow, read_updates
 
@@ -62,7 +63,7 @@ def require_tensorboard() -> Any:
     return SummaryWriter
 
 
-def epoch_scalars(row: EpochRow, train_flops: float, eval_flops: float) -> dict[str, float]:
+def epoch_scalars(row: EpochCompleted, train_flops: float, eval_flops: float) -> dict[str, float]:
     """One epoch's scalars by TensorBoard tag; ``train_flops`` and ``eval_flops`` are the
     run's totals up to and including this epoch."""
     scalars = {
@@ -151,24 +152,27 @@ class _Writer:
 
 
 class RunTensorBoard:
-    """TensorBoard files of one run: every history row's scalars and, as text, its
-    lifecycle events and gate verdicts (a telemetry `Sink`; the run closes it).
+    """TensorBoard files of one run: every epoch's scalars and, as text, its lifecycle
+    events and gate verdicts (a telemetry `Sink`; the run closes it). ``level`` is the
+    sink's own (at least NORMAL, so it sees every epoch whatever the run's telemetry
+    level; DEBUG adds the seeds' gradient statistics).
 
     At the first epoch it sees, it first replays the epochs that ``history.jsonl`` and
     ``events.jsonl`` already hold (a resumed run, or ``--tensorboard`` added on resume),
     so TensorBoard always shows what the run's files say, from epoch 1.
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, level: TelemetryLevel = TelemetryLevel.NORMAL) -> None:
         self.run_dir = run_dir
+        self.level = max(level, TelemetryLevel.NORMAL)
         self._writer = _Writer(run_dir / TENSORBOARD_DIR)
         self._pending: list[str] = []
         self._totals = (0.0, 0.0)
         self._started = False
 
     def emit(self, event: Event) -> None:
-        """Collect the epoch's events (written with its row); gradient statistics are
-        scalars, epoch summaries are already in the rows."""
+        """An epoch's scalars, with the events collected since the last epoch as text;
+        gradient statistics are scalars."""
         if isinstance(event, RunStarted):
             # The configuration as a Markdown code block (indented four spaces).
             config = json.dumps(event.config, indent=2).replace("\n", "\n    ")
@@ -180,28 +184,26 @@ class RunTensorBoard:
             self._writer.flush()
             return
         self._start(event.epoch)
-        self._event(event)
-
-    def write_epoch(self, row: EpochRow) -> None:
-        """The row's scalars, then the events collected since the last row, at its epoch."""
-        self._start(row.epoch)
-        self._row(row)
-        self._writer.flush()
+        if isinstance(event, EpochCompleted):
+            self._row(event)
+            self._writer.flush()
+        else:
+            self._event(event)
 
     def _event(self, event: Event) -> None:
         if isinstance(event, EpochCompleted | RunStarted | RunFinished):
             return
-        if isinstance(event, GradientStats):
+        if isinstance(event, SeedGradients):
             prefix = f"gradients/{event.slot}"
             values = {
-                f"{prefix}/mean_norm": event.mean_norm,
-                f"{prefix}/seed_host_ratio": event.ratio,
+                f"{prefix}/mean_norm": event.gradients.mean_norm,
+                f"{prefix}/seed_host_ratio": event.gradients.ratio,
             }
             self._writer.scalars(values, event.epoch)
         else:
             self._pending.append(format_event(event))
 
-    def _row(self, row: EpochRow) -> None:
+    def _row(self, row: EpochCompleted) -> None:
         train, evaluation = self._totals
         self._totals = (train + row.train_flops, evaluation + row.eval_flops)
         self._writer.scalars(epoch_scalars(row, *self._totals), row.epoch)

@@ -2,9 +2,10 @@
 
 A model's cost per scored item changes only when a lifecycle event changes what runs in
 the forward pass (a seed germinates, starts blending, is fossilized or culled). The meter
-counts a small probe batch once per distinct architecture (`esper.training.loop`'s
-FLOP counters) and the episode multiplies by the items each pass scored, so accounting
-costs a few milliseconds per lifecycle event and nothing per batch.
+counts a small probe batch once per distinct architecture (`train_flops`, `eval_flops`:
+torch's ``FlopCounterMode`` on one step of the batch loop's forward and loss) and the
+episode multiplies by the items each pass scored, so accounting costs a few
+milliseconds per lifecycle event and nothing per batch.
 
 Training FLOPs are the forward and backward of every training step; evaluation FLOPs are
 the validation pass, counterfactual branches included.
@@ -12,18 +13,20 @@ the validation pass, counterfactual branches included.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from esper.contracts import SeedCost, TaskType
 from esper.model.blueprints import blueprint_names, get_blueprint
 from esper.model.morphogenetic import MorphogeneticModel
-from esper.training.loop import Batch, eval_flops, module_flops, train_flops
+from esper.training.loop import Batch, compute_task_loss_with_metrics
 
-__all__ = ["ComputeMeter", "clear_cache"]
+__all__ = ["ComputeMeter", "clear_cache", "eval_flops", "module_flops", "train_flops"]
 
 PROBE_ITEMS = 4
 """Samples (sequences) in the probe batch; FLOPs per item do not depend on it."""
@@ -151,3 +154,64 @@ def _seed_costs(model: MorphogeneticModel, inputs: Tensor) -> Mapping[str, Mappi
                 _BLUEPRINT_COSTS[key] = SeedCost(spec.params(slot.channels), train, forward)
             costs[slot.slot_id][name] = _BLUEPRINT_COSTS[key]
     return costs
+
+
+# ---------------------------------------------------------------- counting one step
+#
+# Counted by torch's FlopCounterMode on a probe batch: matrix multiplications,
+# convolutions and attention, forward and backward, 2 FLOPs per multiply-add. Results
+# are per scored item (sample, or token for language models), so callers multiply by the
+# items a pass scored.
+
+
+def train_flops(model: nn.Module, batch: Batch, criterion: nn.Module, task_type: TaskType) -> float:
+    """FLOPs per scored item of one training step's forward and backward on ``model``.
+
+    Runs on a copy: a training-mode forward would move BatchNorm statistics, and the
+    backward would leave gradients, in the model being measured.
+    """
+    inputs, targets = batch
+    probe = copy.deepcopy(model).train()
+    with FlopCounterMode(display=False) as counter:
+        loss, _, count = compute_task_loss_with_metrics(
+            probe(inputs), targets, criterion, task_type
+        )
+        loss.backward()  # type: ignore[no-untyped-call]
+    return float(counter.get_total_flops()) / count
+
+
+@torch.no_grad()
+def eval_flops(
+    model: nn.Module,
+    batch: Batch,
+    criterion: nn.Module,
+    task_type: TaskType,
+    counterfactual: Sequence[str] = (),
+) -> float:
+    """FLOPs per scored item of one `evaluate` step, counterfactual branches included
+    (``counterfactual`` needs a `MorphogeneticModel`; any module can be counted without)."""
+    inputs, targets = batch
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            if counterfactual:
+                assert isinstance(model, MorphogeneticModel)
+                model.forward_counterfactual(inputs, counterfactual)
+            else:
+                model(inputs)
+    finally:
+        model.train(was_training)
+    return float(counter.get_total_flops()) / targets.numel()
+
+
+def module_flops(module: nn.Module, features: Tensor) -> tuple[float, float]:
+    """(training, evaluation) FLOPs of ``module`` on ``features`` ``[1, ...]``: forward and
+    backward (gradients for its parameters and its input), and forward alone."""
+    x = features.detach().clone().requires_grad_(True)
+    with FlopCounterMode(display=False) as counter:
+        out = module(x)
+    forward = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        out.sum().backward()
+    return float(forward + counter.get_total_flops()), float(forward)

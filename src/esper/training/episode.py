@@ -4,14 +4,16 @@ Every epoch is one transaction in one fixed order, whatever the controller::
 
     observe():  train one epoch -> evaluate, with a paired counterfactual for every
                 seed on probation (or every blended one) -> governor check (rollback
-                and re-evaluate if needed) -> signals
-    controller.decide(signals, slots)
-                -> the reward for reaching this epoch
-    apply(action): apply the action -> lifecycle tick (gates) -> record -> telemetry
+                and re-evaluate if needed) -> the reward for reaching this epoch ->
+                signals
+    controller.decide(signals, slots) -> Decision (the action and why)
+    apply(decision): apply the action -> lifecycle tick (gates) -> the epoch's record
+                (`esper.training.ledger.EpochRecord`) -> its event to every sink
 
-`run_episode` is that loop (`esper.training.heuristic` builds on it). The RL
-environment steps the same `EpisodeRunner`.
-Epochs are 1-based everywhere; the terminal reward falls on epoch ``epochs``.
+`run_episode` is that loop; ``esper heuristic`` (`esper.run`) and the RL environment
+(`esper.rl.env`) drive the same `EpisodeRunner`, built by
+`esper.training.builders.build_episode`. Epochs are 1-based everywhere; the terminal
+reward falls on epoch ``epochs``, or on the epoch the governor stops the episode at.
 
 Every epoch also records what it cost: training and evaluation FLOPs (`ComputeMeter`,
 counted once per architecture) and wall time.
@@ -32,8 +34,8 @@ from torch import nn
 from esper import telemetry as ev
 from esper.config import EpisodeConfig, from_dict, to_dict
 from esper.contracts import (
-    Contribution,
     Controller,
+    Decision,
     SlotReport,
     TaskType,
     Topology,
@@ -49,7 +51,8 @@ from esper.lifecycle import (
 )
 from esper.model.morphogenetic import MorphogeneticModel
 from esper.training.compute import ComputeMeter
-from esper.training.governor import Governor
+from esper.training.governor import Governor, GovernorStopError
+from esper.training.ledger import EpisodeResult, EpochRecord
 from esper.training.loop import (
     Batch,
     EpochMetrics,
@@ -65,11 +68,10 @@ from esper.training.signals import SignalTracker
 __all__ = [
     "NON_FINITE_SEED",
     "EpisodeData",
-    "EpisodeResult",
     "EpisodeRunner",
-    "EpochRecord",
     "Observation",
     "ScriptedController",
+    "Stop",
     "run_episode",
 ]
 
@@ -102,69 +104,14 @@ class Observation:
 
 
 @dataclass(frozen=True)
-class EpochRecord:
-    """Everything that happened in one epoch, in the order it happened."""
+class Stop:
+    """How an episode the governor stopped early ended (`EpisodeRunner.stop`)."""
 
-    epoch: int
-    train: EpochMetrics
-    val: EvalMetrics
-    rollback: str | None
-    contributions: Mapping[str, Contribution]
-    """Per slot whose seed was measured this epoch: its paired counterfactual."""
-    action: FactoredAction
-    outcome: str
-    """"applied", or why the action was refused."""
+    reason: str
+    accuracy: float
+    """Validation accuracy of the model the run ends with (its last good snapshot)."""
     reward: RewardTerms
-    stages: Mapping[str, SeedStage]
-    alphas: Mapping[str, float]
-    train_flops: float
-    """FLOPs of this epoch's training steps (forward and backward)."""
-    eval_flops: float
-    """FLOPs of this epoch's evaluation passes, counterfactual branches included."""
-    params: int
-    """Trainable parameters at the end of the epoch (host and every seed)."""
-    seconds: float
-    """Wall time of the epoch, from the start of training to the end of `apply`."""
-
-
-@dataclass(frozen=True)
-class EpisodeResult:
-    """The outcome of one episode. ``action_counts`` are keyed by op, named only when
-    serialised (`to_json`)."""
-
-    final_accuracy: float
-    best_accuracy: float
-    action_counts: Mapping[LifecycleOp, int]
-    rewards: tuple[float, ...]
-    """Per epoch, epoch 1 first; the last holds the terminal bonus."""
-    history: tuple[EpochRecord, ...]
-    seeds_germinated: int
-    seeds_fossilized: int
-    seeds_culled: int
-    host_params: int
-    seed_params: int
-    wall_seconds: float
-    train_flops: float
-    """Training FLOPs of the whole episode."""
-    eval_flops: float
-    """Evaluation FLOPs of the whole episode, counterfactuals included."""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "final_accuracy": self.final_accuracy,
-            "best_accuracy": self.best_accuracy,
-            "action_counts": {op.name: n for op, n in self.action_counts.items()},
-            "total_reward": sum(self.rewards),
-            "rewards": list(self.rewards),
-            "seeds_germinated": self.seeds_germinated,
-            "seeds_fossilized": self.seeds_fossilized,
-            "seeds_culled": self.seeds_culled,
-            "host_params": self.host_params,
-            "seed_params": self.seed_params,
-            "wall_seconds": self.wall_seconds,
-            "train_flops": self.train_flops,
-            "eval_flops": self.eval_flops,
-        }
+    """The reward of the step into the stop (`esper.training.reward.epoch_reward`)."""
 
 
 @dataclass
@@ -230,13 +177,17 @@ class EpisodeRunner:
             data.task_type,
         )
         self._pending: _Measured | None = None
+        self.stop: Stop | None = None
+        """Set when the governor stopped the episode early."""
         self._started = time.perf_counter()
         self._elapsed_before = 0.0  # wall time of earlier processes, for resumed runs
         self.governor.passed(0, 0.0, model.state_dict(), self.optimizers.state_dict())
 
     @property
     def done(self) -> bool:
-        return self.epoch >= self.config.epochs and self._pending is None
+        """Every epoch trained and applied, or the governor stopped the episode."""
+        finished = self.epoch >= self.config.epochs and self._pending is None
+        return finished or self.stop is not None
 
     # ------------------------------------------------------------ phase 1
 
@@ -244,18 +195,40 @@ class EpisodeRunner:
         """Train and measure epoch ``self.epoch + 1``; return what the controller sees.
 
         Raises `esper.training.governor.GovernorStopError` when this epoch's rollback is one
-        too many in a row; the runner is then finished (the model holds the snapshot).
+        too many in a row; the runner is then finished (the model holds the snapshot, and
+        `stop` says what the episode ended with).
         """
         if self._pending is not None:
             raise RuntimeError("observe() called twice without apply()")
-        if self.epoch >= self.config.epochs:
+        if self.done:
             raise RuntimeError("the episode is over")
         started = time.perf_counter()
         self.epoch += 1
         optim = self.config.optim
         self.optimizers.set_lr_scale(lr_factor(optim.lr_schedule, self.epoch, self.config.epochs))
+        train_flops = self.compute.train_per_item(self.model)
+        train = self._train_epoch()
+        train_flops *= train.samples
+        val, eval_flops, rollback = self._measure(train, train_flops)
+        for sid, measured in val.contributions.items():
+            self.model.slot(sid).record(contribution=measured.pp, contribution_se=measured.se)
+        reward = self._reward(train, val, train_flops + eval_flops)
+        self._pending = _Measured(train, val, rollback, train_flops, eval_flops, reward, started)
+        signals = self.tracker.update(
+            self.epoch,
+            train.loss,
+            train.accuracy,
+            val.loss,
+            val.accuracy,
+            self.model.host_params,
+            self.model.active_seed_params,
+            host_train_flops=self.compute.host_train,
+        )
+        return Observation(signals, self.reports(), reward)
+
+    def _train_epoch(self) -> EpochMetrics:
+        """One epoch of the batch loop; record each seed's gradients, cull broken seeds."""
         cfg = self.config.training
-        train_per_item = self.compute.train_per_item(self.model)
         train = train_one_epoch(
             self.model,
             self.data.train_batches(self.epoch),
@@ -270,55 +243,49 @@ class EpisodeRunner:
         )
         for sid, stats in train.seed_gradients.items():
             self.model.slot(sid).record(gradient_ratio=stats.ratio)
-            self.telemetry.emit(
-                ev.GradientStats(
-                    self.epoch,
-                    sid,
-                    stats.mean_norm,
-                    stats.max_norm,
-                    stats.min_norm,
-                    stats.vanishing_batches,
-                    stats.exploding_batches,
-                    stats.ratio,
-                )
-            )
+            self.telemetry.emit(ev.SeedGradients(self.epoch, sid, stats))
         self._cull_non_finite_seeds(train)
+        return train
+
+    def _measure(
+        self, train: EpochMetrics, train_flops: float
+    ) -> tuple[EvalMetrics, float, str | None]:
+        """Validation and the governor's check (rollback and re-evaluation if it fails):
+        the metrics, their FLOPs and the rollback's reason. A rollback one too many in a
+        row stops the episode (`GovernorStopError`, after setting `stop`)."""
         val, eval_flops = self._evaluate()
         rollback = self.governor.check(val.loss, val.accuracy)
-        if rollback is not None:
-            self._roll_back(rollback, val.loss)
-            self.governor.failed(self.epoch, rollback)  # raises GovernorStopError when persistent
-            val, again = self._evaluate()
-            eval_flops += again
-        else:
+        if rollback is None:
             self.governor.passed(
                 self.epoch, val.accuracy, self.model.state_dict(), self.optimizers.state_dict()
             )
-        for sid, measured in val.contributions.items():
-            self.model.slot(sid).record(contribution=measured.pp, contribution_se=measured.se)
-        train_flops = train_per_item * train.samples
+            return val, eval_flops, None
+        self._roll_back(rollback, val.loss)
+        val, again = self._evaluate()  # the model the run goes on (or ends) with
+        eval_flops += again
+        try:
+            self.governor.failed(self.epoch, rollback)
+        except GovernorStopError as error:
+            reward = self._reward(train, val, train_flops + eval_flops, stopped=True)
+            self.stop = Stop(str(error), val.accuracy, reward)
+            raise
+        return val, eval_flops, rollback
+
+    def _reward(
+        self, train: EpochMetrics, val: EvalMetrics, spent: float, stopped: bool = False
+    ) -> RewardTerms:
+        """The reward for reaching this epoch (`esper.training.reward.epoch_reward`)."""
         static = self.compute.host_train * train.samples + self.compute.host_eval * val.samples
-        reward = epoch_reward(
+        return epoch_reward(
             self.records[-1].val.accuracy if self.records else None,
             val.accuracy,
-            train_flops + eval_flops,
+            spent,
             static,
             self.epoch,
             self.config.epochs,
             self.config.reward,
+            stopped=stopped,
         )
-        self._pending = _Measured(train, val, rollback, train_flops, eval_flops, reward, started)
-        signals = self.tracker.update(
-            self.epoch,
-            train.loss,
-            train.accuracy,
-            val.loss,
-            val.accuracy,
-            self.model.host_params,
-            self.model.active_seed_params,
-            host_train_flops=self.compute.host_train,
-        )
-        return Observation(signals, self.reports(), reward)
 
     def _measured_slots(self) -> list[str]:
         """Slots whose seed's counterfactual is measured this epoch: seeds on probation
@@ -435,16 +402,16 @@ class EpisodeRunner:
 
     # ------------------------------------------------------------ phase 2
 
-    def apply(self, action: FactoredAction, reason: str = "") -> EpochRecord:
-        """Apply the controller's action, tick the lifecycle, record the epoch.
-
-        ``reason`` is why the controller chose it; a cull's events carry it."""
+    def apply(self, decision: Decision) -> EpochRecord:
+        """Apply the controller's decision, tick the lifecycle, record the epoch (the
+        record's `EpochRecord.event` goes to every sink). The decision's reason is in
+        the record, and a cull's events carry it."""
         if self._pending is None:
             raise RuntimeError("apply() called before observe()")
         measured, self._pending = self._pending, None
-        val = measured.val
+        action, val = decision.action, measured.val
         self.counts[action.op] += 1
-        outcome = self._execute(action, val.accuracy, reason)
+        outcome = self._execute(action, val.accuracy, decision.reason)
         self._tick(val.accuracy)
         self.optimizers.sync(self.model)
         self.optimizers.check_ownership(self.model)
@@ -453,20 +420,40 @@ class EpisodeRunner:
             train=measured.train,
             val=val,
             rollback=measured.rollback,
-            contributions=val.contributions,
-            action=action,
+            decision=decision,
             outcome=outcome,
             reward=measured.reward,
-            stages=self.model.stages(),
-            alphas={s.slot_id: s.alpha for s in self.model.slots()},
+            slots=self._slot_snapshots(measured),
+            host_params=self.model.host_params,
+            seed_params=self.model.active_seed_params,
+            germinated=self.germinated,
+            fossilized=self.fossilized,
+            culled=self.culled,
             train_flops=measured.train_flops,
             eval_flops=measured.eval_flops,
-            params=self.model.total_params,
+            wall_seconds=self.wall_seconds,
             seconds=time.perf_counter() - measured.started,
         )
         self.records.append(record)
-        self._emit_epoch(record)
+        self.telemetry.emit(record.event())
         return record
+
+    def _slot_snapshots(self, measured: _Measured) -> dict[str, ev.SlotSnapshot]:
+        """Every slot at the end of the epoch, with what this epoch measured of its seed."""
+        snapshots = {}
+        for slot in self.model.slots():
+            contribution = measured.val.contributions.get(slot.slot_id)
+            gradients = measured.train.seed_gradients.get(slot.slot_id)
+            snapshots[slot.slot_id] = ev.SlotSnapshot(
+                stage=slot.stage,
+                blueprint=slot.state.blueprint_id,
+                alpha=slot.alpha,
+                contribution=None if contribution is None else contribution.pp,
+                params=slot.seed_param_count(),
+                contribution_se=None if contribution is None else contribution.se,
+                gradient_ratio=None if gradients is None else gradients.ratio,
+            )
+        return snapshots
 
     def _execute(self, action: FactoredAction, accuracy: float, reason: str) -> str:
         if action.op is LifecycleOp.WAIT:
@@ -585,32 +572,6 @@ class EpisodeRunner:
             )
         )
 
-    def _emit_epoch(self, record: EpochRecord) -> None:
-        seeds = tuple(
-            ev.SlotSnapshot(
-                s.slot_id,
-                s.stage,
-                s.state.blueprint_id,
-                s.alpha,
-                s.state.contribution,
-                s.state.gradient_ratio,
-            )
-            for s in self.model.slots()
-        )
-        action = record.action.op.name + (f" {record.action.slot}" if record.action.slot else "")
-        self.telemetry.emit(
-            ev.EpochCompleted(
-                record.epoch,
-                record.train.loss,
-                record.train.accuracy,
-                record.val.loss,
-                record.val.accuracy,
-                action,
-                record.reward.total,
-                seeds,
-            )
-        )
-
     # ------------------------------------------------------------ checkpointing
 
     @property
@@ -682,8 +643,10 @@ class ScriptedController:
     def __init__(self, schedule: Mapping[int, FactoredAction]) -> None:
         self.schedule = dict(schedule)
 
-    def decide(self, signals: TrainingSignals, slots: Iterable[SlotReport]) -> FactoredAction:
-        return self.schedule.get(signals.epoch, FactoredAction.wait())
+    def decide(self, signals: TrainingSignals, slots: Iterable[SlotReport]) -> Decision:
+        if signals.epoch in self.schedule:
+            return Decision(self.schedule[signals.epoch], f"scheduled for epoch {signals.epoch}")
+        return Decision(FactoredAction.wait(), "nothing scheduled")
 
 
 def run_episode(runner: EpisodeRunner, controller: Controller) -> EpisodeResult:

@@ -10,7 +10,6 @@ per batch would force a host-device sync on every step.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -19,9 +18,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from esper.contracts import Contribution, TaskType
+from esper.contracts import Contribution, GradientStats, TaskType
 from esper.lifecycle import SeedStage
 from esper.model.morphogenetic import MorphogeneticModel
 from esper.training.optim import OptimizerSet
@@ -33,14 +31,10 @@ __all__ = [
     "Batch",
     "EpochMetrics",
     "EvalMetrics",
-    "GradientStats",
     "TrainStep",
     "compiled_train_step",
     "compute_task_loss_with_metrics",
-    "eval_flops",
     "evaluate",
-    "module_flops",
-    "train_flops",
     "train_one_epoch",
 ]
 
@@ -131,21 +125,6 @@ def compiled_train_step(
 ) -> tuple[Tensor, Tensor, int]:
     """One forward + loss through ``step`` (compiled or eager): (loss, correct, count)."""
     return step(model, inputs, targets, criterion, task_type)
-
-
-@dataclass(frozen=True)
-class GradientStats:
-    """One seed's gradients over every batch of an epoch (pre-clip L2 norms)."""
-
-    batches: int
-    mean_norm: float
-    max_norm: float
-    min_norm: float
-    vanishing_batches: int
-    exploding_batches: int
-    ratio: float
-    """Mean over batches of (seed norm / host norm) * sqrt(host params / seed params):
-    per-parameter gradient intensity of the seed relative to the host. Gate G2 reads it."""
 
 
 @dataclass(frozen=True)
@@ -364,62 +343,3 @@ def evaluate(
         samples=totals.samples,
         contributions=flips.read(totals.samples),
     )
-
-
-# ---------------------------------------------------------------- FLOPs of the loop's steps
-#
-# Counted by torch's FlopCounterMode on a probe batch: matrix multiplications,
-# convolutions and attention, forward and backward, 2 FLOPs per multiply-add. Results
-# are per scored item (sample, or token for language models), so callers multiply by the
-# items a pass scored.
-
-
-def train_flops(model: nn.Module, batch: Batch, criterion: nn.Module, task_type: TaskType) -> float:
-    """FLOPs per scored item of one training step's forward and backward on ``model``.
-
-    Runs on a copy: a training-mode forward would move BatchNorm statistics, and the
-    backward would leave gradients, in the model being measured.
-    """
-    inputs, targets = batch
-    probe = copy.deepcopy(model).train()
-    with FlopCounterMode(display=False) as counter:
-        loss, _, count = _forward_loss(probe, inputs, targets, criterion, task_type)
-        loss.backward()  # type: ignore[no-untyped-call]
-    return float(counter.get_total_flops()) / count
-
-
-@torch.no_grad()
-def eval_flops(
-    model: nn.Module,
-    batch: Batch,
-    criterion: nn.Module,
-    task_type: TaskType,
-    counterfactual: Sequence[str] = (),
-) -> float:
-    """FLOPs per scored item of one `evaluate` step, counterfactual branches included
-    (``counterfactual`` needs a `MorphogeneticModel`; any module can be counted without)."""
-    inputs, targets = batch
-    was_training = model.training
-    model.eval()
-    try:
-        with FlopCounterMode(display=False) as counter:
-            if counterfactual:
-                assert isinstance(model, MorphogeneticModel)
-                model.forward_counterfactual(inputs, counterfactual)
-            else:
-                model(inputs)
-    finally:
-        model.train(was_training)
-    return float(counter.get_total_flops()) / targets.numel()
-
-
-def module_flops(module: nn.Module, features: Tensor) -> tuple[float, float]:
-    """(training, evaluation) FLOPs of ``module`` on ``features`` ``[1, ...]``: forward and
-    backward (gradients for its parameters and its input), and forward alone."""
-    x = features.detach().clone().requires_grad_(True)
-    with FlopCounterMode(display=False) as counter:
-        out = module(x)
-    forward = counter.get_total_flops()
-    with FlopCounterMode(display=False) as counter:
-        out.sum().backward()
-    return float(forward + counter.get_total_flops()), float(forward)

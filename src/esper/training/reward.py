@@ -17,6 +17,9 @@ reward for *reaching* epoch ``t`` (the action taken after epoch ``t - 1`` led th
   to ``-Phi(first state)``, whatever the controller did: it speeds learning up without
   changing which policy is best. Nothing is paid on reaching epoch 1 (no action led there).
 
+An episode the governor stops early ends like any other (`epoch_reward` with
+``stopped``): the shaping is paid back and the final accuracy paid for.
+
 Each term is a small pure function of numbers the episode measured.
 """
 
@@ -79,16 +82,25 @@ def epoch_reward(
     epoch: int,
     epochs: int,
     config: RewardConfig,
+    *,
+    stopped: bool = False,
 ) -> RewardTerms:
     """The reward for reaching ``epoch`` (1-based) of ``epochs``.
 
+    An episode ends on its last epoch, or earlier when it is ``stopped`` (the governor
+    met a fault that rolling back does not fix): the step into a stop pays what any end
+    pays, the shaping back (``-Phi`` of the state it left: the shaping still sums to
+    ``-Phi(start)``) and the terminal reward of ``accuracy``, the accuracy the run ends
+    with, plus the compute the failed epoch spent.
+
     Args:
         previous_accuracy: validation accuracy after the previous epoch (None on epoch 1).
-        accuracy: validation accuracy after this epoch.
+        accuracy: validation accuracy after this epoch (after a stop: of the model the
+            run ends with, its last good snapshot).
         spent_flops: training and evaluation FLOPs this epoch spent.
         static_flops: what the static host would have spent on the same epoch.
     """
-    ended = epoch == epochs
+    ended = stopped or epoch == epochs
     return RewardTerms(
         shaping=0.0
         if previous_accuracy is None

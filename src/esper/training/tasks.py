@@ -5,25 +5,27 @@ a spec; nothing else changes.
 
 This module is the catalogue and imports no torch, so that ``esper --help`` lists the
 tasks at once: a spec names its data loader by import path (``module:function``), and
-`esper.training.builders` loads the data and builds the model when a run needs them.
+`esper.training.builders` loads the data and builds the episode when a run needs them.
+`run_config` is the one resolution of a run's configuration from layers of plain data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from esper.config import EpisodeConfig, OptimConfig
+from esper.config import EpisodeConfig, OptimConfig, RunConfig, from_dict, merge, to_dict
 from esper.contracts import TaskType, Topology
+from esper.controller.registry import get_controller
 from esper.lifecycle import LifecycleConfig
 from esper.registry import Registry
 
 if TYPE_CHECKING:
     from esper.data import SplitData
 
-__all__ = ["LM_BLOCK", "TASKS", "TaskOptions", "TaskSpec", "get_task"]
+__all__ = ["LM_BLOCK", "TASKS", "TaskOptions", "TaskSpec", "get_task", "run_config"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class TaskSpec:
         """An episode configuration with this task's epochs, optimizer and gates."""
         return EpisodeConfig(epochs=self.epochs, optim=self.optim, lifecycle=self.lifecycle)
 
+    def run_defaults(self) -> RunConfig:
+        """A run of this task with its own batch size, epochs, optimizer and gates."""
+        return RunConfig(task=self.name, batch_size=self.batch_size, episode=self.default_config())
+
 
 TASKS: Registry[TaskSpec] = Registry("task")
 
@@ -69,6 +75,19 @@ TASKS: Registry[TaskSpec] = Registry("task")
 def get_task(name: str) -> TaskSpec:
     """The task ``name``; unknown names raise an error listing the valid tasks."""
     return TASKS.get(name)
+
+
+def run_config(*layers: Mapping[str, Any]) -> RunConfig:
+    """The one resolution of a run's configuration, for every command and the RL
+    environment: the task's defaults (`TaskSpec.run_defaults`), then each of ``layers``
+    (plain data: a policy's training environment, a ``--config`` file, flags) merged in
+    order (`esper.config.merge`), strictly validated (`esper.config.from_dict`), as its
+    controller needs it (`esper.controller.ControllerSpec.configure`). The task is the
+    last layer's that names one (digits if none does)."""
+    named = [str(layer["task"]) for layer in layers if layer.get("task") is not None]
+    spec = get_task(named[-1] if named else "digits")
+    config: RunConfig = from_dict(RunConfig, merge(to_dict(spec.run_defaults()), *layers))
+    return get_controller(config.controller).configure(config)
 
 
 def _widths(base: Sequence[int], multiplier: float) -> tuple[int, ...]:

@@ -27,13 +27,14 @@ from textual.widget import Widget
 from textual.widgets import ContentSwitcher, Footer, Header, Static
 from textual_plotext import PlotextPlot
 
+from esper.lifecycle import SeedStage
 from esper.telemetry.events import (
     EpochCompleted,
     Event,
     GovernorRollback,
-    GradientStats,
+    SeedGradients,
 )
-from esper.telemetry.report import STAGE_COLOURS, EpochRow, format_flops
+from esper.telemetry.report import STAGE_COLOURS, format_flops
 from esper.telemetry.sinks import event_style, format_event
 from esper.telemetry.updates import UpdateRow
 from esper.watch.files import Kind, NotARunError, RunFiles, TrainingFiles, classify
@@ -69,7 +70,7 @@ def band_cells(epochs: int, width: int) -> list[int]:
     return [math.ceil((index + 1) * epochs / width) for index in range(width)]
 
 
-def slot_band(rows: Sequence[EpochRow], slot_id: str, cells: Sequence[int]) -> Text:
+def slot_band(rows: Sequence[EpochCompleted], slot_id: str, cells: Sequence[int]) -> Text:
     """One slot's band: each cell coloured by the slot's stage at its epoch, its height
     the alpha; dormant epochs blank, epochs still to come dotted."""
     by_epoch = {row.epoch: row for row in rows}
@@ -109,10 +110,10 @@ def _axis(cells: Sequence[int], indent: int) -> Text:
     return Text(" " * indent + "".join(line).rstrip(), style="grey62")
 
 
-def _latest_contribution(rows: Sequence[EpochRow], slot_id: str) -> str:
+def _latest_contribution(rows: Sequence[EpochCompleted], slot_id: str) -> str:
     for row in reversed(rows):
         slot = row.slots.get(slot_id)
-        if slot is None or slot.stage == "DORMANT":
+        if slot is None or slot.stage is SeedStage.DORMANT:
             return ""
         if slot.contribution is not None:
             se = f"±{slot.contribution_se:.1f}" if slot.contribution_se is not None else ""
@@ -120,25 +121,25 @@ def _latest_contribution(rows: Sequence[EpochRow], slot_id: str) -> str:
     return ""
 
 
-def _slot_detail(rows: Sequence[EpochRow], slot_id: str) -> Text:
+def _slot_detail(rows: Sequence[EpochCompleted], slot_id: str) -> Text:
     slot = rows[-1].slots.get(slot_id) if rows else None
-    if slot is None or slot.stage == "DORMANT":
+    if slot is None or slot.stage is SeedStage.DORMANT:
         return Text("dormant", style="grey50")
     colour = STAGE_COLOURS.get(slot.stage, "")
-    text = Text(slot.stage.lower(), style=f"bold {colour}")
+    text = Text(slot.stage.name.lower(), style=f"bold {colour}")
     text.append(f" {slot.blueprint or ''} α{slot.alpha:.2f}")
     text.append(_latest_contribution(rows, slot_id))
     text.append(f" {slot.params:,} params", style="grey62")
     return text
 
 
-def _legend(rows: Sequence[EpochRow]) -> Text:
+def _legend(rows: Sequence[EpochCompleted]) -> Text:
     used = {s.stage for r in rows for s in r.slots.values()}
     text = Text("stage: ", style="grey62")
     for stage, colour in STAGE_COLOURS.items():
         if stage in used:
             text.append("█", style=colour)
-            text.append(f" {stage.lower()}  ")
+            text.append(f" {stage.name.lower()}  ")
     text.append("· to come   bar height = alpha", style="grey62")
     return text
 
@@ -148,7 +149,7 @@ def event_lines(events: Sequence[Event], slot: str | None) -> list[Text]:
     gradient statistics), optionally only those about ``slot``."""
     lines = []
     for event in events:
-        if isinstance(event, EpochCompleted | GradientStats):
+        if isinstance(event, EpochCompleted | SeedGradients):
             continue
         if slot is not None:
             about = getattr(event, "slot", None)
@@ -173,7 +174,7 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def compute_table(rows: Sequence[EpochRow], planned: int | None) -> Table:
+def compute_table(rows: Sequence[EpochCompleted], planned: int | None) -> Table:
     """Compute so far: FLOPs, time, parameters, seeds, rollbacks and accuracy."""
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
@@ -220,14 +221,18 @@ class SlotBands(Widget):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.rows: list[EpochRow] = []
+        self.rows: list[EpochCompleted] = []
         self.slot_ids: list[str] = []
         self.planned: int | None = None
         self.selected: str | None = None
         self.border_title = "slots"
 
     def show(
-        self, rows: list[EpochRow], slot_ids: list[str], planned: int | None, selected: str | None
+        self,
+        rows: list[EpochCompleted],
+        slot_ids: list[str],
+        planned: int | None,
+        selected: str | None,
     ) -> None:
         self.rows, self.slot_ids, self.planned, self.selected = rows, slot_ids, planned, selected
         self.border_title = "slots" + (f": {selected} picked (0: all)" if selected else "")

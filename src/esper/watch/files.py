@@ -20,8 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from esper.telemetry.events import Event, RunFinished, event_from_dict
-from esper.telemetry.report import EpochRow, parse_row
+from esper.telemetry.events import EpochCompleted, Event, RunFinished, event_from_dict, parse_row
 from esper.telemetry.updates import UPDATES_FILE, UpdateRow, parse_update
 
 __all__ = [
@@ -210,7 +209,7 @@ class RunFiles:
 
     path: Path
     config: dict[str, Any] | None = None
-    history: RecordTail[EpochRow] = field(init=False)
+    history: RecordTail[EpochCompleted] = field(init=False)
     events: RecordTail[Event] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -228,7 +227,7 @@ class RunFiles:
         return changed
 
     @property
-    def rows(self) -> list[EpochRow]:
+    def rows(self) -> list[EpochCompleted]:
         return self.history.records
 
     @property

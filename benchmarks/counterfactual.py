@@ -38,20 +38,17 @@ import torch
 from torch import nn
 
 from benchmarks.common import write_result
-from esper.config import HeuristicConfig
+from esper.config import shortcuts
 from esper.contracts import TaskType
-from esper.controller.heuristic import HeuristicController
 from esper.data import SplitData
 from esper.data.arrays import image_split
 from esper.lifecycle import SeedStage, transition
 from esper.model import MorphogeneticModel
-from esper.model.blueprints import blueprint_names
 from esper.training.batches import SplitBatches
-from esper.training.builders import build_model, load_data
+from esper.training.builders import build_episode, build_model, build_run_controller, load_data
 from esper.training.compute import eval_flops
-from esper.training.episode import EpisodeRunner
 from esper.training.loop import Batch, evaluate
-from esper.training.tasks import TaskOptions, TaskSpec, get_task
+from esper.training.tasks import TaskOptions, TaskSpec, get_task, run_config
 
 TARGET = 0.5
 SHAPES = {"cifar10": (3, 32, 32), "digits": (1, 8, 8)}
@@ -105,20 +102,13 @@ def _episode_cost(
 ) -> dict[str, Any]:
     """One heuristic episode measuring in ``mode``: what its counterfactuals cost, in
     FLOPs and in wall time (each epoch's validation timed again with and without them)."""
-    base = spec.default_config()
-    training = dataclasses.replace(
-        base.training,
-        max_batches=args.max_batches,
-        max_val_batches=args.max_val_batches,
-        counterfactuals=mode,
-    )
-    config = dataclasses.replace(base, epochs=args.epochs, seed=0, training=training)
-    torch.manual_seed(0)
-    model = build_model(spec, split, lifecycle=config.lifecycle)
-    data = SplitBatches(split, spec.batch_size, seed=0, augment=spec.augment)
-    runner = EpisodeRunner(model, data, config)
-    names = blueprint_names(spec.topology)
-    controller = HeuristicController(names, HeuristicConfig(), config.lifecycle)
+    settings = {"epochs": args.epochs, "seed": 0, "max_batches": args.max_batches}
+    settings["max_val_batches"] = args.max_val_batches
+    mode_layer = {"episode": {"training": {"counterfactuals": mode}}}
+    config = run_config({"task": spec.name}, shortcuts(settings), mode_layer)
+    runner = build_episode(config, split)
+    model, data = runner.model, runner.data
+    controller = build_run_controller(config, runner)
     loss = nn.CrossEntropyLoss()
     cpu = torch.device("cpu")
     totals = dict.fromkeys(

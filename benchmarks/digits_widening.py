@@ -28,16 +28,13 @@ from torch import nn
 
 from benchmarks.common import mean_ci, write_result
 from esper.arms import parse_seeds
-from esper.config import HeuristicConfig
-from esper.contracts import Controller, Topology
-from esper.controller.heuristic import HeuristicController
-from esper.controller.static import StaticController
+from esper.config import HeuristicConfig, to_dict
+from esper.contracts import Topology
 from esper.data import SplitData, load_digits
 from esper.model.blueprints import Residual, blueprint_names, group_count, register_blueprint
-from esper.training.batches import SplitBatches
-from esper.training.builders import build_model
-from esper.training.episode import EpisodeRunner, run_episode
-from esper.training.tasks import get_task
+from esper.training.builders import build_episode, build_run_controller
+from esper.training.episode import run_episode
+from esper.training.tasks import TASKS, get_task, run_config
 
 EXPANSION = 4
 
@@ -86,19 +83,25 @@ ARMS: dict[str, tuple[tuple[int, ...], HeuristicConfig | None]] = {
 def _run(
     split: SplitData, widths: tuple[int, ...], heuristic: HeuristicConfig | None, seed: int
 ) -> Any:
-    task = get_task("digits")
-    spec = dataclasses.replace(
-        task, host_kwargs=lambda s, m: {**task.host_kwargs(s, m), "widths": widths}
-    )
-    config = dataclasses.replace(spec.default_config(), seed=seed)
-    torch.manual_seed(seed)
-    model = build_model(spec, split, lifecycle=config.lifecycle)
-    data = SplitBatches(split, spec.batch_size, seed)
-    controller: Controller = StaticController()
+    """One digits run on a host of these block ``widths``: a task of its own, registered
+    once, built like every episode (`build_episode`); the heuristic grows it if given."""
+    name = "digits@" + "-".join(map(str, widths))
+    if name not in TASKS:
+        task = get_task("digits")
+        kwargs = task.host_kwargs
+        TASKS.add(
+            name,
+            dataclasses.replace(
+                task, name=name, host_kwargs=lambda s, m: {**kwargs(s, m), "widths": widths}
+            ),
+        )
+    controller = "baseline" if heuristic is None else "heuristic"
+    layers: dict[str, Any] = {"task": name, "controller": controller, "episode": {"seed": seed}}
     if heuristic is not None:
-        names = blueprint_names(spec.topology)
-        controller = HeuristicController(names, heuristic, config.lifecycle)
-    return run_episode(EpisodeRunner(model, data, config), controller)
+        layers["heuristic"] = to_dict(heuristic)
+    config = run_config(layers)
+    runner = build_episode(config, split)
+    return run_episode(runner, build_run_controller(config, runner))
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import esper
 import esper.run
 from esper.cli import main
 from esper.config import RunConfig, from_dict
+from esper.controller import CONTROLLERS
 from esper.lifecycle import LIVE_STAGES, SeedStage
 from esper.rundir import read_checkpoint
 from esper.telemetry import (
@@ -431,14 +432,16 @@ def test_top_level_help_lists_commands_and_tasks(capsys: pytest.CaptureFixture[s
         assert re.search(rf"^\s+{task}\s", text, re.MULTILINE), task
 
 
-@pytest.mark.parametrize("command", ["heuristic", "baseline"])
-def test_run_commands_document_every_common_flag(
+@pytest.mark.parametrize("command", [" ".join(s.command) for _, s in CONTROLLERS.items()])
+def test_every_controller_has_a_command_with_every_common_flag(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    text = _help(capsys, command)
-    for flag in COMMON_FLAGS:
+    # One registration in esper.controller gives a controller its command.
+    text = _help(capsys, *command.split())
+    for flag in (*COMMON_FLAGS, "--width-multiplier"):
         assert flag in text, flag
-    assert ("--width-multiplier" in text) == (command == "baseline")
+    needs_policy = any(s.needs_policy for _, s in CONTROLLERS.items() if s.command_line == command)
+    assert ("--policy" in text) == needs_policy
 
 
 @pytest.mark.parametrize(

@@ -82,7 +82,7 @@ def test_an_illegal_action_is_applied_as_wait_and_info_says_so(env: Morphogenesi
     assert infos[2]["action"] == "WAIT" and "GERMINATE is not legal in r0c2" in infos[2]["illegal"]
     record = infos[1]["record"]
     assert record["epoch"] == 2 and record["outcome"] == "applied"
-    assert record["action"]["op"] == GERMINATE
+    assert record["decision"]["action"]["op"] == GERMINATE
 
 
 def test_the_episode_is_the_runners_and_terminates_on_the_last_epoch(
@@ -134,7 +134,7 @@ def test_following_the_demonstrations_replays_the_heuristics_run() -> None:
     while not done:
         _, _, done, _, info = env.step(info["demonstration"])
         assert not info["illegal"]  # the heuristic only does what is legal
-        taken.append(info["record"]["action"])
+        taken.append(info["record"]["decision"]["action"])
     assert any(a["op"] == GERMINATE for a in taken)  # the heuristic grew: a real test
     heuristic = HeuristicController(
         env.blueprints, env.config.heuristic, env.config.episode.lifecycle
@@ -143,3 +143,27 @@ def test_following_the_demonstrations_replays_the_heuristics_run() -> None:
     # The same decisions (the env closes the last epoch with WAIT), the same accuracy.
     assert taken == [to_dict(r.action) for r in run.history[:-1]]
     assert info["final_accuracy"] == run.final_accuracy
+
+
+def test_a_run_the_governor_stops_ends_the_episode_and_pays_like_an_end() -> None:
+    # Every epoch fails the governor's check (a loss limit no model meets), so the third
+    # rollback in a row stops the run. The step into the stop is terminal and pays the
+    # shaping back: over the episode it sums to -Phi(first state), as in any episode,
+    # and the final accuracy at the stop is paid for (a stop is never a shortcut).
+    failing = {"episode": {"governor": {"loss_multiplier": 1e-6}}}
+    env = MorphogenesisEnv(config=failing, **SHORT)
+    env.reset(seed=2)
+    wait = np.zeros(4, dtype=np.int64)
+    steps = [env.step(wait) for _ in range(2)]
+    (_, _, ended, _, first), (_, reward, stopped, truncated, last) = steps
+    assert not ended and stopped and not truncated
+    assert "rolled back 3 epochs in a row" in last["stopped"]
+    terms = [info["reward_terms"] for _, _, _, _, info in steps]
+    start = first["record"]["val"]["accuracy"]  # the state the first action was taken in
+    weights = env.config.episode.reward
+    assert sum(t["shaping"] for t in terms) == pytest.approx(-weights.shaping_weight * start)
+    assert terms[-1]["terminal"] == pytest.approx(weights.accuracy_weight * last["final_accuracy"])
+    assert reward == pytest.approx(sum(terms[-1].values()))
+    assert last["summary"]["final_accuracy"] == last["final_accuracy"]
+    with pytest.raises(RuntimeError, match="after the episode ended"):
+        env.step(wait)

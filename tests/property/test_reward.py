@@ -72,6 +72,36 @@ def test_shaping_telescopes_over_any_trajectory(
     assert discounted == pytest.approx(-potential(accuracies[0], False, config), abs=1e-9)
 
 
+@given(
+    accuracies=st.lists(st.floats(0.0, 100.0), min_size=2, max_size=40),
+    stop=st.integers(2, 40),
+    final=st.floats(0.0, 100.0),
+    gamma=st.floats(0.5, 1.0),
+)
+def test_shaping_telescopes_when_the_governor_stops_the_episode(
+    accuracies: list[float], stop: int, final: float, gamma: float
+) -> None:
+    # The governor stops the run at epoch `stop` (of more): the step into the stop pays
+    # the shaping back, so it still sums to -Phi(s_0), and pays the final accuracy.
+    config = RewardConfig(gamma=gamma)
+    epochs = len(accuracies) + 1
+    stop = min(stop, epochs - 1)
+    rewards = [
+        epoch_reward(
+            accuracies[t - 2] if t > 1 else None, accuracies[t - 1], 1.0, 1.0, t, epochs, config
+        )
+        for t in range(1, stop)
+    ]
+    rewards.append(
+        epoch_reward(accuracies[stop - 2], final, 3.0, 1.0, stop, epochs, config, stopped=True)
+    )
+    discounted = sum(gamma**k * r.shaping for k, r in enumerate(rewards[1:]))
+    assert discounted == pytest.approx(-potential(accuracies[0], False, config), abs=1e-9)
+    assert rewards[-1].terminal == pytest.approx(terminal_reward(final, config))
+    assert rewards[-1].compute == pytest.approx(compute_charge(3.0, 1.0, epochs, config))
+    assert all(r.terminal == 0.0 for r in rewards[:-1])
+
+
 def _episode(controller: str, seed: int = 3) -> EpisodeResult:
     task = get_task("digits")
     split = load_digits()

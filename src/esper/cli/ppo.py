@@ -9,14 +9,13 @@ import json
 import shlex
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from esper.cli.common import print_error
 from esper.cli.compare import open_pool, print_compare
-from esper.cli.runs import train_command
+from esper.cli.runs import read_config_file, train_command
 from esper.cluster import connected, import_ray
 from esper.compare import compare, parse_arms, parse_seeds, write_outputs
 from esper.config import RunConfig, to_dict
@@ -234,14 +233,7 @@ def _status(row: UpdateRow) -> str:
 
 
 def _resolve(args: argparse.Namespace) -> PPOTrainConfig:
-    file_data: dict[str, Any] = {}
-    if args.config is not None:
-        try:
-            file_data = json.loads(args.config.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise RunError(f"cannot read --config {args.config} ({error})") from None
-        if not isinstance(file_data, dict):
-            raise RunError(f"--config {args.config} must hold a JSON object")
+    file_data = read_config_file(args.config)
     run = {
         name: getattr(args, name)
         for name in ("task", "epochs", "max_batches", "max_val_batches", "data_dir", "text_file")

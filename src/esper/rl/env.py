@@ -269,8 +269,9 @@ def _describe(action: FactoredAction) -> str:
 
 
 def _plain(record: Any) -> dict[str, Any]:
-    """An `EpochRecord` as plain data, without its wall time (so that the same seed and
+    """An `EpochRecord` as plain data, without its wall times (so that the same seed and
     actions give the same info, as Gymnasium's determinism check demands)."""
     plain: dict[str, Any] = to_dict(record)
-    plain.pop("seconds", None)
+    for wall_time in ("seconds", "wall_seconds"):
+        plain.pop(wall_time, None)
     return plain

@@ -106,3 +106,18 @@ def test_no_import_inside_functions() -> None:
                         if name.startswith("esper") and (where, name) not in LAZY_FOR_START_UP:
                             lazy.append(f"{where}:{inner.lineno}")
     assert not lazy, f"esper imported inside a function: {lazy}"
+
+
+LONGEST_FUNCTION = 80
+"""Lines of the longest function src/ may hold: a function should read at once."""
+
+
+def test_no_function_is_too_long_to_read_at_once() -> None:
+    long = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > LONGEST_FUNCTION:
+                    long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({lines})")
+    assert not long, "functions over 80 lines:\n" + "\n".join(long)

@@ -76,6 +76,7 @@ def run_seed(seed: int, steps: int, config: PPOConfig) -> dict[str, Any]:
         "rollout_seconds": sum(r.rollout_seconds for r in records),
         "update_seconds": sum(r.update_seconds for r in records),
         "final_approx_kl": records[-1].stats.approx_kl,
+        "final_approx_kl_last": records[-1].stats.approx_kl_last,
     }
 
 
@@ -83,7 +84,8 @@ def _progress(seed: int, global_step: int, record: UpdateRecord) -> None:
     returns = [e.episode_return for e in record.episodes] or [float("nan")]
     print(
         f"seed {seed}  step {global_step:>7}  return {statistics.fmean(returns):6.1f}"
-        f"  approx_kl {record.stats.approx_kl:.4f}  clip {record.stats.clip_fraction:.3f}",
+        f"  approx_kl {record.stats.approx_kl:.4f} (last {record.stats.approx_kl_last:.4f})"
+        f"  clip {record.stats.clip_fraction:.3f}",
         flush=True,
     )
 

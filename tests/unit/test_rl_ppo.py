@@ -1,17 +1,20 @@
-"""The PPO update and iteration: ratios move after the first minibatch, target-KL stop,
-annealing; the discount set once."""
+"""The PPO update and iteration: ratios move after the first minibatch, the KL of the
+last minibatch, target-KL stop, annealing; the discount set once."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
+import math
 from pathlib import Path
 
 import gymnasium as gym
 import pytest
 import torch
 
+from esper.cli.ppo import _status
 from esper.config import ConfigError, from_dict, to_dict
 from esper.rl.buffer import RolloutBuffer
 from esper.rl.policy import ActorCritic, MLPPolicy, RecurrentFactoredPolicy
@@ -19,6 +22,8 @@ from esper.rl.ppo import PPOConfig, adam, annealed_lr, explained_variance, ppo_u
 from esper.rl.rollout import RolloutCollector
 from esper.rl.training import PPOTrainConfig, load_train_config, resolve_train_config
 from esper.rl.workers import EnvPool
+from esper.telemetry.tensorboard import update_scalars
+from esper.telemetry.updates import parse_update
 from tests.rl_envs import SPEC, CountingEnv, RandomMaskEnv, train
 
 GAMMA = 0.99
@@ -51,6 +56,9 @@ def test_ratios_move_after_the_first_minibatch(recurrent: bool) -> None:
     assert all(kl > 1e-7 for kl in stats.approx_kl_per_minibatch[1:])
     assert stats.ratio_min < 1 < stats.ratio_max
     assert max(stats.clip_fraction_per_minibatch) > 0
+    # The mean, with the first minibatch's 0 in it; and the last minibatch's alone.
+    assert stats.approx_kl == pytest.approx(sum(stats.approx_kl_per_minibatch) / 16)
+    assert stats.approx_kl_last == stats.approx_kl_per_minibatch[-1]
 
 
 def test_target_kl_stops_the_update() -> None:
@@ -58,6 +66,9 @@ def test_target_kl_stops_the_update() -> None:
     config = PPOConfig(learning_rate=3e-3, target_kl=1e-9)
     stats = ppo_update(policy, adam(policy, config), buffer, config, GAMMA)
     assert (stats.epochs, stats.minibatches, stats.stopped_early) == (1, 1, True)
+    # The last KL is the one that stopped the update: the policy after its one step.
+    assert stats.approx_kl == stats.approx_kl_per_minibatch[0] == pytest.approx(0, abs=1e-7)
+    assert stats.approx_kl_last > 1e-9
 
 
 def test_the_update_changes_the_policy_and_reports_finite_numbers() -> None:
@@ -67,7 +78,7 @@ def test_the_update_changes_the_policy_and_reports_finite_numbers() -> None:
     stats = ppo_update(policy, adam(policy, config), buffer, config, GAMMA)
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))
     numbers = [stats.policy_loss, stats.value_loss, stats.entropy, stats.approx_kl]
-    assert all(torch.isfinite(torch.tensor(numbers)))
+    assert all(torch.isfinite(torch.tensor([*numbers, stats.approx_kl_last])))
     assert stats.entropy > 0
 
 
@@ -137,6 +148,24 @@ def test_the_discount_is_set_once(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"differs from run\.episode\.reward\.gamma") as error:
         load_train_config(path)
     assert len(str(error.value).splitlines()) == 1
+
+
+OLD_ROW = (
+    '{"update": 1, "episodes": 8, "mean_return": -2.25, "mean_final_accuracy": 46.06, '
+    '"mean_added_params": 1476.0, "mean_seeds_kept": 0.0, "illegal_fraction": 0.0, '
+    '"learning_rate": 0.001, "policy_loss": -0.05, "value_loss": 3.66, "entropy": 1.86, '
+    '"approx_kl": 0.0177, "clip_fraction": 0.218, "ratio_min": 0.39, "ratio_max": 2.01, '
+    '"explained_variance": 0.0077, "rollout_seconds": 131.7, "update_seconds": 0.31}'
+)
+
+
+def test_the_last_minibatch_kl_is_recorded_beside_the_mean() -> None:
+    old = parse_update(OLD_ROW)  # written before approx_kl_last was: still reads
+    assert old.approx_kl == 0.0177 and math.isnan(old.approx_kl_last)
+    row = dataclasses.replace(old, approx_kl_last=0.0312)
+    assert parse_update(row.to_json()) == row
+    assert update_scalars(row)["ppo/approx_kl_last"] == 0.0312
+    assert "KL 0.0177 (last 0.0312)" in _status(row)
 
 
 def test_explained_variance() -> None:

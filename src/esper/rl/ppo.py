@@ -19,7 +19,8 @@ The discount is not a PPO hyperparameter here: the caller passes it (Esper's is
 
 Approximate KL and clip fraction are measured on every minibatch before its step: on the
 first minibatch the policy is still the rollout's, so its ratios are exactly 1; from the
-second on they move, which is what makes the clipping act.
+second on they move, which is what makes the clipping act. The mean over minibatches
+understates how far an update moved; the last minibatch's value (CleanRL's) says it.
 
 `clone_update` fits a policy to demonstrations (behaviour cloning), a warm start for PPO.
 
@@ -107,6 +108,9 @@ class UpdateStats:
     entropy: float
     approx_kl: float
     """Mean over minibatches of E[(r - 1) - log r] (Schulman's low-variance estimator)."""
+    approx_kl_last: float
+    """The same on the last minibatch measured (CleanRL's ``approx_kl``), after a target-KL
+    stop the one that stopped the update: how far the update had moved by its last step."""
     clip_fraction: float
     """Mean over minibatches of the fraction of ratios outside the clip range."""
     approx_kl_per_minibatch: tuple[float, ...]
@@ -164,7 +168,7 @@ def ppo_update(
             f"this rollout has {data.count} (use more environments or fewer minibatches)"
         )
     log: dict[str, list[float]] = {name: [] for name in _LOGGED}
-    epochs, stopped = 0, False
+    epochs, stopped, last_kl = 0, False, float("nan")
     while epochs < config.update_epochs and not stopped:
         epochs += 1
         order = torch.randperm(data.count, generator=generator).to(buffer.rewards.device)
@@ -176,20 +180,21 @@ def ppo_update(
             log_ratio = new.log_prob - batch.log_probs
             ratio = log_ratio.exp()
             with torch.no_grad():  # measured before this minibatch's step
-                approx_kl = float(((ratio - 1) - log_ratio).mean())
+                last_kl = float(((ratio - 1) - log_ratio).mean())
                 clip_fraction = float(((ratio - 1).abs() > config.clip_coef).float().mean())
-            if config.target_kl is not None and approx_kl > config.target_kl:
+            if config.target_kl is not None and last_kl > config.target_kl:
                 stopped = True
                 break
             loss, measured = _loss(new, ratio, batch, config)
             _gradient_step(policy, optimizer, loss, config.max_grad_norm)
-            for name, value in {**measured, "kl": approx_kl, "clip": clip_fraction}.items():
+            for name, value in {**measured, "kl": last_kl, "clip": clip_fraction}.items():
                 log[name].append(value)
     return UpdateStats(
         policy_loss=_mean(log["policy_loss"]),
         value_loss=_mean(log["value_loss"]),
         entropy=_mean(log["entropy"]),
         approx_kl=_mean(log["kl"]),
+        approx_kl_last=last_kl,
         clip_fraction=_mean(log["clip"]),
         approx_kl_per_minibatch=tuple(log["kl"]),
         clip_fraction_per_minibatch=tuple(log["clip"]),

@@ -358,6 +358,7 @@ def _row(update: int, episodes: int, iteration: UpdateRecord) -> UpdateRow:
         explained_variance=stats.explained_variance,
         rollout_seconds=iteration.rollout_seconds,
         update_seconds=iteration.update_seconds,
+        approx_kl_last=stats.approx_kl_last,
     )
 
 

@@ -57,7 +57,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class PPOConfig:
-    """PPO's hyperparameters; defaults are CleanRL's ``ppo.py`` (Atari/classic control)."""
+    """PPO's hyperparameters; defaults are CleanRL's ``ppo.py`` (Atari/classic control).
+    The discount is not here: `ppo_update` takes it (CleanRL's is 0.99)."""
 
     learning_rate: float = 2.5e-4
     """Adam's learning rate at the start of training."""
@@ -109,8 +110,9 @@ class UpdateStats:
     approx_kl: float
     """Mean over minibatches of E[(r - 1) - log r] (Schulman's low-variance estimator)."""
     approx_kl_last: float
-    """The same on the last minibatch measured (CleanRL's ``approx_kl``), after a target-KL
-    stop the one that stopped the update: how far the update had moved by its last step."""
+    """The same on the last minibatch measured (CleanRL's ``approx_kl``): how far every
+    step but that minibatch's had moved the policy; after a target-KL stop, the minibatch
+    that stopped the update (every step taken)."""
     clip_fraction: float
     """Mean over minibatches of the fraction of ratios outside the clip range."""
     approx_kl_per_minibatch: tuple[float, ...]

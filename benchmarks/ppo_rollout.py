@@ -10,7 +10,7 @@ Two measurements, each a ratio taken in one run so machine noise cancels:
   through `EpisodeRunner` by a scripted controller, and through `MorphogenesisEnv` in an
   `EnvPool` with the policy choosing (observation, masks, policy inference, IPC);
   interleaved, one worker, one thread. Target: <= 1.05.
-* **parallel speed-up**: episodes per minute of `collect_episodes` with 4 environments in
+* **parallel speed-up**: episodes per minute of `RolloutCollector.collect` with 4 environments in
   1 worker process and in 2. Target (2 cores): >= 1.6.
 
 and, for scale, the machine's own ceiling for two processes (`ceiling`).
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import multiprocessing
 import statistics
 import time
@@ -34,7 +35,7 @@ from esper.lifecycle import FactoredAction
 from esper.rl.agent import PolicyMeta
 from esper.rl.env import MorphogenesisEnv, env_config
 from esper.rl.policy import RecurrentFactoredPolicy
-from esper.rl.rollout import collect_episodes
+from esper.rl.rollout import RolloutCollector
 from esper.rl.workers import EnvPool
 from esper.training.episode import ScriptedController, run_episode
 
@@ -42,8 +43,8 @@ from esper.training.episode import ScriptedController, run_episode
 def _play(pool: EnvPool, policy: RecurrentFactoredPolicy, seed: int, steps: int) -> np.ndarray:
     """One episode of the policy through the pool, its sampling seeded by ``seed``: the
     same actions every time. Returns the actions, one row per step."""
-    generator = torch.Generator().manual_seed(seed)
-    buffer, _ = collect_episodes(pool, policy, [seed], steps, generator=generator)
+    collector = RolloutCollector(pool, policy, torch.Generator().manual_seed(seed))
+    buffer = collector.collect(steps, iter([seed]), restart=True).buffer
     return buffer.actions[:, 0].numpy().copy()
 
 
@@ -103,9 +104,9 @@ def speedup(task: str, rounds: int, epochs: int | None, envs: int = 4) -> dict[s
     try:
         for r in range(rounds):
             for workers, pool in pools.items():  # interleaved: both see the same machine
-                seeds = [700 + r * envs + i for i in range(envs)]
+                seeds = itertools.count(700 + r * envs)  # a stopped run: the next seed
                 start = time.perf_counter()
-                collect_episodes(pool, policy, seeds, steps)
+                RolloutCollector(pool, policy).collect(steps, seeds, restart=True)
                 rates[workers].append(envs / (time.perf_counter() - start) * 60)
     finally:
         for pool in pools.values():

@@ -7,7 +7,7 @@ Run by hand on a quiet machine, e.g.::
 
 Four pools of the same ``--envs`` environments: 1 and 2 local worker processes
 (`EnvPool`) and 1 and 2 Ray actors (`RayEnvPool`, on a Ray this process starts, loopback
-only). Round by round each collects ``--envs`` whole episodes (`collect_episodes`, the
+only). Round by round each collects ``--envs`` whole episodes (`RolloutCollector`, the
 policy acting in this process), so all four see the same machine; pool start-up and a
 first warm-up round are excluded. Then transport alone: steps of environments that do
 no work but answer with a real step's observation, masks and info, through 2 workers and
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import os
 import pickle
 import statistics
@@ -34,7 +35,7 @@ from esper.config import to_dict
 from esper.rl.agent import PolicyMeta
 from esper.rl.env import MorphogenesisEnv, env_config
 from esper.rl.ray_envs import RayEnvPool
-from esper.rl.rollout import collect_episodes
+from esper.rl.rollout import RolloutCollector
 from esper.rl.workers import EnvPool
 
 
@@ -59,10 +60,10 @@ def _rates(pools: dict[str, Any], policy: Any, envs: int, steps: int, rounds: in
     rates: dict[str, list[float]] = {name: [] for name in pools}
     for r in range(rounds + 1):
         for name, pool in pools.items():  # interleaved: all see the same machine
-            seeds = [700 + r * envs + i for i in range(envs)]
-            generator = torch.Generator().manual_seed(r)
+            seeds = itertools.count(700 + r * envs)  # a stopped run: the next seed
+            collector = RolloutCollector(pool, policy, torch.Generator().manual_seed(r))
             start = time.perf_counter()
-            collect_episodes(pool, policy, seeds, steps, generator)
+            collector.collect(steps, seeds, restart=True)
             if r:
                 rates[name].append(envs / (time.perf_counter() - start) * 60)
     return rates

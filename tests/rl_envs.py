@@ -2,28 +2,60 @@
 
 They follow the masks convention of `esper.rl.rollout`: factored environments put the
 conditional masks of their next decision in ``info["masks"]`` after reset and step.
+The tests step them in an `EnvPool`, as Esper's training steps `MorphogenesisEnv`.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from esper.rl.policy import N_OP, FactoredActionSpec
+from esper.rl.ppo import PPOConfig, UpdateRecord, adam, ppo_iteration
+from esper.rl.rollout import RolloutCollector
+from esper.rl.workers import EnvPool
 
 WAIT, GERMINATE, FOSSILIZE, CULL = range(N_OP)
 SPEC = FactoredActionSpec(n_slot=3, n_blueprint=3, n_blend=2)
 
 
-def vector_env(make: Callable[[], gym.Env[Any, Any]], n: int) -> gym.vector.SyncVectorEnv:
-    """``n`` copies in one process, resetting finished copies in the same step."""
-    return gym.vector.SyncVectorEnv(
-        [make for _ in range(n)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
-    )
+def pool_of(envs: Sequence[gym.Env[Any, Any]]) -> EnvPool:
+    """An `EnvPool` (one process) of these environments, in this order: the test keeps
+    them to look inside."""
+    return EnvPool(iter(envs).__next__, len(envs))
+
+
+def train(
+    collector: RolloutCollector, config: PPOConfig, updates: int, gamma: float = 0.99
+) -> list[UpdateRecord]:
+    """``updates`` iterations of Esper's PPO (`ppo_iteration`) of ``config.num_steps``
+    steps each, on a fresh Adam; episodes carry over between rollouts, seeded 0, 1, 2..."""
+    optimizer, seeds = adam(collector.policy, config), itertools.count()
+    return [
+        ppo_iteration(
+            collector,
+            optimizer,
+            config,
+            gamma,
+            update=update,
+            updates=updates,
+            steps=config.num_steps,
+            seeds=seeds,
+            restart=False,
+        )
+        for update in range(updates)
+    ]
+
+
+def limited_random_mask_env(max_steps: int) -> gym.Env[np.ndarray, np.ndarray]:
+    """`RandomMaskEnv` truncated after ``max_steps`` (a picklable factory, with
+    ``functools.partial``, for worker processes)."""
+    return gym.wrappers.TimeLimit(RandomMaskEnv(), max_steps)
 
 
 def random_masks(rng: np.random.Generator, spec: FactoredActionSpec) -> dict[str, np.ndarray]:
@@ -160,7 +192,8 @@ class RandomMaskEnv(gym.Env[np.ndarray, np.ndarray]):
     """Random observations and conditional masks, episodes of random length.
 
     Episodes end by termination with probability ``p_end`` per step; wrap it in a
-    ``TimeLimit`` to get truncations too. Counts actions that break the masks.
+    ``TimeLimit`` to get truncations too. Counts actions that break the masks, and keeps
+    the masks each action was chosen under (``decided``).
     """
 
     def __init__(self, obs_dim: int = 5, p_end: float = 0.15) -> None:
@@ -169,6 +202,7 @@ class RandomMaskEnv(gym.Env[np.ndarray, np.ndarray]):
         self.action_space = gym.spaces.MultiDiscrete(list(SPEC.nvec))
         self.masks: dict[str, np.ndarray] = {}
         self.illegal_actions = 0
+        self.decided: list[dict[str, np.ndarray]] = []
 
     def _observe(self) -> tuple[np.ndarray, dict[str, Any]]:
         self.masks = random_masks(self.np_random, SPEC)
@@ -183,6 +217,7 @@ class RandomMaskEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         self.illegal_actions += not is_legal(action, self.masks)
+        self.decided.append(self.masks)
         reward = float(action[0] == GERMINATE)
         obs, info = self._observe()
         return obs, reward, bool(self.np_random.random() < self.p_end), False, info
@@ -226,3 +261,40 @@ class CountingEnv(gym.Env[np.ndarray, int]):
         self.t += 1
         obs = np.array([float(self.t)], dtype=np.float32)
         return obs, 1.0, self.t >= self.terminate_after, False, {"t": self.t}
+
+
+class StoppingEnv(gym.Env[np.ndarray, int]):
+    """Episodes of ``length`` steps that terminate, except that one with an odd seed
+    stops after ``stop_after`` steps, as the governor stops a run of `MorphogenesisEnv`.
+
+    The observation is (seed, steps taken); the reward 1 per step. A demonstrator's
+    action (steps taken mod 2) is in ``info["demonstration"]`` after reset and every
+    step but a stopping one. Stepping an episode that ended is an error, as in
+    `MorphogenesisEnv`.
+    """
+
+    def __init__(self, length: int = 4, stop_after: int = 2) -> None:
+        self.length, self.stop_after = length, stop_after
+        self.observation_space = gym.spaces.Box(0.0, np.inf, (2,), np.float32)
+        self.action_space: gym.spaces.Space[Any] = gym.spaces.Discrete(2)
+        self.episode_seed, self.t, self.done = 0, 0, True
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.episode_seed, self.t], dtype=np.float32)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self.episode_seed, self.t, self.done = int(seed or 0), 0, False
+        return self._obs(), {"demonstration": np.int64(0)}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self.done:
+            raise RuntimeError("step() after the episode ended")
+        self.t += 1
+        if self.episode_seed % 2 and self.t == self.stop_after:
+            self.done = True
+            return self._obs(), 1.0, True, False, {"stopped": "the governor stopped it"}
+        self.done = self.t == self.length
+        return self._obs(), 1.0, self.done, False, {"demonstration": np.int64(self.t % 2)}

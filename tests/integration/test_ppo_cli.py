@@ -23,10 +23,13 @@ from esper.rl.policy import ActionMasks
 from esper.rl.training import (
     CLONE_FILE,
     CLONED_POLICY_FILE,
+    PPOTrainConfig,
     load_train_config,
     read_updates,
     train_seed,
 )
+from esper.training.episode import EpisodeRunner
+from esper.training.governor import GovernorStopError
 from tests.commands import SHORT_PPO, policy_weights, ppo_train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -48,7 +51,7 @@ def test_training_writes_its_directory(trained: Path) -> None:
     assert all(r.approx_kl >= 0 and 0 <= r.clip_fraction <= 1 for r in rows)
     config = json.loads((trained / "config.json").read_text())
     assert config["run"]["task"] == "digits" and config["run"]["episode"]["epochs"] == 6
-    assert config["ppo"]["gamma"] == config["run"]["episode"]["reward"]["gamma"]
+    assert "gamma" not in config["ppo"]  # the discount is run.episode.reward.gamma
     # Weights and plain metadata only: loadable without unpickling code.
     payload = torch.load(trained / POLICY_FILE, weights_only=True)
     assert payload["meta"]["task"] == "digits"
@@ -177,6 +180,34 @@ def test_a_training_interrupted_around_cloning_resumes_to_the_same_policy(
     assert json.loads((out / CLONE_FILE).read_text())["demonstrations"] == 2
 
 
+def test_a_run_the_governor_stops_is_followed_by_one_on_a_spare_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The second episode of every group stops before its third epoch (too many rollbacks
+    # in a row), in the heuristic's demonstrations and in PPO's episodes alike: each time
+    # the environment goes on at once with a spare seed of that phase's own pool.
+    stopping = train_seed(PPOTrainConfig(), 1)
+    started: list[int] = []
+    observe = EpisodeRunner.observe
+
+    def stop(runner: EpisodeRunner) -> Any:
+        started.extend([runner.config.seed] if runner.epoch == 0 else [])
+        if runner.config.seed == stopping and runner.epoch == 2:
+            raise GovernorStopError("3 rollbacks in a row")
+        return observe(runner)
+
+    monkeypatch.setattr(EpisodeRunner, "observe", stop)
+    config = tmp_path / "config.json"
+    config.write_text('{"paired_baseline": false}')  # no static runs: only the episodes
+    out = tmp_path / "train"
+    assert ppo_train(out, "--demonstrations", "2", "--config", str(config)) == 0
+    cloning = [1_000_000, stopping, 3_000_000]  # 3,000,000: cloning's first spare seed
+    first_update = [1_000_000, stopping, 2_000_000]  # 2,000,000: update 0's first spare
+    assert started == [*cloning, *first_update, 1_000_002, 1_000_003]
+    assert json.loads((out / CLONE_FILE).read_text())["demonstrations"] == 2
+    assert [r.episodes for r in read_updates(out / "updates.jsonl")] == [2, 4]
+
+
 def test_two_workers_train_the_same_policy_as_one(trained: Path, tmp_path: Path) -> None:
     out = tmp_path / "train"
     assert ppo_train(out, "--workers", "2") == 0
@@ -189,6 +220,21 @@ def _corrupt(tmp_path: Path, trained: Path) -> list[str]:
     bad.mkdir()
     (bad / POLICY_FILE).write_bytes(b"not a policy")
     return ["ppo", "eval", "--policy", str(bad)]
+
+
+def _gamma_in_ppo(tmp_path: Path, trained: Path) -> list[str]:
+    config = tmp_path / "gamma.json"
+    config.write_text('{"ppo": {"gamma": 0.99}}')
+    return ["ppo", "train", "--config", str(config), "--out", str(tmp_path / "g")]
+
+
+def _older_config_with_another_gamma(tmp_path: Path, trained: Path) -> list[str]:
+    saved = json.loads((trained / "config.json").read_text())
+    saved["ppo"]["gamma"] = 0.99  # saved by an older version, unlike the run's 1.0
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps(saved))
+    return ["ppo", "train", "--resume", str(old)]
 
 
 def _other_layout(tmp_path: Path, trained: Path) -> list[str]:
@@ -221,6 +267,8 @@ def _other_layout(tmp_path: Path, trained: Path) -> list[str]:
         (lambda p, t: ["ppo", "train", "--episodes", "0"], ["--episodes must be at least 1"]),
         (lambda p, t: ["ppo", "train", "--resume", str(p)], ["no config.json to resume"]),
         (lambda p, t: ["ppo", "run", "--epochs", "2"], ["needs --policy"]),
+        (_gamma_in_ppo, ["run.episode.reward.gamma, not ppo.gamma"]),
+        (_older_config_with_another_gamma, ["differs from run.episode.reward.gamma"]),
     ],
 )
 def test_bad_input_exits_2_with_one_line(

@@ -1,4 +1,5 @@
-"""PPO learns toy tasks with a known best policy (each in a few seconds on one core)."""
+"""PPO learns toy tasks with a known best policy (each in a few seconds on one core),
+through the collector and iteration that train Esper's controller (`ppo_iteration`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,18 @@ import gymnasium as gym
 import torch
 
 from esper.rl.policy import ActionMasks, ActorCritic, MLPPolicy, RecurrentFactoredPolicy
-from esper.rl.ppo import PPOConfig, train_ppo
-from tests.rl_envs import SPEC, ConditionalBanditEnv, MemoryEnv, vector_env
+from esper.rl.ppo import PPOConfig
+from esper.rl.rollout import RolloutCollector
+from tests.rl_envs import SPEC, ConditionalBanditEnv, MemoryEnv, pool_of, train
 
 CONFIG = PPOConfig(learning_rate=2e-3, num_steps=16, anneal_lr=False)
+ENVS = 8
+
+
+def _train(policy: ActorCritic, envs: list[gym.Env[Any, Any]], total_steps: int) -> None:
+    """PPO on ``envs`` for ``total_steps`` steps (all environments), sampling seeded 0."""
+    collector = RolloutCollector(pool_of(envs), policy, torch.Generator().manual_seed(0))
+    train(collector, CONFIG, total_steps // (CONFIG.num_steps * len(envs)))
 
 
 def _greedy_return(
@@ -41,14 +50,14 @@ def test_masked_bandit_only_the_legal_arm_pays() -> None:
     # shown in the observation) and blend 1: the policy must pick the op, then a slot
     # where that blueprint is legal, then the blueprint and the blend.
     torch.manual_seed(0)
-    envs = vector_env(ConditionalBanditEnv, 8)
-    policy = _factored_policy(envs.single_observation_space.shape[0])  # type: ignore[index]
+    envs = [ConditionalBanditEnv() for _ in range(ENVS)]
+    policy = _factored_policy(envs[0].observation_space.shape[0])  # type: ignore[index]
     before = _greedy_return(policy, ConditionalBanditEnv, 200)
-    train_ppo(envs, policy, CONFIG, total_steps=4096, seed=0)
+    _train(policy, list(envs), total_steps=4096)
     after = _greedy_return(policy, ConditionalBanditEnv, 200)
     assert before < 0.3
     assert after >= 0.95
-    assert sum(env.illegal_actions for env in envs.envs) == 0  # type: ignore[attr-defined]
+    assert sum(env.illegal_actions for env in envs) == 0
 
 
 def test_memory_task_needs_the_recurrent_policy() -> None:
@@ -56,11 +65,10 @@ def test_memory_task_needs_the_recurrent_policy() -> None:
     # in between are zeros. Chance is 0.5.
     torch.manual_seed(0)
     recurrent = _factored_policy(2)
-    train_ppo(vector_env(lambda: MemoryEnv(4), 8), recurrent, CONFIG, total_steps=4096, seed=0)
+    _train(recurrent, [MemoryEnv(4) for _ in range(ENVS)], total_steps=4096)
     assert _greedy_return(recurrent, lambda: MemoryEnv(4), 200) >= 0.95
 
     # Without memory the last observation says nothing: no better than chance.
     mlp = MLPPolicy(2, 2)
-    memoryless = lambda: MemoryEnv(4, factored=False)  # noqa: E731
-    train_ppo(vector_env(memoryless, 8), mlp, CONFIG, total_steps=2048, seed=0)
-    assert 0.4 <= _greedy_return(mlp, memoryless, 400) <= 0.6
+    _train(mlp, [MemoryEnv(4, factored=False) for _ in range(ENVS)], total_steps=2048)
+    assert 0.4 <= _greedy_return(mlp, lambda: MemoryEnv(4, factored=False), 400) <= 0.6

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -27,6 +29,7 @@ from tests.rl_envs import (
     WAIT,
     RandomMaskEnv,
     is_legal,
+    pool_of,
     random_masks,
 )
 
@@ -146,14 +149,12 @@ def test_evaluate_reproduces_the_rollout_with_masks_and_episode_starts() -> None
     # sequences from the stored initial state must give the rollout's numbers, for all
     # environments together and for any subset (a minibatch).
     torch.manual_seed(0)
-    envs = gym.vector.SyncVectorEnv(
-        [lambda: gym.wrappers.TimeLimit(RandomMaskEnv(OBS), 6) for _ in range(4)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    envs = [RandomMaskEnv(OBS) for _ in range(4)]
     policy = _policy()
-    collector = RolloutCollector(envs, policy, num_steps=20, seed=3)
+    collector = RolloutCollector(pool_of([gym.wrappers.TimeLimit(env, 6) for env in envs]), policy)
+    seeds = itertools.count(3)
     for rollout_index in range(3):  # later rollouts start from a carried, non-zero state
-        buffer = collector.collect().buffer
+        buffer = collector.collect(20, seeds, restart=False).buffer
         assert buffer.starts[1:].sum() > 0 and buffer.truncated.sum() > 0
         assert buffer.masks is not None
         for columns in (torch.arange(4), torch.tensor([1, 3]), torch.tensor([2])):
@@ -170,7 +171,7 @@ def test_evaluate_reproduces_the_rollout_with_masks_and_episode_starts() -> None
             torch.testing.assert_close(out.value, buffer.values[:, columns], rtol=0, atol=1e-5)
         if rollout_index > 0:
             assert buffer.initial_state[0].abs().sum() > 0
-    assert [env.unwrapped.illegal_actions for env in envs.envs] == [0, 0, 0, 0]  # type: ignore[attr-defined]
+    assert [env.illegal_actions for env in envs] == [0, 0, 0, 0]
 
 
 def test_a_start_resets_the_state() -> None:

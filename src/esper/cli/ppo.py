@@ -227,8 +227,8 @@ def _train_with_progress(
 def _status(row: UpdateRow) -> str:
     return (
         f"episodes {row.episodes}  return {row.mean_return:+.3f}  final acc "
-        f"{row.mean_final_accuracy:.2f}%  KL {row.approx_kl:.4f}  clip {row.clip_fraction:.3f}  "
-        f"entropy {row.entropy:.2f}"
+        f"{row.mean_final_accuracy:.2f}%  KL {row.approx_kl:.4f} (last "
+        f"{row.approx_kl_last:.4f})  clip {row.clip_fraction:.3f}  entropy {row.entropy:.2f}"
     )
 
 

@@ -1,15 +1,26 @@
 """Proximal policy optimisation (Schulman et al., 2017), as CleanRL's ``ppo.py`` does it.
 
-One update: GAE(lambda) over the rollout, then several epochs over shuffled minibatches;
-each minibatch re-scores its stored actions with the current policy, and takes one Adam
-step on the clipped surrogate, the (clipped) value loss and an entropy bonus, with the
-global gradient norm clipped. A recurrent policy's minibatches are whole environments'
-sequences re-run from the LSTM state stored at the start of the rollout (Huang et al.,
-"The 37 implementation details of PPO", 2022); a stateless policy's are shuffled steps.
+One update (`ppo_update`): GAE(lambda) over the rollout, then several epochs over
+shuffled minibatches; each minibatch re-scores its stored actions with the current
+policy, and takes one Adam step on the clipped surrogate, the (clipped) value loss and
+an entropy bonus, with the global gradient norm clipped. A recurrent policy's minibatches
+are whole environments' sequences re-run from the LSTM state stored at the start of the
+rollout (Huang et al., "The 37 implementation details of PPO", 2022); a stateless
+policy's are shuffled steps.
+
+One iteration (`ppo_iteration`): anneal the learning rate (`annealed_lr`), collect a
+rollout with the one collector (`esper.rl.rollout.RolloutCollector`), update on it. Esper's
+training (`esper.rl.training.train`) runs exactly this, and so do the proofs that PPO
+learns (CartPole in ``benchmarks/ppo_cartpole.py``, the masked bandit and the memory task
+in ``tests/integration/test_rl_learning.py``): the path proven is the path shipped.
+
+The discount is not a PPO hyperparameter here: the caller passes it (Esper's is
+``run.episode.reward.gamma``, which reward shaping uses too).
 
 Approximate KL and clip fraction are measured on every minibatch before its step: on the
 first minibatch the policy is still the rollout's, so its ratios are exactly 1; from the
-second on they move, which is what makes the clipping act.
+second on they move, which is what makes the clipping act. The mean over minibatches
+understates how far an update moved; the last minibatch's value (CleanRL's) says it.
 
 `clone_update` fits a policy to demonstrations (behaviour cloning), a warm start for PPO.
 
@@ -19,35 +30,35 @@ This module and ``esper/training/loop.py`` are the only places that call ``backw
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-import gymnasium as gym
 import torch
 from torch import Tensor, nn
 
 from esper.rl.advantages import gae
 from esper.rl.buffer import RolloutBuffer, Sequences
-from esper.rl.policy import ActorCritic
+from esper.rl.policy import ActorCritic, EvalOutput
 from esper.rl.rollout import EpisodeRecord, RolloutCollector
 
 __all__ = [
     "CloneStats",
     "PPOConfig",
-    "PPOTrainer",
-    "TrainResult",
     "UpdateRecord",
     "UpdateStats",
+    "adam",
+    "annealed_lr",
     "clone_update",
     "explained_variance",
+    "ppo_iteration",
     "ppo_update",
-    "train_ppo",
 ]
 
 
 @dataclass(frozen=True)
 class PPOConfig:
-    """PPO's hyperparameters; defaults are CleanRL's ``ppo.py`` (Atari/classic control)."""
+    """PPO's hyperparameters; defaults are CleanRL's ``ppo.py`` (Atari/classic control).
+    The discount is not here: `ppo_update` takes it (CleanRL's is 0.99)."""
 
     learning_rate: float = 2.5e-4
     """Adam's learning rate at the start of training."""
@@ -56,9 +67,8 @@ class PPOConfig:
     anneal_lr: bool = True
     """Decay the learning rate linearly to 0 over the run's updates."""
     num_steps: int = 128
-    """Steps per environment per rollout (T); a rollout is T x num_envs transitions."""
-    gamma: float = 0.99
-    """Discount factor."""
+    """Steps per environment per rollout (T); a rollout is T x num_envs transitions.
+    Esper's training ignores it: its rollouts are whole episodes (epochs - 1 steps)."""
     gae_lambda: float = 0.95
     """GAE's lambda: bias (0) against variance (1) of the advantage estimate."""
     update_epochs: int = 4
@@ -86,8 +96,8 @@ class PPOConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.max_grad_norm <= 0 or self.clip_coef <= 0:
             raise ValueError("learning_rate, max_grad_norm and clip_coef must be > 0")
-        if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
-            raise ValueError("gamma and gae_lambda must be in [0, 1]")
+        if not 0 <= self.gae_lambda <= 1:
+            raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,10 @@ class UpdateStats:
     entropy: float
     approx_kl: float
     """Mean over minibatches of E[(r - 1) - log r] (Schulman's low-variance estimator)."""
+    approx_kl_last: float
+    """The same on the last minibatch measured (CleanRL's ``approx_kl``): how far every
+    step but that minibatch's had moved the policy; after a target-KL stop, the minibatch
+    that stopped the update (every step taken)."""
     clip_fraction: float
     """Mean over minibatches of the fraction of ratios outside the clip range."""
     approx_kl_per_minibatch: tuple[float, ...]
@@ -136,6 +150,7 @@ def ppo_update(
     optimizer: torch.optim.Optimizer,
     buffer: RolloutBuffer,
     config: PPOConfig,
+    gamma: float,
     generator: torch.Generator | None = None,
 ) -> UpdateStats:
     """One PPO update of ``policy`` from ``buffer`` (several epochs of minibatch steps).
@@ -145,17 +160,17 @@ def ppo_update(
         optimizer: the optimizer over ``policy``'s parameters, learning rate already set.
         buffer: the rollout.
         config: the hyperparameters.
+        gamma: the discount.
         generator: random generator for the minibatch shuffles (None: torch's global one).
     """
-    data = _sequences(policy, buffer, config.gamma, config.gae_lambda)
+    data = _sequences(policy, buffer, gamma, config.gae_lambda)
     if config.num_minibatches > data.count:
         raise ValueError(
             f"{config.num_minibatches} minibatches need at least as many sequences; "
             f"this rollout has {data.count} (use more environments or fewer minibatches)"
         )
-    names = ("policy_loss", "value_loss", "entropy", "ratio_min", "ratio_max", "kl", "clip")
-    log: dict[str, list[float]] = {name: [] for name in names}
-    epochs, stopped = 0, False
+    log: dict[str, list[float]] = {name: [] for name in _LOGGED}
+    epochs, stopped, last_kl = 0, False, float("nan")
     while epochs < config.update_epochs and not stopped:
         epochs += 1
         order = torch.randperm(data.count, generator=generator).to(buffer.rewards.device)
@@ -167,34 +182,21 @@ def ppo_update(
             log_ratio = new.log_prob - batch.log_probs
             ratio = log_ratio.exp()
             with torch.no_grad():  # measured before this minibatch's step
-                approx_kl = float(((ratio - 1) - log_ratio).mean())
+                last_kl = float(((ratio - 1) - log_ratio).mean())
                 clip_fraction = float(((ratio - 1).abs() > config.clip_coef).float().mean())
-            if config.target_kl is not None and approx_kl > config.target_kl:
+            if config.target_kl is not None and last_kl > config.target_kl:
                 stopped = True
                 break
-            policy_loss = _surrogate_loss(ratio, batch, config)
-            value_loss = _value_loss(new.value, batch.values, batch.returns, config)
-            entropy = new.entropy.mean()
-            loss = policy_loss - config.ent_coef * entropy + config.vf_coef * value_loss
-
+            loss, measured = _loss(new, ratio, batch, config)
             _gradient_step(policy, optimizer, loss, config.max_grad_norm)
-
-            measured = {
-                "policy_loss": policy_loss,
-                "value_loss": value_loss,
-                "entropy": entropy,
-                "ratio_min": ratio.min(),
-                "ratio_max": ratio.max(),
-            }
-            for name, value in measured.items():
-                log[name].append(value.item())
-            log["kl"].append(approx_kl)
-            log["clip"].append(clip_fraction)
+            for name, value in {**measured, "kl": last_kl, "clip": clip_fraction}.items():
+                log[name].append(value)
     return UpdateStats(
         policy_loss=_mean(log["policy_loss"]),
         value_loss=_mean(log["value_loss"]),
         entropy=_mean(log["entropy"]),
         approx_kl=_mean(log["kl"]),
+        approx_kl_last=last_kl,
         clip_fraction=_mean(log["clip"]),
         approx_kl_per_minibatch=tuple(log["kl"]),
         clip_fraction_per_minibatch=tuple(log["clip"]),
@@ -205,6 +207,27 @@ def ppo_update(
         minibatches=len(log["kl"]),
         stopped_early=stopped,
     )
+
+
+_LOGGED = ("policy_loss", "value_loss", "entropy", "ratio_min", "ratio_max", "kl", "clip")
+
+
+def _loss(
+    new: EvalOutput, ratio: Tensor, batch: Sequences, config: PPOConfig
+) -> tuple[Tensor, dict[str, float]]:
+    """A minibatch's loss (clipped surrogate - entropy bonus + value loss) and its parts."""
+    policy_loss = _surrogate_loss(ratio, batch, config)
+    value_loss = _value_loss(new.value, batch.values, batch.returns, config)
+    entropy = new.entropy.mean()
+    loss = policy_loss - config.ent_coef * entropy + config.vf_coef * value_loss
+    parts = {
+        "policy_loss": policy_loss.item(),
+        "value_loss": value_loss.item(),
+        "entropy": entropy.item(),
+        "ratio_min": ratio.min().item(),
+        "ratio_max": ratio.max().item(),
+    }
+    return loss, parts
 
 
 def _sequences(policy: ActorCritic, buffer: RolloutBuffer, gamma: float, lam: float) -> Sequences:
@@ -251,17 +274,18 @@ def clone_update(
     optimizer: torch.optim.Optimizer,
     buffer: RolloutBuffer,
     config: PPOConfig,
+    gamma: float,
     epochs: int,
     generator: torch.Generator | None = None,
 ) -> CloneStats:
     """Behaviour cloning: fit ``policy`` to the actions in ``buffer`` (a demonstrated
-    rollout, see `esper.rl.rollout.collect_episodes`) by maximum likelihood, and its value
-    head to the demonstrations' returns (discounted by ``config.gamma``), over ``epochs``
-    passes of ``config.num_minibatches`` minibatches of whole sequences. A warm start for
-    PPO: the policy begins where the demonstrator is, and the critic knows what that is
+    rollout, see `esper.rl.rollout.RolloutCollector`) by maximum likelihood, and its value
+    head to the demonstrations' returns (discounted by ``gamma``), over ``epochs`` passes
+    of ``config.num_minibatches`` minibatches of whole sequences. A warm start for PPO:
+    the policy begins where the demonstrator is, and the critic knows what that is
     worth."""
     # Lambda 1: the returns are the demonstrations' Monte Carlo returns, whatever V says.
-    data = _sequences(policy, buffer, config.gamma, 1.0)
+    data = _sequences(policy, buffer, gamma, 1.0)
     minibatches = min(config.num_minibatches, data.count)
     likelihood: list[float] = []
     value_losses: list[float] = []
@@ -298,112 +322,62 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def adam(policy: nn.Module, config: PPOConfig) -> torch.optim.Adam:
+    """Adam over ``policy``'s parameters with PPO's learning rate and epsilon."""
+    return torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=config.adam_eps)
+
+
+def annealed_lr(config: PPOConfig, update: int, updates: int) -> float:
+    """The learning rate of update ``update`` (0-based) of ``updates``: with ``anneal_lr``
+    it falls linearly from ``config.learning_rate`` (the first) to ``learning_rate /
+    updates`` (the last), else it stays ``config.learning_rate``."""
+    fraction = 1.0 - update / updates if config.anneal_lr else 1.0
+    return fraction * config.learning_rate
+
+
 @dataclass(frozen=True)
 class UpdateRecord:
-    """One iteration of training: a rollout and the update on it."""
+    """One PPO iteration (`ppo_iteration`): a rollout and the update on it."""
 
-    update: int
-    """1-based index of the update."""
-    global_step: int
-    """Environment steps (over all environments) taken so far."""
     learning_rate: float
     stats: UpdateStats
     episodes: list[EpisodeRecord]
-    """Episodes that finished during this rollout."""
+    """Episodes that finished during the rollout."""
     rollout_seconds: float
     update_seconds: float
 
 
-class PPOTrainer:
-    """Rollout, then update, then again: the state of a PPO run between updates.
-
-    Args:
-        envs: a vector environment in SAME_STEP autoreset mode (see `RolloutCollector`).
-        policy: the policy to train.
-        config: the hyperparameters.
-        seed: seeds the environments' first reset and the sampling/shuffling generator.
-    """
-
-    def __init__(
-        self, envs: gym.vector.VectorEnv, policy: ActorCritic, config: PPOConfig, seed: int
-    ) -> None:
-        self.policy, self.config = policy, config
-        self.optimizer = torch.optim.Adam(
-            policy.parameters(), lr=config.learning_rate, eps=config.adam_eps
-        )
-        self.generator = torch.Generator().manual_seed(seed)
-        self.collector = RolloutCollector(envs, policy, config.num_steps, seed, self.generator)
-        self.updates = 0
-
-    @property
-    def steps_per_update(self) -> int:
-        """Environment steps per rollout: num_steps x number of environments."""
-        return self.config.num_steps * self.collector.num_envs
-
-    def update(self, total_updates: int) -> UpdateRecord:
-        """Collect one rollout and update on it; the learning rate anneals over ``total_updates``.
-
-        Args:
-            total_updates: the run's planned number of updates (the annealing horizon).
-        """
-        fraction = 1.0 - self.updates / total_updates if self.config.anneal_lr else 1.0
-        learning_rate = fraction * self.config.learning_rate
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate
-        start = time.perf_counter()
-        rollout = self.collector.collect()
-        middle = time.perf_counter()
-        stats = ppo_update(self.policy, self.optimizer, rollout.buffer, self.config, self.generator)
-        self.updates += 1
-        return UpdateRecord(
-            self.updates,
-            self.collector.global_step,
-            learning_rate,
-            stats,
-            rollout.episodes,
-            middle - start,
-            time.perf_counter() - middle,
-        )
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """Every update's record; episodes are inside them."""
-
-    updates: list[UpdateRecord]
-
-    @property
-    def episodes(self) -> list[EpisodeRecord]:
-        """All finished episodes, in order of finishing."""
-        return [e for record in self.updates for e in record.episodes]
-
-
-def train_ppo(
-    envs: gym.vector.VectorEnv,
-    policy: ActorCritic,
+def ppo_iteration(
+    collector: RolloutCollector,
+    optimizer: torch.optim.Optimizer,
     config: PPOConfig,
-    total_steps: int,
-    seed: int = 0,
-    on_update: Callable[[UpdateRecord], None] | None = None,
-) -> TrainResult:
-    """Train ``policy`` on ``envs`` for ``total_steps`` environment steps (rounded down to
-    whole rollouts, at least one).
-
-    Args:
-        envs: a vector environment in SAME_STEP autoreset mode.
-        policy: the policy to train (in place).
-        config: the hyperparameters.
-        total_steps: environment steps over all environments.
-        seed: seeds environments, sampling and minibatch order; with the same initial
-            policy, the same seed gives the same result.
-        on_update: called after every update (progress display, logging).
-    """
-    trainer = PPOTrainer(envs, policy, config, seed)
-    total_updates = max(1, total_steps // trainer.steps_per_update)
-    records = []
-    for _ in range(total_updates):
-        record = trainer.update(total_updates)
-        records.append(record)
-        if on_update is not None:
-            on_update(record)
-    return TrainResult(records)
+    gamma: float,
+    *,
+    update: int,
+    updates: int,
+    steps: int,
+    seeds: Iterator[int],
+    restart: bool,
+) -> UpdateRecord:
+    """Update ``update`` (0-based) of a run of ``updates``: set the annealed learning
+    rate, collect ``steps`` steps of every environment (`RolloutCollector.collect` with
+    ``seeds`` and ``restart``), then `ppo_update` ``collector.policy`` on them with
+    discount ``gamma``. The collector's generator samples the actions and shuffles the
+    minibatches: one random stream per run."""
+    learning_rate = annealed_lr(config, update, updates)
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate
+    began = time.perf_counter()
+    rollout = collector.collect(steps, seeds, restart=restart)
+    collected = time.perf_counter()
+    policy = collector.policy
+    policy.train()
+    stats = ppo_update(policy, optimizer, rollout.buffer, config, gamma, collector.generator)
+    policy.eval()
+    return UpdateRecord(
+        learning_rate,
+        stats,
+        rollout.episodes,
+        rollout_seconds=collected - began,
+        update_seconds=time.perf_counter() - collected,
+    )

@@ -1,43 +1,54 @@
-"""Collect rollouts from a Gymnasium vector environment with an `ActorCritic`.
+"""The one rollout collector: an `ActorCritic` steps any `VectorEnvPool`.
 
-The vector environment must reset finished sub-environments in the same step
-(``autoreset_mode=gymnasium.vector.AutoresetMode.SAME_STEP``): the step that ends an
-episode returns the episode's reward and end flags, the *next* episode's first
-observation, and the episode's final observation in ``info["final_obs"]``. So every
-stored transition is real (NEXT_STEP mode would return a step whose action is ignored),
-and a truncated episode is bootstrapped from the value of its true final observation.
+The pool is N environments stepped together: `esper.rl.workers.EnvPool` (processes on
+this machine) or `esper.rl.ray_envs.RayEnvPool` (Ray actors). It calls each
+environment's ``reset(seed=...)`` and ``step`` and never resets by itself, so any
+Gymnasium environment fits: `MorphogenesisEnv`, CartPole, the toy environments of the
+tests. Every episode starts with a seed of its own, taken from the ``seeds`` a
+`RolloutCollector.collect` call is given, in the order the episodes start (within one
+step, in environment order): the same seeds and the same random generator give the same
+rollout, whatever the number of worker processes.
+
+An environment whose episode ended starts its next episode just before its next step,
+so every stored transition is a real decision. ``collect(restart=True)`` starts every
+environment on a new episode at its first step (Esper: each update's episodes are fresh;
+one that ends early, a run the governor stopped, is followed at once by another, except
+after the rollout's last step); ``restart=False`` carries unfinished episodes and the
+policy's recurrent state over to the next call (CartPole: episodes span rollouts).
+
+Endings: a step that ends its episode by truncation (and not termination) is
+bootstrapped from V(final observation), the observation that step returned, with the
+recurrent state after the step (``final_values``); an episode still running when the
+rollout stops is bootstrapped from ``last_value``; a terminal step from nothing.
 
 Masks: an environment with conditional action masks puts the masks for its *next*
 decision in ``info["masks"]``, a dict of boolean numpy arrays keyed op / slot / blueprint
 / blend with the shapes of `ActionMasks` minus the batch dimension, after ``reset()`` and
-after every ``step()``. The vector environment stacks them (in SAME_STEP mode a finished
-sub-environment's entry comes from its reset, i.e. describes the new episode's first
-decision). Environments without ``info["masks"]`` are unmasked.
+after every ``step()``; the collector stacks them over the environments. Environments
+without ``info["masks"]`` are unmasked.
+
+Demonstrations: with ``demonstrated=True`` the environments' demonstrator acts (the
+action in ``info["demonstration"]``, see `MorphogenesisEnv`) instead of the policy, and
+the buffer holds the policy's log-probabilities and values of those actions: the data to
+clone a policy from (`esper.rl.ppo.clone_update`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor
 
 from esper.rl.buffer import RolloutBuffer
 from esper.rl.policy import ActionMasks, ActorCritic, ActOutput, PolicyState
-from esper.rl.workers import VectorEnvPool
+from esper.rl.workers import StepResult, VectorEnvPool
 
-__all__ = [
-    "EpisodeRecord",
-    "EpisodeSummary",
-    "Rollout",
-    "RolloutCollector",
-    "collect_episodes",
-    "env_info",
-]
+__all__ = ["EpisodeRecord", "Rollout", "RolloutCollector"]
 
 
 @dataclass(frozen=True)
@@ -45,17 +56,25 @@ class EpisodeRecord:
     """One finished episode."""
 
     env: int
-    """Index of the sub-environment."""
+    """Index of the environment in the pool."""
+    seed: int
+    """The seed the episode was reset with."""
     episode_return: float
     """Undiscounted sum of the episode's rewards."""
     length: int
     """Number of steps."""
     global_step: int
-    """Environment steps taken by all sub-environments when the episode ended."""
+    """Steps taken by all environments of the collector when the episode ended."""
     truncated: bool
-    """Ended by a time limit rather than a terminal state."""
+    """Ended by truncation (a time limit) rather than a terminal state."""
     final_info: dict[str, Any] = field(default_factory=dict)
-    """The sub-environment's ``info`` of the episode's last step."""
+    """The environment's ``info`` of the episode's last step."""
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """``final_info["summary"]`` (`MorphogenesisEnv`: final accuracy, seeds, FLOPs),
+        or empty."""
+        return dict(self.final_info.get("summary", {}))
 
 
 @dataclass(frozen=True)
@@ -66,261 +85,170 @@ class Rollout:
     episodes: list[EpisodeRecord]
 
 
-def env_info(vector_info: dict[str, Any], index: int) -> dict[str, Any]:
-    """Sub-environment ``index``'s entries of a vector environment's stacked ``info``."""
-    own: dict[str, Any] = {}
-    for key, value in vector_info.items():
-        present = vector_info.get(f"_{key}")
-        if key.startswith("_") or present is None or not present[index]:
-            continue
-        own[key] = env_info(value, index) if isinstance(value, dict) else value[index]
-    return own
-
-
-def _select(state: PolicyState, index: Tensor) -> PolicyState:
-    return tuple(s[:, index] for s in state)
-
-
 class RolloutCollector:
-    """Steps ``envs`` with ``policy`` and returns T-step rollouts, continuing between calls.
+    """Steps ``pool`` with ``policy``, a rollout per `collect` call.
 
     Args:
-        envs: a vector environment in SAME_STEP autoreset mode.
+        pool: the environments; none has an episode running yet.
         policy: the policy that acts (its parameters may change between rollouts).
-        num_steps: T, steps per environment per rollout.
-        seed: seeds the environments' first reset (sub-environment i gets seed + i).
         generator: random generator for sampling actions (None: torch's global one).
     """
 
     def __init__(
-        self,
-        envs: gym.vector.VectorEnv,
-        policy: ActorCritic,
-        num_steps: int,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
+        self, pool: VectorEnvPool, policy: ActorCritic, generator: torch.Generator | None = None
     ) -> None:
-        mode = envs.metadata.get("autoreset_mode")
-        if mode != gym.vector.AutoresetMode.SAME_STEP:
-            raise ValueError(
-                f"the vector env resets in mode {mode}; create it with "
-                "autoreset_mode=gymnasium.vector.AutoresetMode.SAME_STEP"
-            )
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be at least 1, got {num_steps}")
-        self.envs, self.policy, self.num_steps, self.generator = envs, policy, num_steps, generator
-        self.num_envs = envs.num_envs
+        self.pool, self.policy, self.generator = pool, policy, generator
+        self.num_envs = pool.num_envs
         self.device = next(policy.parameters()).device
-        obs, info = envs.reset(seed=seed)
-        self.obs = self._tensor(obs)
-        self.masks = self._masks(info)
-        self.starts = torch.ones(self.num_envs, device=self.device)
-        self.state = policy.initial_state(self.num_envs)
-        self.returns = np.zeros(self.num_envs)
-        self.lengths = np.zeros(self.num_envs, dtype=np.int64)
         self.global_step = 0
+        """Steps taken so far, by all environments together."""
+        n = self.num_envs
+        self.obs = np.zeros((n, 0), dtype=np.float32)
+        """``[N, obs_dim]``: each environment's latest observation."""
+        self.infos: list[dict[str, Any]] = [{} for _ in range(n)]
+        """Each environment's latest ``info`` (its masks describe its next decision)."""
+        self.state = policy.initial_state(n)
+        """The policy's recurrent state after the latest step."""
+        self.ended = np.ones(n, dtype=bool)
+        """``[N]``: the environment's episode has ended (or none began): the next step
+        starts another."""
+        self._seeds = [0] * n
+        self._returns, self._lengths = np.zeros(n), np.zeros(n, dtype=np.int64)
 
-    def _tensor(self, array: Any) -> Tensor:
-        return torch.as_tensor(np.asarray(array), dtype=torch.float32, device=self.device)
+    def collect(
+        self, steps: int, seeds: Iterator[int], *, restart: bool, demonstrated: bool = False
+    ) -> Rollout:
+        """``steps`` steps of every environment, and the episodes that finished in them.
 
-    def _masks(self, info: dict[str, Any]) -> ActionMasks | None:
-        if "masks" not in info:
-            return None
-        present = info["_masks"]
-        if not present.all():
-            raise ValueError(f"only sub-environments {np.flatnonzero(present)} gave masks")
-        return ActionMasks.from_numpy(info["masks"], self.device)
-
-    def collect(self) -> Rollout:
-        """Run T steps in every environment and return them with the finished episodes."""
+        Args:
+            steps: T, steps per environment.
+            seeds: the seed of each episode that starts, in the order they start.
+            restart: start every environment on a new episode first (else continue).
+            demonstrated: the environments' demonstrators act (see the module docstring).
+        """
+        if steps < 1:
+            raise ValueError(f"a rollout needs at least 1 step, got {steps}")
+        if restart:
+            self.ended[:] = True
+            self.state = self.policy.initial_state(self.num_envs)
         initial_state = self.state
-        steps: dict[str, list[Tensor]] = {}
-        masks: list[ActionMasks] = []
+        columns: dict[str, list[Tensor]] = {}
+        step_masks: list[ActionMasks] = []
         episodes: list[EpisodeRecord] = []
-        for _ in range(self.num_steps):
-            out = self.policy.act(
-                self.obs, self.state, self.masks, self.starts, generator=self.generator
-            )
-            next_obs, reward, terminated, truncated, info = self.envs.step(out.action.cpu().numpy())
+        for _ in range(steps):
+            starts = self._start_episodes(seeds)
+            obs, masks = self._tensor(self.obs), self.masks()
+            out = self._act(obs, masks, starts, demonstrated)
+            result = self.pool.step(out.action.cpu().numpy())
             self.global_step += self.num_envs
-            step = {
-                "obs": self.obs,
-                "actions": out.action,
-                "log_probs": out.log_prob,
-                "values": out.value,
-                "rewards": self._tensor(reward),
-                "starts": self.starts,
-                "terminated": self._tensor(terminated),
-                "truncated": self._tensor(truncated),
-                "final_values": self._final_values(truncated & ~terminated, info, out.state),
-            }
-            for name, value in step.items():
-                steps.setdefault(name, []).append(value)
-            if self.masks is not None:
-                masks.append(self.masks)
-            episodes += self._finish_episodes(reward, terminated, truncated, info)
-            self.obs, self.state, self.masks = self._tensor(next_obs), out.state, self._masks(info)
-            self.starts = self._tensor(terminated | truncated)
-        stacked = {name: torch.stack(values) for name, values in steps.items()}
+            row = self._row(obs, out, starts, result)
+            for name, value in row.items():
+                columns.setdefault(name, []).append(value)
+            if masks is not None:
+                step_masks.append(masks)
+            episodes += self._finish_episodes(result)
+            self.obs, self.infos, self.state = result.obs, result.infos, out.state
+            self.ended = result.terminated | result.truncated
+        with torch.no_grad():
+            last_value = self.policy.value(
+                self._tensor(self.obs), self.state, self._tensor(self.ended)
+            )
         buffer = RolloutBuffer(
-            **stacked,
-            masks=ActionMasks.stack(masks) if masks else None,
+            **{name: torch.stack(values) for name, values in columns.items()},
+            masks=ActionMasks.stack(step_masks) if step_masks else None,
             initial_state=initial_state,
-            last_value=self.policy.value(self.obs, self.state, self.starts),
+            last_value=last_value,
         )
         return Rollout(buffer, episodes)
 
-    def _final_values(
-        self, truncated: np.ndarray, info: dict[str, Any], state: PolicyState
-    ) -> Tensor:
-        """V(final observation) for truncated episodes, from the state after their last step."""
-        values = torch.zeros(self.num_envs, device=self.device)
-        index = np.flatnonzero(truncated)
-        if len(index):
-            final_obs = self._tensor(np.stack([info["final_obs"][i] for i in index]))
-            rows = torch.as_tensor(index, device=self.device)
-            values[rows] = self.policy.value(final_obs, _select(state, rows))
-        return values
-
-    def _finish_episodes(
-        self,
-        reward: np.ndarray,
-        terminated: np.ndarray,
-        truncated: np.ndarray,
-        info: dict[str, Any],
-    ) -> list[EpisodeRecord]:
-        self.returns += reward
-        self.lengths += 1
-        finished = []
-        for i in np.flatnonzero(terminated | truncated):
-            final_info = env_info(info.get("final_info", {}), int(i))
-            finished.append(
-                EpisodeRecord(
-                    int(i),
-                    float(self.returns[i]),
-                    int(self.lengths[i]),
-                    self.global_step,
-                    bool(truncated[i] and not terminated[i]),
-                    final_info,
-                )
-            )
-            self.returns[i], self.lengths[i] = 0.0, 0
-        return finished
-
-
-@dataclass(frozen=True)
-class EpisodeSummary:
-    """One finished episode of an `EnvPool` rollout."""
-
-    env: int
-    seed: int
-    episode_return: float
-    length: int
-    summary: dict[str, Any]
-    """The environment's ``info["summary"]`` at the end (final accuracy, seeds, FLOPs)."""
-
-
-def collect_episodes(
-    pool: VectorEnvPool,
-    policy: ActorCritic,
-    seeds: Sequence[int],
-    steps: int,
-    generator: torch.Generator | None = None,
-    next_seed: Callable[[], int] | None = None,
-    demonstrated: bool = False,
-) -> tuple[RolloutBuffer, list[EpisodeSummary]]:
-    """A rollout of whole episodes: every environment starts a fresh episode (``seeds``)
-    and takes ``steps`` steps; episodes are fixed-length, so all end on the last step.
-
-    With ``demonstrated`` the environments' demonstrator acts (``info["demonstration"]``,
-    see `MorphogenesisEnv`) instead of the policy, and the buffer holds the policy's
-    log-probabilities and values of those actions: the data to clone a policy from.
-
-    An environment whose episode ends early (a run the governor had to stop) starts
-    another at once, with seed ``next_seed()``, so every sequence is ``steps`` long; an
-    episode still running at the end is bootstrapped from its value, never dropped.
-    """
-    device = next(policy.parameters()).device
-
-    def tensor(array: Any) -> Tensor:
-        return torch.as_tensor(np.asarray(array), dtype=torch.float32, device=device)
-
-    def stack_masks(infos: list[dict[str, Any]]) -> ActionMasks | None:
-        if not all("masks" in info for info in infos):
+    def masks(self) -> ActionMasks | None:
+        """The masks of every environment's next decision (leading ``[N]``), or None."""
+        given = [i for i, info in enumerate(self.infos) if "masks" in info]
+        if not given:
             return None
-        arrays = {
-            key: np.stack([info["masks"][key] for info in infos]) for key in infos[0]["masks"]
-        }
-        return ActionMasks.from_numpy(arrays, device)
+        if len(given) < self.num_envs:
+            raise ValueError(f"only environments {given} of {self.num_envs} gave masks")
+        keys = self.infos[0]["masks"]
+        arrays = {key: np.stack([info["masks"][key] for info in self.infos]) for key in keys}
+        return ActionMasks.from_numpy(arrays, self.device)
 
-    n = pool.num_envs
-    obs_array, infos = pool.reset(seeds)
-    if demonstrated and not all("demonstration" in info for info in infos):
-        raise ValueError("demonstrated rollouts need environments with a demonstrator")
-    obs, masks = tensor(obs_array), stack_masks(infos)
-    current = list(seeds)
-    state = policy.initial_state(n)
-    initial_state = state
-    starts = torch.ones(n, device=device)
-    returns, lengths = np.zeros(n), np.zeros(n, dtype=np.int64)
-    columns: dict[str, list[Tensor]] = {}
-    step_masks: list[ActionMasks] = []
-    finished: list[EpisodeSummary] = []
-    for _ in range(steps):
+    def _tensor(self, array: Any) -> Tensor:
+        # A copy: the collector's numpy arrays are later updated in place.
+        return torch.tensor(np.asarray(array), dtype=torch.float32, device=self.device)
+
+    def _start_episodes(self, seeds: Iterator[int]) -> Tensor:
+        """Reset every environment whose episode ended, with the next seeds; the step's
+        episode-start flags ``[N]``."""
+        which = np.flatnonzero(self.ended)
+        if len(which):
+            chosen = list(itertools.islice(seeds, len(which)))
+            if len(chosen) < len(which):
+                raise ValueError(f"the seeds ran out: {len(which)} episodes start")
+            obs, infos = self.pool.reset(chosen, which.tolist())
+            if self.obs.shape[1:] != obs.shape[1:]:  # the first reset
+                self.obs = np.zeros((self.num_envs, *obs.shape[1:]), dtype=obs.dtype)
+            self.obs[which] = obs
+            for k, i in enumerate(which):
+                self.infos[i], self._seeds[i] = infos[k], chosen[k]
+            self._returns[which], self._lengths[which] = 0.0, 0
+        starts = self._tensor(self.ended)
+        self.ended = np.zeros(self.num_envs, dtype=bool)
+        return starts
+
+    def _act(
+        self, obs: Tensor, masks: ActionMasks | None, starts: Tensor, demonstrated: bool
+    ) -> ActOutput:
+        # No gradient: the update re-scores the rollout. Not around the pool's calls
+        # either, whose environments may train (`MorphogenesisEnv`).
         with torch.no_grad():
-            out = policy.act(obs, state, masks, starts, generator=generator)
+            out = self.policy.act(obs, self.state, masks, starts, generator=self.generator)
             if demonstrated:
-                out = _demonstrated(policy, out, obs, state, masks, starts, infos)
-        result = pool.step(out.action.cpu().numpy())
-        ended = result.terminated | result.truncated
-        row = {
+                out = _demonstrated(self.policy, out, obs, self.state, masks, starts, self.infos)
+        return out
+
+    def _row(
+        self, obs: Tensor, out: ActOutput, starts: Tensor, result: StepResult
+    ) -> dict[str, Tensor]:
+        """One step's entries of the buffer, each ``[N, ...]``."""
+        return {
             "obs": obs,
             "actions": out.action,
             "log_probs": out.log_prob,
             "values": out.value,
-            "rewards": tensor(result.rewards),
+            "rewards": self._tensor(result.rewards),
             "starts": starts,
-            "terminated": tensor(result.terminated),
-            "truncated": tensor(result.truncated & ~result.terminated),
-            "final_values": torch.zeros(n, device=device),  # episodes end by terminating
+            "terminated": self._tensor(result.terminated),
+            "truncated": self._tensor(result.truncated & ~result.terminated),
+            "final_values": self._final_values(result, out.state),
         }
-        for name, value in row.items():
-            columns.setdefault(name, []).append(value)
-        if masks is not None:
-            step_masks.append(masks)
-        returns += result.rewards
-        lengths += 1
-        next_infos = list(result.infos)
-        next_obs = result.obs.copy()
-        done = np.flatnonzero(ended)
-        for i in done:
-            finished.append(
-                EpisodeSummary(
-                    int(i),
-                    current[i],
-                    float(returns[i]),
-                    int(lengths[i]),
-                    dict(result.infos[i].get("summary", {})),
-                )
+
+    def _final_values(self, result: StepResult, state: PolicyState) -> Tensor:
+        """``[N]``: V(final observation) where the step truncated its episode, else 0;
+        from the state after the step."""
+        values = torch.zeros(self.num_envs, device=self.device)
+        index = np.flatnonzero(result.truncated & ~result.terminated)
+        if len(index):
+            rows = torch.as_tensor(index, device=self.device)
+            selected = tuple(s[:, rows] for s in state)
+            with torch.no_grad():
+                values[rows] = self.policy.value(self._tensor(result.obs[index]), selected)
+        return values
+
+    def _finish_episodes(self, result: StepResult) -> list[EpisodeRecord]:
+        self._returns += result.rewards
+        self._lengths += 1
+        return [
+            EpisodeRecord(
+                env=int(i),
+                seed=self._seeds[i],
+                episode_return=float(self._returns[i]),
+                length=int(self._lengths[i]),
+                global_step=self.global_step,
+                truncated=bool(result.truncated[i] and not result.terminated[i]),
+                final_info=result.infos[i],
             )
-            returns[i], lengths[i] = 0.0, 0
-        if len(done) and next_seed is not None and _ < steps - 1:
-            restart = [next_seed() for _ in done]
-            fresh_obs, fresh_infos = pool.reset(restart, done.tolist())
-            for k, i in enumerate(done):
-                next_obs[i], next_infos[i], current[i] = fresh_obs[k], fresh_infos[k], restart[k]
-        obs, state, masks = tensor(next_obs), out.state, stack_masks(next_infos)
-        starts, infos = tensor(ended), next_infos
-    stacked = {name: torch.stack(values) for name, values in columns.items()}
-    with torch.no_grad():
-        last_value = policy.value(obs, state, starts)
-    buffer = RolloutBuffer(
-        **stacked,
-        masks=ActionMasks.stack(step_masks) if step_masks else None,
-        initial_state=initial_state,
-        last_value=last_value,
-    )
-    return buffer, finished
+            for i in np.flatnonzero(result.terminated | result.truncated)
+        ]
 
 
 def _demonstrated(
@@ -334,6 +262,8 @@ def _demonstrated(
 ) -> ActOutput:
     """``out`` with the demonstrator's actions and the policy's log-probabilities of them
     (the recurrent state does not depend on the action, so ``out.state`` stands)."""
+    if not all("demonstration" in info for info in infos):
+        raise ValueError("demonstrated rollouts need environments with a demonstrator")
     actions = torch.as_tensor(
         np.stack([info["demonstration"] for info in infos]), device=obs.device
     )

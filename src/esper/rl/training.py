@@ -1,10 +1,16 @@
 """Training the learned controller: episodes of `MorphogenesisEnv`, PPO updates, a run dir.
 
-Each update collects one episode from each of ``envs`` environments (stepped in
-``workers`` processes, or Ray actors), then runs `ppo_update` on those whole sequences.
-Training episodes draw their seeds from a fixed pool (`train_seed`) far from the small seeds used
-for evaluation, so ``esper ppo eval --seeds 100-109`` is always held out. With the paired
-baseline each pool seed's static run is trained once per environment process.
+Each update is one `esper.rl.ppo.ppo_iteration`, the path the toy proofs and CartPole
+run too: the one collector (`esper.rl.rollout.RolloutCollector`) starts a fresh episode
+in each of ``envs`` environments (stepped in ``workers`` processes, or Ray actors) and
+runs them to their end, then `ppo_update` learns from those whole sequences, discounted
+by ``run.episode.reward.gamma`` (the discount reward shaping uses). Training episodes
+draw their seeds from a fixed pool (`train_seed`) far from the small seeds used for
+evaluation, so ``esper ppo eval --seeds 100-109`` is always held out. An episode that
+ends early (a run the governor stopped) is followed at once, in the same environment, by
+one on a spare seed; each update, and cloning, has a pool of spare seeds of its own, so
+a resumed run replays them. With the paired baseline each pool seed's static run is
+trained once per environment process.
 
 With ``demonstrations`` the policy first clones the rule-based heuristic (`clone`), so PPO
 starts from the baseline's behaviour rather than from a random policy.
@@ -20,10 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +43,16 @@ from esper.rl.agent import POLICY_FILE, PolicyMeta, save_policy
 from esper.rl.buffer import RolloutBuffer
 from esper.rl.env import MorphogenesisEnv, env_config
 from esper.rl.policy import RecurrentFactoredPolicy
-from esper.rl.ppo import CloneStats, PPOConfig, UpdateStats, clone_update, ppo_update
-from esper.rl.rollout import EpisodeSummary, collect_episodes
-from esper.rl.workers import EnvPool, PoolFactory, VectorEnvPool
+from esper.rl.ppo import (
+    CloneStats,
+    PPOConfig,
+    UpdateRecord,
+    adam,
+    clone_update,
+    ppo_iteration,
+)
+from esper.rl.rollout import RolloutCollector
+from esper.rl.workers import EnvPool, PoolFactory
 from esper.rundir import atomic_write, save_atomic
 from esper.telemetry.updates import UPDATES_FILE, UpdateRow, plot_training, read_updates
 
@@ -79,7 +93,7 @@ class PPOTrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     """The environment: task, episode length, gates, reward (its gamma is PPO's too)."""
     ppo: PPOConfig = field(default_factory=_esper_ppo)
-    """PPO's hyperparameters; ``gamma`` is always ``run.episode.reward.gamma``."""
+    """PPO's hyperparameters (the discount is ``run.episode.reward.gamma``)."""
     episodes: int = 64
     """Training episodes in all (rounded up to whole updates of ``envs`` episodes)."""
     envs: int = 4
@@ -113,11 +127,6 @@ class PPOTrainConfig:
             raise ValueError(
                 f"ppo.num_minibatches ({self.ppo.num_minibatches}) cannot exceed envs "
                 f"({self.envs}): minibatches are whole episodes"
-            )
-        if self.ppo.gamma != self.run.episode.reward.gamma:
-            raise ValueError(
-                "the discount is set once, as run.episode.reward.gamma (shaping and PPO "
-                "must agree); leave ppo.gamma out"
             )
 
     @property
@@ -168,59 +177,66 @@ def train(
     steps = config.run.episode.epochs - 1  # the first epoch is trained by reset
     torch.manual_seed(config.seed)
     policy = meta.build()
-    optimizer = torch.optim.Adam(
-        policy.parameters(), lr=config.ppo.learning_rate, eps=config.ppo.adam_eps
-    )
+    optimizer = adam(policy, config.ppo)
     generator = torch.Generator().manual_seed(config.seed)
-    rows: list[UpdateRow] = []
-    start = 0
     saved = resume and (out / TRAINER_FILE).is_file()  # written after cloning too
-    if saved:
-        state = torch.load(out / TRAINER_FILE, map_location="cpu", weights_only=True)
-        policy.load_state_dict(state["policy"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        start = int(state["updates"])
-        rows = read_updates(out / UPDATES_FILE)[:start]
-        _write_rows(out / UPDATES_FILE, rows)
-    else:  # a new run, or one that stopped before its first update was saved
-        (out / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
-        (out / UPDATES_FILE).write_text("")
+    start, rows = (
+        _restore(out, config, policy, optimizer, generator) if saved else _begin(out, config)
+    )
     with make_pool(_factory(config), config.envs, config.workers) as pool:
+        collector = RolloutCollector(pool, policy, generator)
         if config.demonstrations and not saved:
-            record = clone(pool, policy, config, steps, generator)
+            record = clone(collector, config, steps)
             (out / CLONE_FILE).write_text(json.dumps(dataclasses.asdict(record), indent=2) + "\n")
             _save(out, policy, meta, optimizer, generator, 0)
             save_policy(out / CLONED_POLICY_FILE, policy, meta)
             on_clone(record)
         for update in range(start, config.updates):
-            fraction = 1.0 - update / config.updates if config.ppo.anneal_lr else 1.0
-            learning_rate = fraction * config.ppo.learning_rate
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate
-            began = time.perf_counter()
-            first = update * config.envs
-            seeds = [train_seed(config, first + i) for i in range(config.envs)]
-            buffer, episodes = collect_episodes(
-                pool, policy, seeds, steps, generator, next_seed=_spare_seeds(config, update)
+            iteration = ppo_iteration(
+                collector,
+                optimizer,
+                config.ppo,
+                config.run.episode.reward.gamma,
+                update=update,
+                updates=config.updates,
+                steps=steps,
+                seeds=_update_seeds(config, update),
+                restart=True,
             )
-            collected = time.perf_counter()
-            policy.train()
-            stats = ppo_update(policy, optimizer, buffer, config.ppo, generator)
-            policy.eval()
-            row = _row(update + 1, first + config.envs, learning_rate, stats, episodes)
-            row = dataclasses.replace(
-                row,
-                rollout_seconds=collected - began,
-                update_seconds=time.perf_counter() - collected,
-            )
-            rows.append(row)
+            rows.append(_row(update + 1, (update + 1) * config.envs, iteration))
             with (out / UPDATES_FILE).open("a") as handle:
-                handle.write(row.to_json() + "\n")
+                handle.write(rows[-1].to_json() + "\n")
             _save(out, policy, meta, optimizer, generator, update + 1)
             plot_training(rows, out / "training_curve.png", config.run.task)
-            on_update(row)
+            on_update(rows[-1])
     return rows
+
+
+def _begin(out: Path, config: PPOTrainConfig) -> tuple[int, list[UpdateRow]]:
+    """A new run (or one that stopped before its first update was saved): its config and
+    an empty ``updates.jsonl``; it starts at update 0."""
+    (out / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    (out / UPDATES_FILE).write_text("")
+    return 0, []
+
+
+def _restore(
+    out: Path,
+    config: PPOTrainConfig,
+    policy: RecurrentFactoredPolicy,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> tuple[int, list[UpdateRow]]:
+    """Load ``trainer.pt`` into the policy, optimizer and generator; the update to go on
+    from and the rows before it (``updates.jsonl`` is cut back to them)."""
+    state = torch.load(out / TRAINER_FILE, map_location="cpu", weights_only=True)
+    policy.load_state_dict(state["policy"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    start = int(state["updates"])
+    rows = read_updates(out / UPDATES_FILE)[:start]
+    _write_rows(out / UPDATES_FILE, rows)
+    return start, rows
 
 
 def _save(
@@ -256,32 +272,31 @@ class CloneRecord(CloneStats):
     seconds: float
 
 
-def clone(
-    pool: VectorEnvPool,
-    policy: RecurrentFactoredPolicy,
-    config: PPOTrainConfig,
-    steps: int,
-    generator: torch.Generator,
-) -> CloneRecord:
-    """Run ``config.demonstrations`` heuristic episodes (groups of ``envs``, on the first
-    seeds of the training pool) and fit ``policy`` to them (`clone_update`, with an
-    optimizer of its own so PPO's starts fresh)."""
+def clone(collector: RolloutCollector, config: PPOTrainConfig, steps: int) -> CloneRecord:
+    """Run ``config.demonstrations`` heuristic episodes of ``steps`` steps (groups of
+    ``envs``, on the first seeds of the training pool; an episode that ends early is
+    followed by one on a spare seed of cloning's own pool) and fit ``collector.policy``
+    to them (`clone_update`, with an optimizer of its own so PPO's starts fresh)."""
     began = time.perf_counter()
-    buffers, episodes = [], []
+    policy, buffers, episodes = collector.policy, [], []
+    spare = _clone_spare_seeds(config)
     groups = math.ceil(config.demonstrations / config.envs)
     for group in range(groups):
-        seeds = [train_seed(config, group * config.envs + i) for i in range(config.envs)]
-        buffer, finished = collect_episodes(
-            pool, policy, seeds, steps, generator, demonstrated=True
+        fresh = [train_seed(config, group * config.envs + i) for i in range(config.envs)]
+        rollout = collector.collect(
+            steps, itertools.chain(fresh, spare), restart=True, demonstrated=True
         )
-        buffers.append(buffer)
-        episodes += finished
-    optimizer = torch.optim.Adam(
-        policy.parameters(), lr=config.ppo.learning_rate, eps=config.ppo.adam_eps
-    )
+        buffers.append(rollout.buffer)
+        episodes += rollout.episodes
     policy.train()
     stats = clone_update(
-        policy, optimizer, RolloutBuffer.concat(buffers), config.ppo, config.clone_epochs, generator
+        policy,
+        adam(policy, config.ppo),
+        RolloutBuffer.concat(buffers),
+        config.ppo,
+        config.run.episode.reward.gamma,
+        config.clone_epochs,
+        collector.generator,
     )
     policy.eval()
     return CloneRecord(
@@ -295,27 +310,34 @@ def clone(
     )
 
 
-def _spare_seeds(config: PPOTrainConfig, update: int) -> Callable[[], int]:
-    """Seeds for episodes started within an update after one ended early (a run the
-    governor stopped): a pool of its own, determined by the update, so resume replays it."""
-    counter = iter(range(10**6))
-    return lambda: 2_000_000 + 1_000 * config.seed + 100 * update + next(counter)
+def _update_seeds(config: PPOTrainConfig, update: int) -> Iterator[int]:
+    """The seeds of update ``update``'s episodes, in the order they start: one from the
+    training pool for each environment (`train_seed`), then, for episodes started after
+    one ended early (a run the governor stopped), spare seeds 2,000,000 + 1,000 x seed +
+    100 x update + k, determined by the update, so resume replays them."""
+    first = update * config.envs
+    fresh = [train_seed(config, first + i) for i in range(config.envs)]
+    spare = (2_000_000 + 1_000 * config.seed + 100 * update + k for k in itertools.count())
+    return itertools.chain(fresh, spare)
+
+
+def _clone_spare_seeds(config: PPOTrainConfig) -> Iterator[int]:
+    """Seeds for demonstrations started after one ended early: 3,000,000 + 1,000 x seed
+    + k, apart from the training pool (1,000,000 + ...) and PPO's spares (2,000,000 +
+    ...), determined by the run, so a rerun of cloning replays them."""
+    return (3_000_000 + 1_000 * config.seed + k for k in itertools.count())
 
 
 def _write_rows(path: Path, rows: list[UpdateRow]) -> None:
     atomic_write(path, "".join(row.to_json() + "\n" for row in rows).encode())
 
 
-def _row(
-    update: int,
-    episodes: int,
-    learning_rate: float,
-    stats: UpdateStats,
-    finished: list[EpisodeSummary],
-) -> UpdateRow:
+def _row(update: int, episodes: int, iteration: UpdateRecord) -> UpdateRow:
     def mean(values: list[float]) -> float:
         return float(np.mean(values)) if values else math.nan
 
+    stats = iteration.stats
+    finished = iteration.episodes
     summaries = [e.summary for e in finished]
     return UpdateRow(
         update=update,
@@ -325,7 +347,7 @@ def _row(
         mean_added_params=mean([s.get("seed_params", math.nan) for s in summaries]),
         mean_seeds_kept=mean([s.get("seeds_fossilized", math.nan) for s in summaries]),
         illegal_fraction=mean([s.get("illegal_fraction", 0.0) for s in summaries]),
-        learning_rate=learning_rate,
+        learning_rate=iteration.learning_rate,
         policy_loss=stats.policy_loss,
         value_loss=stats.value_loss,
         entropy=stats.entropy,
@@ -334,14 +356,26 @@ def _row(
         ratio_min=stats.ratio_min,
         ratio_max=stats.ratio_max,
         explained_variance=stats.explained_variance,
-        rollout_seconds=0.0,
-        update_seconds=0.0,
+        rollout_seconds=iteration.rollout_seconds,
+        update_seconds=iteration.update_seconds,
+        approx_kl_last=stats.approx_kl_last,
     )
 
 
 def load_train_config(path: Path) -> PPOTrainConfig:
-    """A saved ``config.json`` of a training run."""
-    config: PPOTrainConfig = from_dict(PPOTrainConfig, json.loads(path.read_text()))
+    """A saved ``config.json`` of a training run. One written before the discount was
+    set in one place holds ``ppo.gamma``: dropped when it equals
+    ``run.episode.reward.gamma``, refused (ValueError, one line) when it differs."""
+    data = json.loads(path.read_text())
+    ppo = data.get("ppo") if isinstance(data, dict) else None
+    old_gamma = ppo.pop("gamma") if isinstance(ppo, dict) and "gamma" in ppo else None
+    config: PPOTrainConfig = from_dict(PPOTrainConfig, data)
+    if old_gamma is not None and old_gamma != config.run.episode.reward.gamma:
+        raise ValueError(
+            f"ppo.gamma ({old_gamma}) differs from run.episode.reward.gamma "
+            f"({config.run.episode.reward.gamma}); the discount is set once, as "
+            "run.episode.reward.gamma: remove ppo.gamma"
+        )
     return config
 
 
@@ -355,11 +389,10 @@ def resolve_train_config(
     ppo_data = dict(file_data.get("ppo", {}))
     if "gamma" in ppo_data:
         raise ValueError("set the discount as run.episode.reward.gamma, not ppo.gamma")
-    gamma = run.episode.reward.gamma
-    base = to_dict(PPOTrainConfig(run=run, ppo=dataclasses.replace(_esper_ppo(), gamma=gamma)))
+    base = to_dict(PPOTrainConfig(run=run))
     merged = {**base, **{k: v for k, v in file_data.items() if k not in ("run", "ppo")}}
     merged["run"] = to_dict(run)
-    merged["ppo"] = {**base["ppo"], **ppo_data, "gamma": gamma}
+    merged["ppo"] = {**base["ppo"], **ppo_data}
     merged.update(flags)
     config: PPOTrainConfig = from_dict(PPOTrainConfig, merged)
     return config

@@ -101,6 +101,7 @@ def update_scalars(row: UpdateRow) -> dict[str, float]:
         "value_loss",
         "entropy",
         "approx_kl",
+        "approx_kl_last",
         "clip_fraction",
         "ratio_min",
         "ratio_max",

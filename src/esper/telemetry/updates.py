@@ -34,7 +34,8 @@ UPDATES_FILE = "updates.jsonl"
 
 @dataclass(frozen=True)
 class UpdateRow:
-    """One update, as written to ``updates.jsonl``."""
+    """One update, as written to ``updates.jsonl`` (`esper.rl.ppo.UpdateStats` has what
+    the PPO numbers mean)."""
 
     update: int
     episodes: int
@@ -54,6 +55,9 @@ class UpdateRow:
     explained_variance: float
     rollout_seconds: float
     update_seconds: float
+    approx_kl_last: float = math.nan
+    """Approximate KL on the update's last minibatch (``approx_kl`` is the mean over its
+    minibatches); nan in rows written before it was recorded."""
 
     def to_json(self) -> str:
         return json.dumps(

@@ -3,6 +3,7 @@ that eval and run load, exact resume, one worker or two, and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -29,7 +30,6 @@ from esper.rl.training import (
     train_seed,
 )
 from esper.training.episode import EpisodeRunner
-from esper.training.governor import GovernorStopError
 from tests.commands import SHORT_PPO, policy_weights, ppo_train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -193,7 +193,11 @@ def test_a_run_the_governor_stops_is_followed_by_one_on_a_spare_seed(
     def stop(runner: EpisodeRunner) -> Any:
         started.extend([runner.config.seed] if runner.epoch == 0 else [])
         if runner.config.seed == stopping and runner.epoch == 2:
-            raise GovernorStopError("3 rollbacks in a row")
+            # A fault no rollback fixes: the governor's own check fails, and it stops.
+            failing = dataclasses.replace(
+                runner.governor.config, loss_multiplier=1e-9, max_consecutive_rollbacks=1
+            )
+            runner.governor.config = failing
         return observe(runner)
 
     monkeypatch.setattr(EpisodeRunner, "observe", stop)

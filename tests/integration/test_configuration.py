@@ -109,8 +109,9 @@ RUNS, PPO = (["heuristic"], ["compare"]), (["ppo", "train"],)
         (b'{"batch_size": 1' + b"0" * 5000 + b"}", "not valid JSON", RUNS + PPO),
         (b'{"episode": [1]}', "episode: expected a JSON object", RUNS),
         (b'{"run": [1]}', "run: expected a JSON object", PPO),
+        (b'{"ppo": [1]}', "ppo: expected a JSON object", PPO),
     ],
-    ids=["not-utf8", "deep", "huge-integer", "list-for-a-section", "list-for-run"],
+    ids=["not-utf8", "deep", "huge-integer", "list-for-a-section", "list-for-run", "list-for-ppo"],
 )
 def test_a_bad_config_file_is_one_line_for_every_command(
     tmp_path: Path,

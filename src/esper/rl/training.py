@@ -30,7 +30,7 @@ import itertools
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from esper.config import RunConfig, from_dict, reject_non_finite, to_dict
+from esper.config import RunConfig, from_dict, merge, reject_non_finite, to_dict
 from esper.rl.agent import POLICY_FILE, PolicyMeta, save_policy
 from esper.rl.buffer import RolloutBuffer
 from esper.rl.env import MorphogenesisEnv, env_config
@@ -382,17 +382,16 @@ def load_train_config(path: Path) -> PPOTrainConfig:
 def resolve_train_config(
     file_data: dict[str, Any], run_overrides: dict[str, Any], flags: dict[str, Any]
 ) -> PPOTrainConfig:
-    """Defaults, then a config file's data, then flags: ``run_overrides`` go to the
+    """Defaults, then a config file's data, then flags, merged key by key (the one merge,
+    `esper.config.merge`): the file's ``run`` section and ``run_overrides`` go to the
     environment (`env_config`: task, epochs, ...), ``flags`` to the top level (episodes,
     envs, ...). The discount comes from the environment's reward config only."""
     run = env_config(file_data.get("run"), **run_overrides)
-    ppo_data = dict(file_data.get("ppo", {}))
-    if "gamma" in ppo_data:
+    ppo_section = file_data.get("ppo", {})
+    if isinstance(ppo_section, Mapping) and "gamma" in ppo_section:
         raise ValueError("set the discount as run.episode.reward.gamma, not ppo.gamma")
-    base = to_dict(PPOTrainConfig(run=run))
-    merged = {**base, **{k: v for k, v in file_data.items() if k not in ("run", "ppo")}}
+    rest = {key: value for key, value in file_data.items() if key != "run"}
+    merged = merge(to_dict(PPOTrainConfig(run=run)), rest, flags)
     merged["run"] = to_dict(run)
-    merged["ppo"] = {**base["ppo"], **ppo_data}
-    merged.update(flags)
     config: PPOTrainConfig = from_dict(PPOTrainConfig, merged)
     return config

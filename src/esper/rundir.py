@@ -2,7 +2,8 @@
 
 `esper.run` decides what goes into a run; this module makes sure it lands safely::
 
-    .esper-run          marker: "this directory is an Esper run" (JSON: run id, created)
+    .esper-run          marker: "this directory is Esper's" (JSON: run id, created, kind:
+                        a run, a PPO training or a compare; one never writes into another)
     .esper.lock         exclusive advisory lock (flock) held for the life of a run; holds
                         the holder's pid, host and command, for the error a second run gets
     checkpoint.pt       the latest checkpoint generation
@@ -43,6 +44,7 @@ import torch
 
 __all__ = [
     "CHECKPOINT",
+    "KINDS",
     "LOCK",
     "MARKER",
     "PREVIOUS_CHECKPOINT",
@@ -321,10 +323,20 @@ def _describe_holder(lock_path: Path) -> str:
         return "another process (it has not recorded itself yet)"
 
 
+KINDS: Mapping[str, str] = {
+    "run": "a run ('esper heuristic', 'baseline' or 'ppo run')",
+    "ppo-train": "an 'esper ppo train' directory",
+    "compare": "an 'esper compare' or 'ppo eval' directory",
+}
+"""What an Esper directory can be, as its marker says; one kind never writes into another's."""
+
+
 @dataclass(frozen=True)
 class _Marker:
     run_id: str
     created: str
+    kind: str = "run"
+    """One of `KINDS` (markers written before kinds existed are runs')."""
 
 
 class RunDirectory:
@@ -345,9 +357,10 @@ class RunDirectory:
     # ------------------------------------------------------------ opening
 
     @classmethod
-    def check_new(cls, path: Path) -> None:
-        """Raise `RunError` unless a new run may be created at ``path``: it does not
-        exist, is empty, or is an Esper run directory that never got a configuration."""
+    def check_new(cls, path: Path, kind: str = "run") -> None:
+        """Raise `RunError` unless a new directory of ``kind`` may be created at ``path``:
+        it does not exist, is empty, or is an Esper directory of that kind that never got
+        a configuration (a compare's holds its runs and continues)."""
         if path.exists() and not path.is_dir():
             raise RunError(f"{path} exists and is not a directory; pick another --out")
         if not path.is_dir():
@@ -355,11 +368,13 @@ class RunDirectory:
         holder = _in_use(path)
         if holder is not None:
             raise _busy(path, holder)
-        cls._check_contents(path)
+        cls._check_contents(path, kind)
 
-    @staticmethod
-    def _check_contents(path: Path) -> None:
-        if (path / "config.json").exists():
+    @classmethod
+    def _check_contents(cls, path: Path, kind: str) -> None:
+        if is_run_directory(path):
+            cls._check_kind(path, cls._read_marker(path), kind)
+        if kind != "compare" and (path / "config.json").exists():
             raise RunError(
                 f"{path} already holds a run; continue it with --resume {path} "
                 "or pick another --out"
@@ -375,10 +390,17 @@ class RunDirectory:
                 "Esper writes only into new, empty or its own directories: pick another --out"
             )
 
+    @staticmethod
+    def _check_kind(path: Path, marker: _Marker, kind: str) -> None:
+        if marker.kind != kind:
+            what = KINDS.get(marker.kind, f"an Esper directory of kind {marker.kind!r}")
+            raise RunError(f"{path} is {what}, not {KINDS[kind]}; pick another --out")
+
     @classmethod
-    def create(cls, path: Path, command: str | None = None) -> RunDirectory:
-        """Lock ``path`` for a new run, creating it and its marker if needed."""
-        cls.check_new(path)
+    def create(cls, path: Path, command: str | None = None, kind: str = "run") -> RunDirectory:
+        """Lock ``path`` for a new directory of ``kind`` (`KINDS`), creating it and its
+        marker if needed."""
+        cls.check_new(path, kind)
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -387,10 +409,11 @@ class RunDirectory:
             ) from None
         lock_fd = cls._lock(path, command)
         try:
-            cls._check_contents(path)  # again, under the lock: another run may have won a race
+            cls._check_contents(path, kind)  # again, under the lock: another may have won a race
             marker = cls._read_marker(path) if is_run_directory(path) else None
             if marker is None:
-                marker = _Marker(uuid.uuid4().hex, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                marker = _Marker(uuid.uuid4().hex, created, kind)
                 atomic_write(path / MARKER, (json.dumps(asdict(marker)) + "\n").encode())
         except BaseException:
             os.close(lock_fd)
@@ -400,8 +423,8 @@ class RunDirectory:
         return run_dir
 
     @classmethod
-    def open(cls, path: Path, command: str | None = None) -> RunDirectory:
-        """Lock the existing run directory ``path`` to continue its run."""
+    def open(cls, path: Path, command: str | None = None, kind: str = "run") -> RunDirectory:
+        """Lock the existing directory ``path`` of ``kind`` to continue what it holds."""
         if not path.is_dir():
             raise RunError(f"{path} is not a run directory (no such directory)")
         if not is_run_directory(path):
@@ -417,6 +440,7 @@ class RunDirectory:
         lock_fd = cls._lock(path, command)
         try:
             marker = cls._read_marker(path)
+            cls._check_kind(path, marker, kind)
         except BaseException:
             os.close(lock_fd)
             raise
@@ -428,7 +452,7 @@ class RunDirectory:
     def _read_marker(path: Path) -> _Marker:
         try:
             data = json.loads((path / MARKER).read_text(encoding="utf-8"))
-            return _Marker(str(data["run_id"]), str(data["created"]))
+            return _Marker(str(data["run_id"]), str(data["created"]), str(data.get("kind", "run")))
         except (OSError, ValueError, KeyError, TypeError):
             raise RunError(
                 f"{path / MARKER} is damaged; this directory's run cannot be continued"

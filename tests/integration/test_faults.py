@@ -1018,3 +1018,20 @@ def test_the_readme_guarantees_are_the_ones_tested_here() -> None:
     rows = [line for line in table.splitlines() if line.startswith("| ") and "`test_" in line]
     assert all(re.search(r"`test_\w+`", row) for row in rows)
     assert "max_consecutive_rollbacks" in page
+
+
+def test_one_kind_of_esper_directory_never_writes_into_another(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A run's --out on a compare's directory (or the reverse) is refused in one line.
+    with RunDirectory.create(tmp_path / "compare", kind="compare"):
+        pass
+    assert main(["heuristic", "--epochs", "1", "--out", str(tmp_path / "compare")]) == 2
+    assert "'ppo eval' directory, not a run" in _one_line(capsys.readouterr().err)
+    assert sorted(p.name for p in (tmp_path / "compare").iterdir()) == [".esper-run", ".esper.lock"]
+    with RunDirectory.create(tmp_path / "run"):
+        pass
+    with pytest.raises(esper.rundir.RunError, match=r"is a run .* not an 'esper ppo train'"):
+        RunDirectory.create(tmp_path / "run", kind="ppo-train")
+    with RunDirectory.create(tmp_path / "compare", kind="compare"):
+        pass  # its own kind: continues

@@ -7,11 +7,21 @@ heavy imports; `esper.compare` trains the arms.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from esper.config import MAX_SEED
 from esper.controller.registry import CONTROLLERS, ControllerSpec, get_controller
 
-__all__ = ["MAX_SEED_COUNT", "Arm", "arm_help", "parse_arms", "parse_seeds"]
+__all__ = [
+    "MAX_RUNS",
+    "MAX_SEED_COUNT",
+    "Arm",
+    "arm_help",
+    "check_size",
+    "parse_arms",
+    "parse_seeds",
+]
 
 STATIC = "baseline"
 """The controller of the static arms (``static``, ``static@X``, ``static-matched``)."""
@@ -47,6 +57,15 @@ class Arm:
     @property
     def grows(self) -> bool:
         return get_controller(self.controller).grows
+
+    def same_runs(self, other: Arm) -> bool:
+        """``other`` trains exactly the runs this arm trains (``static`` and ``static@1``):
+        the same controller, policy and fixed width."""
+        return self.width is not None and (self.controller, self.width, self.policy) == (
+            other.controller,
+            other.width,
+            other.policy,
+        )
 
 
 def _controller_arm(name: str) -> Arm | None:
@@ -90,6 +109,12 @@ def parse_arms(text: str) -> list[Arm]:
             raise ValueError(f"unknown arm {name!r}; arms are {arm_help()}")
         if any(a.label == arm.label for a in arms):
             raise ValueError(f"arm {arm.label!r} is listed twice")
+        twin = next((a for a in arms if a.same_runs(arm)), None)
+        if twin is not None:
+            raise ValueError(
+                f"arms {twin.label!r} and {name!r} are the same runs (controller "
+                f"{arm.controller}, width x{arm.width:g}): list it once"
+            )
         arms.append(arm)
     if any(a.width is None for a in arms) and not any(a.grows for a in arms):
         raise ValueError("static-matched needs an arm that grows (e.g. heuristic) to match")
@@ -100,35 +125,63 @@ def parse_arms(text: str) -> list[Arm]:
 # 100 would otherwise start 100 runs), so it must be written as a range.
 MAX_SEED_COUNT = 20
 
+MAX_RUNS = 1000
+"""The most runs (arms x seeds) one compare trains: more is almost always a typo
+(``--seeds 0-100000``); a study that big is split over several compares."""
+
 
 def parse_seeds(text: str) -> list[int]:
     """``5`` (seeds 0-4), ``100-109`` (inclusive) or ``1,3,7``; ValueError names the fix.
 
-    A bare count above ``MAX_SEED_COUNT`` is refused: write it as a range (``0-99``).
+    A bare count above ``MAX_SEED_COUNT`` is refused: write it as a range (``0-99``). So
+    are more than ``MAX_RUNS`` seeds (before a list of them is built) and seeds outside
+    ``0..MAX_SEED`` (`esper.config.MAX_SEED`).
     """
     form = "use a count (5), an inclusive range (100-109) or a list (1,3,7)"
     is_list, is_range = "," in text, "-" in text.strip("-")
     try:
-        if is_list:
-            seeds = [int(part) for part in text.split(",")]
-        elif is_range:
-            low, high = (int(part) for part in text.split("-", 1))
-            if high < low:
-                raise ValueError
-            seeds = list(range(low, high + 1))
-        else:
-            count = int(text)
-            if count < 1:
-                raise ValueError
-            seeds = list(range(count))
+        seeds = _seeds(text, is_list, is_range)
     except ValueError:
         raise ValueError(f"bad --seeds {text!r}: {form}") from None
-    if not (is_list or is_range) and len(seeds) > MAX_SEED_COUNT:
-        n = len(seeds)
+    # Counted without building the list (len() of a huge range overflows).
+    n = seeds.stop - seeds.start if isinstance(seeds, range) else len(seeds)
+    if not (is_list or is_range) and n > MAX_SEED_COUNT:
         raise ValueError(
             f"--seeds {n} would run {n} seeds (0-{n - 1}): write 0-{n - 1} if you mean "
             f"that, or {n}-{n} for seed {n} alone"
         )
-    if any(s < 0 or s >= 2**63 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ValueError(f"bad --seeds {text!r}: seeds must be distinct and >= 0; {form}")
-    return seeds
+    if n > MAX_RUNS:
+        raise ValueError(
+            f"--seeds {text} is {n:,} seeds; a compare trains at most {MAX_RUNS:,} runs "
+            "(arms x seeds): use a smaller range, or split the seeds over several compares"
+        )
+    if any(s < 0 or s > MAX_SEED for s in seeds) or len(set(seeds)) != n:
+        raise ValueError(
+            f"bad --seeds {text!r}: seeds must be distinct and in 0..{MAX_SEED}; {form}"
+        )
+    return list(seeds)
+
+
+def _seeds(text: str, is_list: bool, is_range: bool) -> Sequence[int]:
+    """The seeds ``text`` names (a range stays a `range`); ValueError if malformed."""
+    if is_list:
+        return [int(part) for part in text.split(",")]
+    if is_range:
+        low, high = (int(part) for part in text.split("-", 1))
+        if high < low:
+            raise ValueError
+        return range(low, high + 1)
+    count = int(text)
+    if count < 1:
+        raise ValueError
+    return range(count)
+
+
+def check_size(arms: Sequence[Arm], seeds: Sequence[int]) -> None:
+    """ValueError naming the fix if ``arms`` x ``seeds`` is more than `MAX_RUNS` runs."""
+    runs = len(arms) * len(seeds)
+    if runs > MAX_RUNS:
+        raise ValueError(
+            f"{len(arms)} arms x {len(seeds):,} seeds is {runs:,} runs; a compare trains at "
+            f"most {MAX_RUNS:,}: use fewer seeds or arms, or split them over several compares"
+        )

@@ -356,6 +356,10 @@ class RunConfig:
     policy trained by ``esper ppo train`` (see ``policy``)."""
     policy: str | None = None
     """The trained policy (a ``policy.pt`` or its run directory) when controller is ppo."""
+    policy_sha256: str | None = None
+    """SHA-256 of the policy file when the run's configuration was resolved (set by
+    `esper.controller.ControllerSpec.configure`): a compare's cache holds the runs of
+    one policy's contents, and a resume refuses a policy file that changed since."""
     slots: tuple[str, ...] | None = None
     """Enabled slot ids (None: every injection point of the host)."""
     width_multiplier: float = 1.0

@@ -1,6 +1,8 @@
 """One arm on one seed: its task, its run directory (the cache) and its outcome.
 
-Each arm x seed is an ordinary run directory under ``OUT/runs/<arm>/seed-<n>/``. A
+Each arm x seed is an ordinary run directory under ``OUT/runs/<arm>/seed-<n>/`` (an arm
+driven by a policy: ``OUT/runs/<arm>-<SHA-256 of the policy file, 12 digits>/``, so a
+policy file that changed trains new runs and never reuses the old policy's). A
 finished run is never trained again, and an interrupted one resumes from its last
 checkpoint, so rerunning the same compare continues it. `run_task` is the one function
 every pool calls, in a local worker process or a Ray task alike.
@@ -19,7 +21,7 @@ from esper.controller import get_controller
 from esper.run import RunError, finish_report, prepare_run_dir, read_config, run
 from esper.telemetry.report import read_history
 
-__all__ = ["RunOutcome", "RunTask", "cached_outcome", "run_task", "task_for"]
+__all__ = ["RunOutcome", "RunTask", "cached_outcome", "run_task", "shared_settings", "task_for"]
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,14 @@ class RunOutcome:
 
 def task_for(out: Path, base: RunConfig, arm: Arm, width: float, seed: int) -> RunTask:
     """``arm`` at width multiplier ``width`` on ``seed``: one torch thread, lifecycle
-    telemetry, in ``out/runs/<arm>/seed-<seed>`` (a matched arm's folder names its width)."""
+    telemetry, in ``out/runs/<arm>/seed-<seed>`` (a matched arm's folder names its width,
+    a policy's arm the start of its file's SHA-256: another policy, other runs)."""
+    config = _run_config(base, arm, width, seed)
     folder = arm.label if arm.width is not None else f"static@{width:g}"
+    if config.policy_sha256 is not None:
+        folder = f"{folder}-{config.policy_sha256[:12]}"
     run_dir = out / "runs" / folder / f"seed-{seed}"
-    return RunTask(arm.label, seed, str(run_dir), to_dict(_run_config(base, arm, width, seed)))
+    return RunTask(arm.label, seed, str(run_dir), to_dict(config))
 
 
 def _run_config(base: RunConfig, arm: Arm, width: float, seed: int) -> RunConfig:
@@ -65,6 +71,28 @@ def _run_config(base: RunConfig, arm: Arm, width: float, seed: int) -> RunConfig
         episode=replace(base.episode, seed=seed),
     )
     return get_controller(arm.controller).configure(config)
+
+
+_SET_PER_RUN = (
+    "controller",
+    "policy",
+    "policy_sha256",
+    "width_multiplier",
+    "threads",
+    "telemetry_level",
+)
+"""Top-level `RunConfig` fields that `_run_config` sets for each arm (and the seed)."""
+
+
+def shared_settings(base: RunConfig) -> dict[str, Any]:
+    """What every run of a compare on ``base`` shares, as plain data: ``base`` without
+    what `_run_config` sets for each arm and seed (controller, policy, width, threads,
+    telemetry level, seed)."""
+    data: dict[str, Any] = to_dict(base)
+    for key in _SET_PER_RUN:
+        data.pop(key)
+    data["episode"].pop("seed")
+    return data
 
 
 def cached_outcome(task: RunTask) -> RunOutcome | None:

@@ -18,9 +18,11 @@ task names its data loader.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from esper.config import RunConfig, observing_every_seed
 from esper.contracts import StatefulController
@@ -28,11 +30,35 @@ from esper.registry import Registry
 
 __all__ = [
     "CONTROLLERS",
+    "POLICY_FILE",
     "ControllerContext",
     "ControllerSpec",
     "build_controller",
     "get_controller",
+    "policy_digest",
+    "policy_file",
 ]
+
+POLICY_FILE = "policy.pt"
+"""The policy file in a training directory (``esper ppo train --out``)."""
+
+
+def policy_file(source: Path) -> Path:
+    """The policy file ``source`` names: itself, or the `POLICY_FILE` of a directory."""
+    return source / POLICY_FILE if source.is_dir() else source
+
+
+def policy_digest(source: Path) -> str | None:
+    """SHA-256 of the policy file ``source`` names (`policy_file`); None if it cannot be
+    read (loading it says why, in one line)."""
+    digest = hashlib.sha256()
+    try:
+        with policy_file(source).open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -90,9 +116,14 @@ class ControllerSpec:
 
     def configure(self, config: RunConfig) -> RunConfig:
         """``config`` as this controller's runs need it: every blended seed measured each
-        epoch if it observes them (saved so in the run's config.json, so a compare's
-        cache and a resume see the same settings)."""
-        return observing_every_seed(config) if self.observes_every_seed else config
+        epoch if it observes them, and the SHA-256 of its policy file if it needs one
+        (saved so in the run's config.json, so a compare's cache and a resume see the
+        same settings, and the same policy)."""
+        if self.observes_every_seed:
+            config = observing_every_seed(config)
+        if self.needs_policy and config.policy is not None:
+            config = replace(config, policy_sha256=policy_digest(Path(config.policy)))
+        return config
 
     def build(self, context: ControllerContext) -> StatefulController:
         """This controller for the run ``context`` describes."""

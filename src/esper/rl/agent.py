@@ -28,7 +28,7 @@ from esper.controller.features import (
     observation,
     observation_size,
 )
-from esper.controller.registry import ControllerContext
+from esper.controller.registry import POLICY_FILE, ControllerContext, policy_digest, policy_file
 from esper.rl.policy import ActionMasks, RecurrentFactoredPolicy
 from esper.rundir import save_atomic
 
@@ -42,7 +42,6 @@ __all__ = [
     "save_policy",
 ]
 
-POLICY_FILE = "policy.pt"
 FORMAT = 1
 
 
@@ -93,7 +92,7 @@ def load_policy(
     Refuses, with a `PolicyError` naming the fix, a missing or corrupt file, another
     observation layout, or (when given) another task or slots than the run's.
     """
-    path = source / POLICY_FILE if source.is_dir() else source
+    path = policy_file(source)
     if not path.is_file():
         raise PolicyError(f"no policy at {path}: pass the directory of an 'esper ppo train' run")
     try:
@@ -185,9 +184,19 @@ class PolicyController:
 
 def build(context: ControllerContext) -> PolicyController:
     """The learned controller of a run: the policy ``config.policy`` names, checked to fit
-    the run's task and slots (`PolicyError`, a ValueError naming the fix, if not)."""
+    the run's task and slots, and to be the file the run started with (its SHA-256,
+    ``config.policy_sha256``); `PolicyError`, a ValueError naming the fix, if not."""
     config = context.config
     if config.policy is None:
         raise PolicyError("controller ppo needs a policy: pass --policy DIR")
-    policy, meta = load_policy(Path(config.policy), config.task, context.slot_ids)
+    source = Path(config.policy)
+    policy, meta = load_policy(source, config.task, context.slot_ids)
+    now = policy_digest(source)
+    if config.policy_sha256 is not None and now != config.policy_sha256:
+        raise PolicyError(
+            f"{policy_file(source)} has changed since this run started (SHA-256 "
+            f"{config.policy_sha256[:12]}..., now {(now or 'unreadable')[:12]}...): a run "
+            "continues only with its own policy; put that file back, or start a new run "
+            "with --out"
+        )
     return PolicyController(policy, meta, context.random_guess_loss)

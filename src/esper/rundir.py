@@ -57,6 +57,7 @@ __all__ = [
     "atomic_write",
     "config_digest",
     "is_run_directory",
+    "lock_holder",
     "read_checkpoint",
     "read_lines",
     "save_atomic",
@@ -303,6 +304,12 @@ def _in_use(path: Path) -> str | None:
     finally:
         os.close(fd)  # also drops the probe's own shared lock
     return None
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds the lock of the Esper directory ``path`` (pid, host, command), or None
+    if nobody does; a probe that takes no lock and writes nothing."""
+    return _in_use(path)
 
 
 def _busy(path: Path, holder: str) -> RunError:

@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from esper.cli import main
-from esper.compare import matched_width, parse_arms, parse_seeds
+from esper.compare import (
+    PARTIAL_RESULTS,
+    RESULTS,
+    SETTINGS_FILE,
+    matched_width,
+    parse_arms,
+    parse_seeds,
+)
 from esper.config import RunConfig
 from tests.commands import compare, interrupt_at_save
 
@@ -151,13 +158,16 @@ def test_runs_trained_with_other_settings_are_refused_and_reported(
 ) -> None:
     out = tmp_path / "compare"
     shutil.copytree(reference, out)
+    # Without the compare's record of its settings (the whole compare is refused with
+    # it: tests/integration/test_compare_faults.py), each run still checks its own.
+    (out / SETTINGS_FILE).unlink()
     flags = ["--arms", "static,heuristic,static-matched", "--seeds", "2", "--workers", "1"]
     # Other epochs than the cached runs': each is refused, none retrained or mixed in, and
     # the matched arm, with no grown run to size it, is reported failed too.
     assert compare(out, *flags, "--epochs", "11") == 1
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err + captured.out
-    data = json.loads((out / "compare.json").read_text())
+    data = json.loads((out / PARTIAL_RESULTS.table).read_text())
     errors = {(run["arm"], run["error"]) for run in data["runs"]}
     assert {arm for arm, _ in errors} == {"static", "heuristic", "static-matched"}
     assert ("static-matched", "no grown run to match") in errors
@@ -166,6 +176,9 @@ def test_runs_trained_with_other_settings_are_refused_and_reported(
         for seed in (0, 1):
             summary = Path("runs", arm, f"seed-{seed}", "summary.json")
             assert (out / summary).read_bytes() == (reference / summary).read_bytes()
+    # ...and so is the complete table they made.
+    for name in RESULTS.names:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
 
 
 @pytest.mark.parametrize(

@@ -4,33 +4,86 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import shlex
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from esper.arms import Arm, check_size
+from esper.cli.common import Terminated
 from esper.cli.runs import resolve_config
-from esper.cluster import connected
+from esper.cluster import connected, import_ray
 from esper.compare import (
+    RESULTS,
+    CompareDirectory,
     CompareResult,
     LocalPool,
     RayPool,
+    ResultFiles,
     RunOutcome,
     RunPool,
+    check_policies,
     compare,
     parse_arms,
     parse_seeds,
     table,
-    write_outputs,
 )
+from esper.config import RunConfig
 from esper.provenance import provenance
 from esper.run import RunError
 from esper.telemetry.report import format_flops
 
-__all__ = ["compare_command", "open_pool", "print_compare"]
+__all__ = [
+    "ComparePlan",
+    "compare_command",
+    "open_pool",
+    "out_directory",
+    "print_compare",
+    "run_compare",
+]
+
+
+@dataclass(frozen=True)
+class ComparePlan:
+    """What a compare (``esper compare``, ``esper ppo eval``) is asked to train."""
+
+    out: Path
+    base: RunConfig
+    arms: list[Arm]
+    seeds: list[int]
+    intro: str
+    """The start of its first line, e.g. ``compare static, heuristic on digits, seeds 2``."""
+
+
+def out_directory(out: str | None, default: Path) -> Path:
+    """``--out`` (``default`` without it); an empty one is refused in one line."""
+    if out is None:
+        return default
+    if not out.strip():
+        raise RunError("--out is empty; name the compare directory, e.g. --out runs/compare")
+    return Path(out)
+
+
+def _check_pool_flags(args: argparse.Namespace) -> None:
+    """The pool flags (``--workers``, ``--gpus-per-run``, ``--ray``) before anything is
+    written: one line for a bad one, or for --ray without Ray installed."""
+    if args.ray is None:
+        if getattr(args, "gpus_per_run", None):
+            raise RunError("--gpus-per-run needs --ray (Ray hands out the GPUs)")
+        if args.workers is not None and args.workers < 1:
+            raise RunError(f"--workers must be at least 1, got {args.workers}")
+        return
+    if args.workers is not None:
+        raise RunError(
+            "--workers is for the local pool; with --ray, Ray runs as many at once "
+            "as the cluster has CPUs"
+        )
+    import_ray()
 
 
 def open_pool(
@@ -38,22 +91,13 @@ def open_pool(
 ) -> tuple[RunPool, str]:
     """The pool ``args`` ask for (``--ray``, ``--workers``, ``--gpus-per-run``,
     ``--max-retries``) and how it runs, for the first line; a Ray connection is closed
-    with ``stack``."""
-    gpus = getattr(args, "gpus_per_run", None) or 0.0
+    with ``stack``. The local pool has at most as many workers as ``total`` runs."""
+    _check_pool_flags(args)
     if args.ray is None:
-        if gpus:
-            raise RunError("--gpus-per-run needs --ray (Ray hands out the GPUs)")
-        workers = args.workers if args.workers is not None else min(os.cpu_count() or 1, total)
-        if workers < 1:
-            raise RunError(f"--workers must be at least 1, got {workers}")
+        workers = min(args.workers or os.cpu_count() or 1, max(total, 1))
         return LocalPool(workers), f"{workers} at a time"
-    if args.workers is not None:
-        raise RunError(
-            "--workers is for the local pool; with --ray, Ray runs as many at once "
-            "as the cluster has CPUs"
-        )
     ray = stack.enter_context(connected(args.ray or None))
-    pool = RayPool(out, gpus, getattr(args, "max_retries", 3))
+    pool = RayPool(out, getattr(args, "gpus_per_run", None) or 0.0, getattr(args, "max_retries", 3))
     cpus = int(ray.cluster_resources().get("CPU", 0))
     return pool, f"as Ray tasks on {len(ray.nodes())} node(s), {cpus} CPUs"
 
@@ -62,60 +106,83 @@ def compare_command(args: argparse.Namespace, console: Console) -> int:
     try:
         arms = parse_arms(args.arms)
         seeds = parse_seeds(args.seeds)
+        check_size(arms, seeds)
     except ValueError as error:
         raise RunError(str(error)) from None
     base = resolve_config(args)
     if args.gpus_per_run and base.device == "cpu":
         base = replace(base, device="cuda")  # the GPU share Ray gives each run
-    out: Path = args.out or Path("runs") / f"compare-{base.task}"
-    total = len(arms) * len(seeds)
+    out = out_directory(args.out, Path("runs") / f"compare-{base.task}")
+    intro = f"compare {', '.join(a.label for a in arms)} on {base.task}, seeds {args.seeds}"
+    return run_compare(args, console, ComparePlan(out, base, arms, seeds, intro))
 
-    def on_done(outcome: RunOutcome, done: int, total: int) -> None:
-        if args.quiet:
-            return
-        if outcome.summary is None:
-            console.print(
-                f"[{done}/{total}] {outcome.arm} seed {outcome.seed}: FAILED: {outcome.error}",
-                soft_wrap=True,
-                markup=False,
-            )
-            return
-        s = outcome.summary
-        how = "cached" if outcome.cached else f"{s['wall_seconds']:.0f} s"
-        console.print(
-            f"[{done}/{total}] {outcome.arm} seed {outcome.seed}: final "
-            f"{s['final_accuracy']:.2f}%, {s['params']:,} params, "
-            f"{format_flops(s['train_flops'])} training ({how})",
-            soft_wrap=True,
-            markup=False,
-        )
 
+def run_compare(args: argparse.Namespace, console: Console, plan: ComparePlan) -> int:
+    """Train ``plan`` and print its table; the exit status (`print_compare`; 130 Ctrl-C,
+    143 SIGTERM).
+
+    Before anything is written: the policies and the pool flags. Then ``--out`` is
+    locked for the whole compare, its settings checked (`CompareDirectory`), the runs
+    trained, and the table written where it belongs, all under that lock.
+    """
+    check_policies(plan.arms, plan.base.task)
+    _check_pool_flags(args)
+    total = len(plan.arms) * len(plan.seeds)
     # The code that ran is the code at the start: HEAD may move during a long compare.
     meta = provenance(" ".join(["esper", *map(shlex.quote, args.argv)]))
     with contextlib.ExitStack() as stack:
-        pool, how = open_pool(args, out, total, stack)
+        directory = stack.enter_context(CompareDirectory.open(plan.out, plan.base))
+        pool, how = open_pool(args, plan.out, total, stack)
         if not args.quiet:
-            console.print(
-                f"compare {', '.join(a.label for a in arms)} on {base.task}, seeds "
-                f"{args.seeds}: {total} runs, {how}, in {out}",
-                soft_wrap=True,
-            )
+            console.print(f"{plan.intro}: {total} runs, {how}, in {plan.out}", soft_wrap=True)
         try:
-            result = compare(out, base, arms, seeds, pool, on_done)
-        except KeyboardInterrupt:
+            result = compare(
+                plan.out, plan.base, plan.arms, plan.seeds, pool, _reporter(args, console)
+            )
+        except KeyboardInterrupt as interrupt:
             console.print(
                 "interrupted; rerun the same command to continue (finished runs are kept, "
                 "unfinished ones resume from their last epoch)",
                 soft_wrap=True,
             )
-            return 130
-    write_outputs(result, meta)
-    return print_compare(result, out, console)
+            return 143 if isinstance(interrupt, Terminated) else 130
+        files = directory.write_result(result, meta)
+    return print_compare(result, plan.out, console, files)
 
 
-def print_compare(result: CompareResult, out: Path, console: Console) -> int:
-    """Print the table (arms as columns), where the files are, and failed runs; returns
-    the exit status: 1 if a run failed, else 0."""
+def _reporter(args: argparse.Namespace, console: Console) -> Callable[[RunOutcome, int, int], None]:
+    """A line per finished run (none with --quiet)."""
+    return functools.partial(_print_outcome, console) if not args.quiet else _silent
+
+
+def _silent(outcome: RunOutcome, done: int, total: int) -> None:
+    """--quiet: no line per run."""
+
+
+def _print_outcome(console: Console, outcome: RunOutcome, done: int, total: int) -> None:
+    if outcome.summary is None:
+        console.print(
+            f"[{done}/{total}] {outcome.arm} seed {outcome.seed}: FAILED: {outcome.error}",
+            soft_wrap=True,
+            markup=False,
+        )
+        return
+    s = outcome.summary
+    how = "cached" if outcome.cached else f"{s['wall_seconds']:.0f} s"
+    console.print(
+        f"[{done}/{total}] {outcome.arm} seed {outcome.seed}: final "
+        f"{s['final_accuracy']:.2f}%, {s['params']:,} params, "
+        f"{format_flops(s['train_flops'])} training ({how})",
+        soft_wrap=True,
+        markup=False,
+    )
+
+
+def print_compare(
+    result: CompareResult, out: Path, console: Console, files: ResultFiles = RESULTS
+) -> int:
+    """Print the table (arms as columns), where its files are (``files`` in ``out``) and
+    failed runs; returns the exit status: 1 if a run failed, else 0."""
     header, rows = table(result)
     # Arms as columns: a few arms fit 80 columns, eleven metrics would not.
     grid = Table(title=f"{result.task}, {result.epochs} epochs, {len(result.seeds)} seeds")
@@ -125,11 +192,14 @@ def print_compare(result: CompareResult, out: Path, console: Console) -> int:
     for index, name in enumerate(header[1:], start=1):
         grid.add_row(name, *(row[index] for row in rows))
     console.print(grid)
-    console.print(
-        f"mean ± 95% interval over seeds; results in {out / 'compare.md'}, "
-        f"{out / 'compare.json'}, {out / 'accuracy_vs_flops.png'}",
-        soft_wrap=True,
-    )
+    where = ", ".join(str(out / name) for name in (files.markdown, files.table, files.plot))
+    console.print(f"mean ± 95% interval over seeds; results in {where}", soft_wrap=True)
+    if files != RESULTS:
+        console.print(
+            f"runs failed, so {out / RESULTS.table} (and its .md and plot) still hold the "
+            "last complete table; rerun the same command to retry the failed runs",
+            soft_wrap=True,
+        )
     failed = [o for arm in result.arms for o in arm.failed]
     for outcome in failed:
         Console(stderr=True).print(

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from esper import __version__
-from esper.arms import MAX_SEED_COUNT, arm_help
+from esper.arms import MAX_RUNS, MAX_SEED_COUNT, arm_help
+from esper.config import MAX_SEED
 from esper.controller.registry import CONTROLLERS, ControllerSpec
 from esper.training.tasks import TASKS
 
@@ -229,8 +230,11 @@ def _add_compare_command(commands: Any) -> None:
         "--ray; one torch thread per run) and print a table of mean and 95% interval over "
         "seeds: final and best accuracy, parameters, training and evaluation FLOPs, wall "
         "time, seeds kept, return, and each arm's paired difference against the first. Writes "
-        "compare.json, compare.md and accuracy_vs_flops.png to --out. Finished runs are "
-        "kept and interrupted ones resume: rerun the same command to continue.",
+        "compare.json, compare.md and accuracy_vs_flops.png to --out, replaced only by a "
+        "complete table (one with failed runs goes to compare.partial.*). Finished runs are "
+        "kept and interrupted ones resume: rerun the same command to continue (the arms and "
+        "seeds may change, the other settings may not). One compare per --out at a time; "
+        f"at most {MAX_RUNS:,} runs (arms x seeds) per compare.",
     )
     compare_options(compare_parser)
 
@@ -247,15 +251,15 @@ def compare_options(parser: argparse.ArgumentParser) -> None:
         "--seeds",
         default="5",
         help=f"a count up to {MAX_SEED_COUNT} (5: seeds 0-4), an inclusive range (100-109) "
-        "or a list (1,3,7) (default: %(default)s)",
+        f"or a list (1,3,7) of seeds 0 to {MAX_SEED} (default: %(default)s)",
     )
     _epoch_options(add, "epochs per run", "the task's")
     add(
         "--workers",
         type=int,
         metavar="W",
-        help="runs the local pool trains at once, one torch thread each (default: one per "
-        "CPU core; with --ray, Ray decides)",
+        help="runs the local pool trains at once, one torch thread each, at most one per "
+        "run (default: one per CPU core; with --ray, Ray decides)",
     )
     add("--batch-size", type=int, metavar="N", help="training batch size (default: the task's)")
     _data_options(add)
@@ -267,10 +271,9 @@ def compare_options(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--out",
-        type=Path,
         metavar="DIR",
-        help="where the runs and results go (default: runs/compare-<task>); the same "
-        "--out continues an interrupted compare",
+        help="where the runs and results go: a new or empty directory, or a compare's "
+        "--out to continue it with the same settings (default: runs/compare-<task>)",
     )
     add("--quiet", action="store_true", help="no line per finished run, only the table")
     ray_argument(parser, "run every arm x seed as a task (one CPU each)")
@@ -319,7 +322,9 @@ def _add_ppo_command(commands: Any) -> None:
         help="compare a trained policy with the heuristic and the static host",
         description="Run the policy, the heuristic and the static host on held-out seeds "
         "and print mean and 95% interval of final accuracy, added parameters and "
-        "training FLOPs (an 'esper compare' with the policy as an arm).",
+        "training FLOPs (an 'esper compare' with the policy as an arm, and its guarantees: "
+        "see 'esper compare --help'). The policy's runs are keyed on its file's contents: "
+        "after the policy changes (ppo train --resume), a rerun trains them again.",
     )
     _eval_options(evaluate)
     for _, spec in CONTROLLERS.items():
@@ -378,14 +383,19 @@ def _eval_options(parser: argparse.ArgumentParser) -> None:
         help="arms to compare (default: %(default)s; 'learned' is the policy)",
     )
     _epoch_options(add, "epochs per run", "the policy's")
-    add("--workers", type=int, metavar="W", help="runs trained at once (default: cores)")
+    add(
+        "--workers",
+        type=int,
+        metavar="W",
+        help="runs trained at once, at most one per run (default: cores)",
+    )
     _data_options(add)
     add(
         "--out",
-        type=Path,
         metavar="DIR",
-        help="results (default: eval-<task> beside the policy; eval-<name>-<task> for "
-        "another file than policy.pt, e.g. cloned.pt)",
+        help="results: a new or empty directory, or an earlier eval's to continue it "
+        "(default: eval-<task> beside the policy; eval-<name>-<task> for another file "
+        "than policy.pt, e.g. cloned.pt)",
     )
     add("--quiet", action="store_true", help="no line per finished run, only the table")
     ray_argument(parser, "run every arm x seed as a task (one CPU each)")

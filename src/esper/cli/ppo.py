@@ -13,11 +13,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from esper.arms import check_size
 from esper.cli.common import print_error
-from esper.cli.compare import open_pool, print_compare
+from esper.cli.compare import ComparePlan, out_directory, run_compare
 from esper.cli.runs import read_config_file, train_command
 from esper.cluster import connected, import_ray
-from esper.compare import compare, parse_arms, parse_seeds, write_outputs
+from esper.compare import parse_arms, parse_seeds
 from esper.config import RunConfig, to_dict
 from esper.provenance import provenance
 from esper.rl.agent import POLICY_FILE, PolicyError, load_policy
@@ -264,6 +265,8 @@ def _eval_dir(policy: Path, task: str) -> Path:
 
 
 def _eval(args: argparse.Namespace, console: Console) -> int:
+    """``esper ppo eval``: a compare (`run_compare`) with the policy as the arm
+    ``learned``, on its task and the episodes it was trained on."""
     policy_dir = Path(args.policy)
     try:
         _, meta = load_policy(policy_dir, args.task)
@@ -273,25 +276,13 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
     try:
         seeds = parse_seeds(args.seeds)
         arms = parse_arms(args.arms.replace("learned", f"ppo:{policy_dir}"))
+        check_size(arms, seeds)
     except ValueError as error:
         raise RunError(str(error)) from None
     run = _eval_config(args, meta.task, base)
-    out: Path = args.out or _eval_dir(policy_dir, run.task)
-    total = len(arms) * len(seeds)
-    started = provenance(" ".join(["esper", *map(shlex.quote, args.argv)]))  # before HEAD moves
-    with contextlib.ExitStack() as stack:
-        pool, how = open_pool(args, out, total, stack)
-        if not args.quiet:
-            console.print(
-                f"evaluating {policy_dir} on seeds {args.seeds}: {total} runs, {how}, in {out}"
-            )
-        try:
-            result = compare(out, run, arms, seeds, pool)
-        except KeyboardInterrupt:
-            console.print("interrupted; rerun the same command to continue")
-            return 130
-    write_outputs(result, started)
-    return print_compare(result, out, console)
+    out = out_directory(args.out, _eval_dir(policy_dir, run.task))
+    intro = f"evaluating {policy_dir} on seeds {args.seeds}"
+    return run_compare(args, console, ComparePlan(out, run, arms, seeds, intro))
 
 
 def _eval_config(args: argparse.Namespace, task: str, base: RunConfig | None) -> RunConfig:

@@ -29,9 +29,13 @@ The package, in the order its modules import each other:
 from __future__ import annotations
 
 from esper.arms import Arm, arm_help, parse_arms, parse_seeds
+from esper.compare.directory import SETTINGS_FILE, CompareDirectory
 from esper.compare.pools import LocalPool, RayPool, RunPool
 from esper.compare.report import (
     METRICS,
+    PARTIAL_RESULTS,
+    RESULTS,
+    ResultFiles,
     load_result,
     plot_accuracy_vs_flops,
     table,
@@ -39,21 +43,27 @@ from esper.compare.report import (
     write_report,
 )
 from esper.compare.runs import RunOutcome, RunTask, cached_outcome, run_task
-from esper.compare.schedule import compare, matched_width
+from esper.compare.schedule import check_policies, compare, matched_width
 from esper.compare.statistics import ArmSummary, CompareResult, mean_interval, paired_difference
 
 __all__ = [
     "METRICS",
+    "PARTIAL_RESULTS",
+    "RESULTS",
+    "SETTINGS_FILE",
     "Arm",
     "ArmSummary",
+    "CompareDirectory",
     "CompareResult",
     "LocalPool",
     "RayPool",
+    "ResultFiles",
     "RunOutcome",
     "RunPool",
     "RunTask",
     "arm_help",
     "cached_outcome",
+    "check_policies",
     "compare",
     "load_result",
     "matched_width",

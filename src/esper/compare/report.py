@@ -1,14 +1,18 @@
 """What a compare shows: the table (mean and 95% interval of each of `METRICS` per arm,
 and each arm's paired difference in final accuracy against the first), ``compare.json``,
-``compare.md`` and ``accuracy_vs_flops.png``; and the result read back from
-``compare.json`` for ``esper report``."""
+``compare.md`` and ``accuracy_vs_flops.png`` (`RESULTS`; a table with failed runs may go
+to `PARTIAL_RESULTS` instead, see `esper.compare.directory`); and the result read back
+from ``compare.json`` for ``esper report``. Each file is replaced in one step
+(`esper.rundir.atomic_write`): a reader sees the old file or the new one."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +23,14 @@ from esper.compare.runs import RunOutcome
 from esper.compare.statistics import ArmSummary, CompareResult, mean_interval, paired_difference
 from esper.controller import CONTROLLERS
 from esper.run import RunError
+from esper.rundir import atomic_write
 from esper.telemetry.report import format_flops
 
 __all__ = [
     "METRICS",
+    "PARTIAL_RESULTS",
+    "RESULTS",
+    "ResultFiles",
     "load_result",
     "plot_accuracy_vs_flops",
     "table",
@@ -40,6 +48,28 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("seeds_fossilized", "seeds kept"),
     ("total_reward", "return"),
 )
+
+
+@dataclass(frozen=True)
+class ResultFiles:
+    """The names of a compare's three result files in its ``--out``."""
+
+    table: str
+    """The result as data (`write_outputs`, read back by `load_result`)."""
+    markdown: str
+    plot: str
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return astuple(self)
+
+
+RESULTS = ResultFiles("compare.json", "compare.md", "accuracy_vs_flops.png")
+"""Where a compare's table goes (and what ``esper report`` reads)."""
+PARTIAL_RESULTS = ResultFiles(
+    "compare.partial.json", "compare.partial.md", "accuracy_vs_flops.partial.png"
+)
+"""Where a table with failed runs goes when `RESULTS` holds a complete one."""
 
 
 def _cell(values: Sequence[float], key: str) -> str:
@@ -78,8 +108,11 @@ def table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def write_outputs(result: CompareResult, meta: dict[str, Any]) -> None:
-    """``compare.json``, ``compare.md`` and ``accuracy_vs_flops.png`` in ``result.out``."""
+def write_outputs(
+    result: CompareResult, meta: dict[str, Any], files: ResultFiles = RESULTS
+) -> None:
+    """The table as data (``compare.json``), ``compare.md`` and ``accuracy_vs_flops.png``
+    in ``result.out``, or the other names ``files`` gives."""
     payload = {
         **meta,
         "task": result.task,
@@ -111,12 +144,13 @@ def write_outputs(result: CompareResult, meta: dict[str, Any]) -> None:
             for o in arm.runs
         ],
     }
-    (result.out / "compare.json").write_text(json.dumps(_plain(payload), indent=2) + "\n")
-    write_report(result, meta)
+    text = json.dumps(_plain(payload), indent=2) + "\n"
+    atomic_write(result.out / files.table, text.encode())
+    write_report(result, meta, files)
 
 
-def write_report(result: CompareResult, meta: dict[str, Any]) -> None:
-    """``compare.md`` and ``accuracy_vs_flops.png`` in ``result.out``."""
+def write_report(result: CompareResult, meta: dict[str, Any], files: ResultFiles = RESULTS) -> None:
+    """``compare.md`` and ``accuracy_vs_flops.png`` in ``result.out`` (or ``files``)."""
     header, rows = table(result)
     machine = meta["machine"]
     lines = [
@@ -138,8 +172,8 @@ def write_report(result: CompareResult, meta: dict[str, Any]) -> None:
     ]
     failures = [o for arm in result.arms for o in arm.failed]
     lines += [f"- failed: {o.arm} seed {o.seed}: {o.error}" for o in failures]
-    (result.out / "compare.md").write_text("\n".join(lines) + "\n")
-    plot_accuracy_vs_flops(result, result.out / "accuracy_vs_flops.png")
+    atomic_write(result.out / files.markdown, ("\n".join(lines) + "\n").encode())
+    plot_accuracy_vs_flops(result, result.out / files.plot)
 
 
 _PROVENANCE = ("command", "commit", "machine", "date")
@@ -241,4 +275,6 @@ def plot_accuracy_vs_flops(result: CompareResult, path: Path) -> None:
     if ax.get_legend_handles_labels()[0]:  # no finished run: an empty plot, no legend
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
+    atomic_write(path, image.getvalue())

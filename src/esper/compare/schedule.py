@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from esper.arms import Arm
@@ -13,10 +14,12 @@ from esper.compare.pools import RunPool
 from esper.compare.runs import RunOutcome, task_for
 from esper.compare.statistics import ArmSummary, CompareResult
 from esper.config import RunConfig
+from esper.rl.agent import PolicyError, load_policy
+from esper.run import RunError
 from esper.training.builders import build_model, load_data
 from esper.training.tasks import TaskOptions, get_task
 
-__all__ = ["compare", "matched_width"]
+__all__ = ["check_policies", "compare", "matched_width"]
 
 OnDone = Callable[[RunOutcome, int, int], None]
 """Hears each finished run: ``on_done(outcome, finished, total)``."""
@@ -33,8 +36,10 @@ def compare(
     """Run every arm on every seed through ``pool`` and summarise them.
 
     ``on_done(outcome, finished, total)`` is called as each run finishes. Matched arms
-    are started once every run of the first growing arm has finished.
+    are started once every run of the first growing arm has finished. Every arm's
+    policy is checked first (`check_policies`).
     """
+    check_policies(arms, base.task)
     out.mkdir(parents=True, exist_ok=True)
     schedule = _Schedule(out, base, arms, seeds, pool, on_done)
     try:
@@ -65,6 +70,8 @@ class _Schedule:
         self.total = len(arms) * len(seeds)
         self.outcomes: dict[str, list[RunOutcome]] = {a.label: [] for a in arms}
         self.widths: dict[str, float] = {a.label: a.width for a in arms if a.width is not None}
+        self.twins: dict[str, list[str]] = {}
+        """A fixed arm's label -> the matched arms sized to its very runs, which share them."""
         self.done = self.pending = 0
 
     def run(self) -> None:
@@ -104,6 +111,8 @@ class _Schedule:
         self.outcomes[outcome.arm].append(outcome)
         self.done += 1
         self.on_done(outcome, self.done, self.total)
+        for label in self.twins.get(outcome.arm, []):
+            self._finished(replace(outcome, arm=label, cached=outcome.summary is not None))
 
     def _all_done(self, arm: Arm) -> bool:
         return len(self.outcomes[arm.label]) == len(self.seeds)
@@ -118,7 +127,31 @@ class _Schedule:
                     self._finished(RunOutcome(arm.label, seed, "", None, "no grown run to match"))
                 continue
             self.widths[arm.label] = matched_width(self.base, statistics.fmean(sizes))
-            self._submit(arm, self.widths[arm.label])
+            twin = self._twin(arm, self.widths[arm.label])
+            if twin is None:
+                self._submit(arm, self.widths[arm.label])
+                continue
+            # The same runs as a listed arm's (static at that width): share, not train twice.
+            self.twins.setdefault(twin.label, []).append(arm.label)
+            for outcome in list(self.outcomes[twin.label]):
+                self._finished(replace(outcome, arm=arm.label, cached=outcome.summary is not None))
+
+    def _twin(self, matched: Arm, width: float) -> Arm | None:
+        """The listed arm of fixed width whose runs ``matched`` at ``width`` would be."""
+        sized = replace(matched, width=width)
+        return next((a for a in self.arms if a.width is not None and a.same_runs(sized)), None)
+
+
+def check_policies(arms: Sequence[Arm], task: str) -> None:
+    """`RunError` (one line naming the fix) unless the policy of every arm that has one
+    loads and was trained on ``task``: a compare checks it before any arm trains."""
+    for arm in arms:
+        if arm.policy is None:
+            continue
+        try:
+            load_policy(Path(arm.policy), task)
+        except PolicyError as error:
+            raise RunError(f"arm {arm.label} ({arm.policy}): {error}") from None
 
 
 def matched_width(config: RunConfig, target_params: float) -> float:

@@ -48,6 +48,11 @@ class CompareResult:
     arms: tuple[ArmSummary, ...]
     out: Path
 
+    @property
+    def complete(self) -> bool:
+        """Every run of every arm finished (none failed)."""
+        return not any(arm.failed for arm in self.arms)
+
 
 def mean_interval(values: Sequence[float]) -> tuple[float, float]:
     """Mean and half-width of its 95% t-interval (NaN half-width for fewer than 2)."""

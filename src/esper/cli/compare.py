@@ -131,7 +131,7 @@ def run_compare(args: argparse.Namespace, console: Console, plan: ComparePlan) -
     # The code that ran is the code at the start: HEAD may move during a long compare.
     meta = provenance(" ".join(["esper", *map(shlex.quote, args.argv)]))
     with contextlib.ExitStack() as stack:
-        directory = stack.enter_context(CompareDirectory.open(plan.out, plan.base))
+        directory = stack.enter_context(CompareDirectory.open(plan.out, plan.base, meta["command"]))
         pool, how = open_pool(args, plan.out, total, stack)
         if not args.quiet:
             console.print(f"{plan.intro}: {total} runs, {how}, in {plan.out}", soft_wrap=True)

@@ -8,7 +8,9 @@ run directory under ``OUT/runs/<arm>/seed-<n>/``, trained with one torch thread 
 worker of the pool `compare` is given: `LocalPool` (processes on this machine) or
 `RayPool` (tasks on a Ray cluster). A finished run is never trained again, and an
 interrupted one resumes from its last checkpoint, so rerunning the same command
-continues an interrupted compare.
+continues an interrupted compare. ``OUT`` itself is held by one compare at a time, which
+records the settings its runs share and refuses a rerun with others
+(`CompareDirectory`).
 
 The result: a table (mean and 95% t-interval over seeds of final and best accuracy,
 parameters, training and evaluation FLOPs, wall time, seeds kept and the run's return,
@@ -22,8 +24,10 @@ The package, in the order its modules import each other:
 * `esper.compare.pools`: where runs execute (`RunPool`: `LocalPool`, `RayPool`).
 * `esper.compare.statistics`: the result (`CompareResult`, `ArmSummary`), 95% intervals
   and paired differences.
-* `esper.compare.schedule`: `compare` itself, and `matched_width`.
 * `esper.compare.report`: the table, ``compare.json``, ``compare.md`` and the plot.
+* `esper.compare.directory`: ``OUT`` (`CompareDirectory`): its lock, the settings its
+  runs share, and result files that only a complete table replaces.
+* `esper.compare.schedule`: `compare` itself, `check_policies` and `matched_width`.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ import pytest
 import torch
 
 import esper.cli.compare
-import esper.compare.runs
 import esper.run
 from esper.cli import main
 from esper.compare import PARTIAL_RESULTS, RESULTS, LocalPool
@@ -174,8 +173,9 @@ def _after_saves(count: int, action: Callable[[], None]) -> Callable[[], None]:
 
 
 def test_two_compares_on_one_out_the_second_exits_2_naming_the_first(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # (``finished``: a compare in this process first, so the fork starts warm.)
     out, ready, go = tmp_path / "compare", tmp_path / "ready", tmp_path / "go"
     argv = ["compare", *FAST_COMPARE, "--out", str(out), *STATIC, "--seeds", "1"]
 
@@ -369,13 +369,13 @@ def test_ppo_eval_after_the_policy_changed_trains_the_learned_arm_again(
     new = policy_digest(mine)
     assert old and new and new != old
     trained: list[str] = []
-    real = esper.compare.runs.run
+    real = esper.run.run  # what esper.compare.runs trains each run with
 
     def run(run_dir: Path, config: Any) -> dict[str, Any]:
         trained.append(str(run_dir))
         return real(run_dir, config)
 
-    monkeypatch.setattr(esper.compare.runs, "run", run)
+    monkeypatch.setattr("esper.compare.runs.run", run)
     assert main(argv) == 0
     assert trained == [str(out / "runs" / f"learned-{new[:12]}" / "seed-100")]
     data = json.loads((out / RESULTS.table).read_text())
@@ -445,36 +445,55 @@ def test_a_missing_or_unusable_policy_is_refused_before_anything_trains(
 # ---------------------------------------------------------------- bad input
 
 
-def _a_file(path: Path) -> None:
+# Each makes what an --out names in ``path`` and returns the --out.
+
+
+def _root(path: Path) -> str:
+    return "/"
+
+
+def _a_file(path: Path) -> str:
     path.write_text("a user's file")
+    return str(path)
 
 
-def _a_users_directory(path: Path) -> None:
+def _under_a_file(path: Path) -> str:
+    return str(Path(_a_file(path)) / "out")
+
+
+def _a_users_directory(path: Path) -> str:
     path.mkdir()
     (path / "thesis.tex").write_text("a user's work")
+    return str(path)
 
 
-def _a_run(path: Path) -> None:
+def _a_run(path: Path) -> str:
     with RunDirectory.create(path):
         (path / "config.json").write_text("{}")
+    return str(path)
 
 
-def _a_training(path: Path) -> None:
+def _a_training(path: Path) -> str:
     with RunDirectory.create(path, kind="ppo-train"):
         pass
+    return str(path)
+
+
+def _empty(path: Path) -> str:
+    return ""
 
 
 OUTS: dict[str, tuple[Callable[[Path], str], str]] = {
-    "/": (lambda p: "/", "/ is not empty and is not an Esper run directory"),
-    "a file": (lambda p: (_a_file(p), str(p))[1], "exists and is not a directory"),
+    "/": (_root, "/ is not empty and is not an Esper run directory"),
+    "a file": (_a_file, "exists and is not a directory"),
     "a user's directory": (
-        lambda p: (_a_users_directory(p), str(p))[1],
+        _a_users_directory,
         "is not empty and is not an Esper run directory (it holds thesis.tex)",
     ),
-    "a run": (lambda p: (_a_run(p), str(p))[1], "is a run ('esper heuristic'"),
-    "a training": (lambda p: (_a_training(p), str(p))[1], "is an 'esper ppo train' directory"),
-    "under a file": (lambda p: (_a_file(p), str(p / "out"))[1], "choose a writable --out"),
-    "empty": (lambda p: "", "--out is empty"),
+    "a run": (_a_run, "is a run ('esper heuristic'"),
+    "a training": (_a_training, "is an 'esper ppo train' directory"),
+    "under a file": (_under_a_file, "choose a writable --out"),
+    "empty": (_empty, "--out is empty"),
 }
 
 
@@ -555,3 +574,24 @@ def test_workers_are_at_most_the_runs(
     assert main(["compare", "--epochs", "12", "--max-batches", "3", "--out", str(out), *flags]) == 0
     assert asked == [2]
     assert "2 runs, 2 at a time" in capsys.readouterr().out
+
+
+def test_a_matched_arm_sized_to_a_listed_arm_shares_its_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A heuristic that never germinates: the matched arm is the host itself, x1, so its
+    # runs are the static arm's, not a second training of them (in runs/static@1).
+    config = tmp_path / "no-growth.json"
+    config.write_text(json.dumps({"episode": {"max_seeds": 0}}))
+    out = tmp_path / "compare"
+    trained = _count_saves(monkeypatch)
+    flags = ["--arms", "static,heuristic,static-matched", "--seeds", "1", "--workers", "1"]
+    assert compare(out, *flags, "--config", str(config)) == 0
+    assert len(trained) == 2 * EPOCHS  # static and heuristic; the matched arm trained none
+    data = json.loads((out / RESULTS.table).read_text())
+    matched = next(arm for arm in data["arms"] if arm["arm"] == "static-matched")
+    assert matched["width"] == 1.0 and matched["label"] == "static-matched (x1)"
+    runs = {run["arm"]: run for run in data["runs"]}
+    assert runs["static-matched"]["run_dir"] == runs["static"]["run_dir"] == "runs/static/seed-0"
+    assert runs["static-matched"]["summary"] == runs["static"]["summary"]
+    assert not (out / "runs" / "static@1").exists()

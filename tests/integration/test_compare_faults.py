@@ -299,7 +299,8 @@ def test_kill_9_of_a_compare_with_2_workers_then_a_rerun_resumes_every_run(
         for run in (out / "runs" / "static").glob("seed-*")
     }
     trained = _count_saves(monkeypatch)
-    assert main(["compare", *flags, "--workers", "1"]) == 0  # at once: nothing is in use
+    # At once (in this process, so that the epochs it trains are counted): nothing is in use.
+    assert main(["compare", *flags, "--workers", "1"]) == 0
     assert len(trained) == 2 * epochs - sum(saved.values())  # each run resumed, not redone
     for seed in (0, 1):
         assert _epochs(out / "runs" / "static" / f"seed-{seed}") == list(range(1, epochs + 1))

@@ -426,9 +426,17 @@ def wide_columns(monkeypatch: pytest.MonkeyPatch) -> None:
             lambda p: (p.mkdir(), (p / "compare.json").write_text("{}")),
             "is an 'esper compare' directory",
         ),
+        (lambda p: (start_run(p), (p / "history.jsonl").unlink(), (p / "history.jsonl").mkdir()),
+         "history.jsonl is not a file"),
+        (lambda p: (start_run(p), (p / "history.jsonl").unlink(),
+                    (p / "history.jsonl").symlink_to(p / "events.loop"),
+                    (p / "events.loop").symlink_to(p / "history.jsonl")),
+         "Too many levels of symbolic links"),
+        (lambda p: (start_run(p), (p / "events.jsonl").symlink_to(p / "gone")),
+         "events.jsonl is a link to nothing"),
     ],
-    ids=["missing", "file", "other", "compare"],
-)
+    ids=["missing", "file", "other", "compare", "history-a-directory", "link-loop", "dead-link"],
+)  # fmt: skip
 def test_what_is_not_a_run_is_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], make: Callable[[Path], Any], expected: str
 ) -> None:

@@ -125,8 +125,10 @@ def test_cifar10_from_python_pickles(tmp_path: Path) -> None:
     assert summary["task"] == "cifar10"
 
 
-CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer")
-CIFAR_CLASSES += ("dog", "frog", "horse", "ship", "truck")
+CIFAR_CLASSES = (
+    *("airplane", "automobile", "bird", "cat", "deer"),
+    *("dog", "frog", "horse", "ship", "truck"),
+)
 
 
 def test_cifar10_from_an_image_folder_tree(tmp_path: Path) -> None:

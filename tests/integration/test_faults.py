@@ -956,7 +956,7 @@ BAD_INPUT: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     ),
     "a negative learning rate": (
         lambda p: _config(p, '{"episode": {"optim": {"host_lr": -0.1}}}'),
-        "host_lr must be > 0, got -0.1",
+        "host_lr must be >= 0, got -0.1",
     ),
     "a momentum of 1 or more": (
         lambda p: _config(p, '{"episode": {"optim": {"momentum": 1.5}}}'),

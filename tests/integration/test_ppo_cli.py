@@ -18,7 +18,6 @@ import esper.rl.training
 from esper.cli import main
 from esper.cli.ppo import PROVENANCE_FILE
 from esper.provenance import commit, machine
-from esper.rundir import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory
 from esper.rl.agent import POLICY_FILE, load_policy
 from esper.rl.env import MorphogenesisEnv
 from esper.rl.policy import ActionMasks
@@ -30,6 +29,7 @@ from esper.rl.training import (
     read_updates,
     train_seed,
 )
+from esper.rundir import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory
 from esper.training.episode import EpisodeRunner
 from tests.commands import SHORT_PPO, policy_weights, ppo_train
 

@@ -124,7 +124,11 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             raise RunError("--out is empty; name the training directory")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = Path(args.out) if args.out else Path("runs") / f"ppo-train-{config.run.task}-{stamp}"
-    with open_training(out, config, _warn) as training, contextlib.ExitStack() as stack:
+    command = shlex.join(["esper", *args.argv])
+    with (
+        open_training(out, config, _warn, command) as training,
+        contextlib.ExitStack() as stack,
+    ):
         _record_provenance(args, training)
         config = training.config
         make_pool: PoolFactory = EnvPool

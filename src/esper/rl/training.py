@@ -59,7 +59,14 @@ from esper.rl.ppo import (
 )
 from esper.rl.rollout import RolloutCollector
 from esper.rl.workers import EnvPool, PoolFactory
-from esper.rundir import Checkpoint, RunDirectory, RunError, atomic_write, read_lines
+from esper.rundir import (
+    Checkpoint,
+    RunDirectory,
+    RunError,
+    atomic_write,
+    is_run_directory,
+    read_lines,
+)
 from esper.telemetry.updates import (
     UPDATES_FILE,
     UpdateRow,
@@ -235,11 +242,15 @@ class Training:
 
 
 def open_training(
-    out: Path, config: PPOTrainConfig | None, warn: Callable[[str], None] = log.warning
+    out: Path,
+    config: PPOTrainConfig | None,
+    warn: Callable[[str], None] = log.warning,
+    command: str | None = None,
 ) -> Training:
     """Lock ``out`` for a new training of ``config``, or (``config`` None) to continue the
     training it holds; `RunError`, in one line, if it cannot be used, and nothing is
-    written then.
+    written then. The lock names ``command`` (default: this process's command line) to
+    whoever finds the directory in use.
 
     A new training gets a new or empty directory, or Esper's own training directory that
     never started (`RunDirectory.create`). A resumed one continues from the newest
@@ -247,13 +258,21 @@ def open_training(
     ``updates.jsonl`` and ``config.json`` (``warn`` names a generation skipped), or from
     the beginning if it stopped before its first checkpoint.
     """
-    if config is not None:
-        return Training(RunDirectory.create(out, kind=KIND), config, None, [], resumed=False)
-    if not (out / "config.json").is_file():
+    if config is None and not (out / "config.json").is_file():
+        if is_run_directory(out):
+            raise RunError(
+                f"{out} holds no training yet (it stopped before it started); start it "
+                f"again with --out {out}"
+            )
         raise RunError(f"{out} holds no config.json to resume (not an 'esper ppo train' run)")
-    directory = RunDirectory.open(out, kind=KIND)
+    opener = RunDirectory.open if config is None else RunDirectory.create
+    directory = opener(out, command, kind=KIND)
     try:
-        return _resume_point(directory, warn)
+        if config is None:
+            return _resume_point(directory, warn)
+        # At once, so that `esper watch` sees a training while the data loads.
+        atomic_write(out / UPDATES_FILE, b"")
+        return Training(directory, config, None, [], resumed=False)
     except BaseException:
         directory.close()
         raise

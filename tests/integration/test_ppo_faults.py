@@ -260,6 +260,12 @@ def _a_compare_directory(tmp_path: Path) -> list[str]:
     return _argv(tmp_path / "compare")
 
 
+def _never_started(tmp_path: Path) -> list[str]:
+    with RunDirectory.create(tmp_path / "train", kind="ppo-train"):
+        pass  # it stopped before it wrote its config.json (the data could not be read)
+    return _resume(tmp_path / "train")
+
+
 def _a_training(tmp_path: Path, reference: Path) -> list[str]:
     return _argv(_copy(reference, tmp_path))
 
@@ -278,6 +284,10 @@ BAD_OUT: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     ),
     "a directory that holds a training": (_a_training, "already holds a run; continue it with"),
     '--out ""': (lambda p, r: ["ppo", "train", "--out", ""], "--out is empty"),
+    "--resume of a training that never started": (
+        lambda p, r: _never_started(p),
+        "holds no training yet (it stopped before it started); start it again with --out",
+    ),
     "--seed 99999999999999999999": (
         lambda p, r: _argv(p / "train", "--seed", "99999999999999999999"),
         f"seed must be in 0..{MAX_TRAINING_SEED} (training episodes run on seeds",

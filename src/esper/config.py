@@ -65,6 +65,16 @@ class OptimConfig:
     """Learning-rate schedule over the episode's epochs, applied to host and seeds alike:
     cosine decays from the base rate at epoch 1 towards 0 at the last epoch."""
 
+    def __post_init__(self) -> None:
+        # Non-finite values are the episode's to name (`reject_non_finite`), with the path.
+        for name in ("host_lr", "seed_lr"):  # 0 is allowed: it freezes them
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (0 <= self.momentum < 1 or math.isnan(self.momentum)):
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
 
 @dataclass(frozen=True)
 class TrainingConfig:

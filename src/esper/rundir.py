@@ -161,7 +161,7 @@ class Identity:
     run_id: str
     """Random id written into the run directory's marker when the run was created."""
     command: str
-    """``heuristic`` or ``baseline``."""
+    """``heuristic``, ``baseline`` or ``ppo train``."""
     task: str
     config_sha256: str
     """`config_digest` of the resolved configuration (``config.json``)."""
@@ -226,7 +226,8 @@ class Checkpoint:
     identity: Identity
     epoch: int
     history_sha256: str
-    """SHA-256 of the first ``epoch`` lines of ``history.jsonl`` when it was written."""
+    """SHA-256 of the first ``epoch`` lines of the run's record when it was written
+    (``history.jsonl``; ``updates.jsonl`` of a PPO training, ``epoch`` counting updates)."""
     state: dict[str, Any]
 
     def to_file(self) -> bytes:
@@ -548,10 +549,17 @@ class RunDirectory:
         _fsync_directory(self.path)
 
     def load_checkpoint(
-        self, identity: Identity, history: Sequence[bytes], warn: Callable[[str], None]
+        self,
+        identity: Identity,
+        history: Sequence[bytes],
+        warn: Callable[[str], None],
+        record: str = "history.jsonl",
+        unit: str = "epoch",
     ) -> Checkpoint | None:
         """The newest checkpoint generation that is intact, this run's, and in step with
-        ``history`` (the complete lines of ``history.jsonl``); None if there is none yet.
+        ``history`` (the complete lines of the run's record, the file ``record``, one line
+        per ``unit``: ``history.jsonl`` of epochs, or ``updates.jsonl`` of PPO updates);
+        None if there is none yet.
 
         A rejected generation is named in a warning when an older one is used instead;
         if checkpoint files exist but none can be used, `RunError` lists why.
@@ -567,25 +575,27 @@ class RunDirectory:
                 rejected.append(f"{name}: {error}")
                 continue
             problem = identity.mismatch(checkpoint.identity) or _history_mismatch(
-                checkpoint, history
+                checkpoint, history, record, unit
             )
             if problem is not None:
                 rejected.append(f"{name}: {problem}")
                 continue
             for reason in rejected:
-                warn(f"skipped {reason}; continuing from {name} (epoch {checkpoint.epoch})")
+                warn(f"skipped {reason}; continuing from {name} ({unit} {checkpoint.epoch})")
             self.saved_epoch = checkpoint.epoch
             return checkpoint
         raise RunError(
             f"no usable checkpoint in {self.path} ({'; '.join(rejected)}); "
-            "remove the checkpoint files to restart the run from epoch 1"
+            f"remove the checkpoint files to restart the run from {unit} 1"
         )
 
 
-def _history_mismatch(checkpoint: Checkpoint, history: Sequence[bytes]) -> str | None:
+def _history_mismatch(
+    checkpoint: Checkpoint, history: Sequence[bytes], record: str, unit: str
+) -> str | None:
     epoch = checkpoint.epoch
     if len(history) < epoch:
-        return f"it is at epoch {epoch} but history.jsonl holds only {len(history)} epochs"
+        return f"it is at {unit} {epoch} but {record} holds only {len(history)} {unit}s"
     if hashlib.sha256(b"".join(history[:epoch])).hexdigest() != checkpoint.history_sha256:
-        return f"history.jsonl's first {epoch} epochs differ from the ones it was written after"
+        return f"{record}'s first {epoch} {unit}s differ from the ones it was written after"
     return None

@@ -954,7 +954,32 @@ BAD_INPUT: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         lambda p: _config(p, '{"episode": {"governor": {"max_consecutive_rollbacks": 0}}}'),
         "max_consecutive_rollbacks must be at least 1",
     ),
+    "a negative learning rate": (
+        lambda p: _config(p, '{"episode": {"optim": {"host_lr": -0.1}}}'),
+        "host_lr must be >= 0, got -0.1",
+    ),
+    "a momentum of 1 or more": (
+        lambda p: _config(p, '{"episode": {"optim": {"momentum": 1.5}}}'),
+        "momentum must be in [0, 1), got 1.5",
+    ),
+    "a negative weight decay": (
+        lambda p: _config(p, '{"episode": {"optim": {"weight_decay": -1}}}'),
+        "weight_decay must be >= 0, got -1.0",
+    ),
+    "a non-UTF-8 config file": (
+        lambda p: _config(p, "") and _bytes(p / "c.json", b"\xff\xfe{}"),
+        "is not UTF-8 text",
+    ),
+    "--slots naming the same slot twice": (
+        lambda p: ["heuristic", "--slots", "r0c1", "r0c1", "--out", str(p / "r")],
+        "slots lists a slot twice",
+    ),
 }
+
+
+def _bytes(path: Path, data: bytes) -> list[str]:
+    path.write_bytes(data)
+    return ["heuristic", "--config", str(path), "--out", str(path.parent / "r")]
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUT))
@@ -996,6 +1021,29 @@ def test_report_ignores_a_half_written_last_line(
     assert "history.jsonl:2: not a history row" in _one_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"\xff\xfe{}", "is not UTF-8 text"),
+        (b"[" * 100_000, "is not valid JSON"),
+        (b'{"task": "digits", "episode": {"epochs": "many"}}', "expected int, got 'many'"),
+    ],
+    ids=["not-utf8", "deep", "wrong-type"],
+)
+def test_report_on_a_damaged_config_is_one_line(
+    tmp_path: Path,
+    early_config: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes,
+    expected: str,
+) -> None:
+    out = _interrupted(tmp_path, early_config, epoch=2)
+    (out / "config.json").write_bytes(content)
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 2
+    assert expected in _one_line(capsys.readouterr().err)
+
+
 def test_a_directory_is_created_only_through_its_lock(tmp_path: Path) -> None:
     # Esper's own directory, created by a run that failed before it wrote its config,
     # may be reused; the lock is exclusive while held, even within one process.
@@ -1014,6 +1062,7 @@ def test_the_readme_guarantees_are_the_ones_tested_here() -> None:
     page = (root / "docs" / "guarantees.md").read_text()
     table = page.split("<!-- guarantees -->")[1].split("<!-- /guarantees -->")[0]
     named = re.findall(r"`(test_\w+)`", table)
+    # Every test the table names is one of tests/integration/, against the real command.
     here = {
         node.name
         for module in Path(__file__).parent.glob("test_*.py")
@@ -1041,3 +1090,52 @@ def test_one_kind_of_esper_directory_never_writes_into_another(
         RunDirectory.create(tmp_path / "run", kind="ppo-train")
     with RunDirectory.create(tmp_path / "compare", kind="compare"):
         pass  # its own kind: continues
+
+
+# ---------------------------------------------------------------- esper ppo run
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small trained policy (its training directory)."""
+    out = tmp_path_factory.mktemp("policy") / "train"
+    flags = ["--task", "digits", "--epochs", "4", "--max-batches", "2", "--episodes", "2"]
+    assert main(["ppo", "train", *flags, "--envs", "2", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def _ppo_run(out: Path, policy: Path) -> list[str]:
+    flags = ["--epochs", "6", "--max-batches", "3", "--policy", str(policy)]
+    return ["ppo", "run", "--out", str(out), "--quiet", *flags]
+
+
+def test_ppo_run_keeps_the_promises_of_a_run(tmp_path: Path, policy: Path) -> None:
+    # The learned controller's runs are runs: kill -9 mid-run, then --resume, ends with
+    # the history, weights and policy state of an uninterrupted run; a second run on a
+    # live directory exits 2 naming the first; its resume under another command is refused.
+    reference = tmp_path / "reference"
+    assert main(_ppo_run(reference, policy)) == 0
+    out = tmp_path / "run"
+    child = _fork(_ppo_run(out, policy), tmp_path / "child", _kill_in_epoch(4))
+    assert child.wait() == -signal.SIGKILL, child.stderr
+    assert read_checkpoint(out / CHECKPOINT).epoch == 3
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    resume = ["ppo", "run", "--resume", str(out), "--quiet"]
+    resumed = _fork(resume, tmp_path / "resumed", _pause_after_epoch(5, ready, go))
+    try:
+        _wait_for(ready.exists)
+        second = _fork(resume, tmp_path / "second")
+        assert second.wait() == 2
+        assert f"in use by another Esper run (pid {resumed.pid} on " in _one_line(second.stderr)
+    finally:
+        go.touch()
+    assert resumed.wait() == 0, resumed.stderr
+    assert _rows(out) == _rows(reference)
+    mine, theirs = read_checkpoint(out / CHECKPOINT), read_checkpoint(reference / CHECKPOINT)
+    model = mine.state["runner"]["model"]
+    for key, value in theirs.state["runner"]["model"].items():
+        same = torch.equal(model[key], value) if isinstance(value, torch.Tensor) else None
+        assert same if same is not None else model[key] == value, key
+    states = [c.state["controller"]["state"] for c in (mine, theirs)]
+    assert all(torch.equal(a, b) for a, b in zip(*states, strict=True))
+    assert main(_resume(out, "heuristic")) == 2  # a 'ppo run' run: resumed by its command

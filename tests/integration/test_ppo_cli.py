@@ -29,6 +29,7 @@ from esper.rl.training import (
     read_updates,
     train_seed,
 )
+from esper.rundir import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory
 from esper.training.episode import EpisodeRunner
 from tests.commands import SHORT_PPO, policy_weights, ppo_train
 
@@ -43,7 +44,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_training_writes_its_directory(trained: Path) -> None:
-    for name in ("config.json", "updates.jsonl", POLICY_FILE, "trainer.pt"):
+    for name in ("config.json", "updates.jsonl", POLICY_FILE, CHECKPOINT, PREVIOUS_CHECKPOINT):
         assert (trained / name).is_file(), name
     assert (trained / "training_curve.png").read_bytes()[:8] == PNG_MAGIC
     rows = read_updates(trained / "updates.jsonl")
@@ -109,7 +110,7 @@ def test_an_interrupted_training_resumes_to_the_same_policy(
 ) -> None:
     out = tmp_path / "train"
     with monkeypatch.context() as patch:
-        # After the first update's policy, before its trainer state.
+        # After the first update's policy, before its checkpoint.
         _interrupt_at_policy_save(patch, 1)
         assert ppo_train(out) == 130
     started = (out / PROVENANCE_FILE).read_text()
@@ -169,7 +170,8 @@ def test_cloning_the_heuristic_starts_ppo_from_its_behaviour(cloned: Path) -> No
 def test_a_training_interrupted_around_cloning_resumes_to_the_same_policy(
     count: int, cloned: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 1: cloned, before its trainer state; 2: cloned and saved; 3: in the first update.
+    # 1: cloned.pt written, 2: policy.pt written, both before cloning's checkpoint; 3:
+    # the first update's policy.pt, before its checkpoint.
     out = tmp_path / "train"
     with monkeypatch.context() as patch:
         _interrupt_at_policy_save(patch, count)
@@ -236,8 +238,8 @@ def _older_config_with_another_gamma(tmp_path: Path, trained: Path) -> list[str]
     saved = json.loads((trained / "config.json").read_text())
     saved["ppo"]["gamma"] = 0.99  # saved by an older version, unlike the run's 1.0
     old = tmp_path / "old"
-    old.mkdir()
-    (old / "config.json").write_text(json.dumps(saved))
+    with RunDirectory.create(old, kind="ppo-train"):
+        (old / "config.json").write_text(json.dumps(saved))
     return ["ppo", "train", "--resume", str(old)]
 
 

@@ -22,6 +22,7 @@ from esper.model.blueprints import blueprint_names
 from esper.telemetry.report import read_history
 from esper.training.builders import loader
 from esper.training.tasks import TASKS
+from tests.commands import error_line
 
 SHORT = ["--epochs", "1", "--max-batches", "2", "--max-val-batches", "2", "--quiet"]
 TEXT = (
@@ -75,7 +76,7 @@ def _image_tree(root: Path, classes: tuple[str, ...], per_class: int) -> None:
             folder = root / split / name
             folder.mkdir(parents=True)
             for i in range(per_class):
-                pixels = rng.integers(0, 64, (32, 32, 3), dtype=np.uint8) + 60 * index
+                pixels = rng.integers(0, 64, (32, 32, 3), dtype=np.uint8) + 19 * index
                 Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
 
 
@@ -124,20 +125,29 @@ def test_cifar10_from_python_pickles(tmp_path: Path) -> None:
     assert summary["task"] == "cifar10"
 
 
+CIFAR_CLASSES = (
+    *("airplane", "automobile", "bird", "cat", "deer"),
+    *("dog", "frog", "horse", "ship", "truck"),
+)
+
+
 def test_cifar10_from_an_image_folder_tree(tmp_path: Path) -> None:
-    _image_tree(tmp_path / "data", ("bird", "cat", "ship"), per_class=3)
+    _image_tree(tmp_path / "data", CIFAR_CLASSES, per_class=2)
     _run(tmp_path, "--task", "cifar10", "--data-dir", str(tmp_path / "data"))
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["data_dir"] == str(tmp_path / "data")
 
 
-def test_cifar10_hosts_differ_by_class_count(tmp_path: Path) -> None:
-    """The image-folder tree's 3 classes size the classifier, not CIFAR's 10."""
-    _image_tree(tmp_path / "three", ("a", "b", "c"), per_class=2)
-    _cifar_pickles(tmp_path / "ten")
-    three = _run(tmp_path / "x", "--task", "cifar10", "--data-dir", str(tmp_path / "three"))
-    ten = _run(tmp_path / "y", "--task", "cifar10", "--data-dir", str(tmp_path / "ten"))
-    assert ten["host_params"] > three["host_params"]
+@pytest.mark.parametrize("classes", [CIFAR_CLASSES[:9], CIFAR_CLASSES[:1]], ids=["9", "1"])
+def test_a_cifar10_tree_of_other_classes_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], classes: tuple[str, ...]
+) -> None:
+    # CIFAR-10 has ten classes: a tree with fewer is an incomplete copy, not a task.
+    _image_tree(tmp_path / "data", classes, per_class=1)
+    argv = ["--task", "cifar10", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r")]
+    assert main(["heuristic", *argv, *SHORT]) == 2
+    assert f"hold {len(classes)} class folders" in error_line(capsys)
+    assert not (tmp_path / "r" / "config.json").exists()  # nothing blocks the corrected command
 
 
 def test_fashion_mnist_from_gzipped_idx(tmp_path: Path) -> None:

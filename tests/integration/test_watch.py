@@ -415,6 +415,20 @@ def wide_columns(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "1000")
 
 
+def _history_replaced(path: Path, by: str) -> None:
+    """A run whose history.jsonl is a directory, a link in a loop, or a link to nothing."""
+    start_run(path)
+    history = path / "history.jsonl"
+    history.unlink()
+    if by == "directory":
+        history.mkdir()
+    elif by == "loop":
+        history.symlink_to(path / "other.jsonl")
+        (path / "other.jsonl").symlink_to(history)
+    else:
+        history.symlink_to(path / "gone.jsonl")
+
+
 @pytest.mark.usefixtures("wide_columns")
 @pytest.mark.parametrize(
     ("make", "expected"),
@@ -426,8 +440,11 @@ def wide_columns(monkeypatch: pytest.MonkeyPatch) -> None:
             lambda p: (p.mkdir(), (p / "compare.json").write_text("{}")),
             "is an 'esper compare' directory",
         ),
+        (lambda p: _history_replaced(p, "directory"), "history.jsonl is not a file"),
+        (lambda p: _history_replaced(p, "loop"), "Too many levels of symbolic links"),
+        (lambda p: _history_replaced(p, "dead link"), "history.jsonl is a link to nothing"),
     ],
-    ids=["missing", "file", "other", "compare"],
+    ids=["missing", "file", "other", "compare", "history-a-directory", "link-loop", "dead-link"],
 )
 def test_what_is_not_a_run_is_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], make: Callable[[Path], Any], expected: str

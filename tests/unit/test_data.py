@@ -141,7 +141,18 @@ def test_cifar_incomplete_pickles(tmp_path: Path) -> None:
         load_cifar10(tmp_path)
 
 
-_COLOURS = {"cat": (255, 0, 0), "airplane": (0, 255, 0), "dog": (0, 0, 255)}
+_COLOURS = {  # CIFAR-10's classes, each a colour of its own
+    "cat": (255, 0, 0),
+    "airplane": (0, 255, 0),
+    "dog": (0, 0, 255),
+    "automobile": (255, 255, 0),
+    "bird": (255, 0, 255),
+    "deer": (0, 255, 255),
+    "frog": (128, 0, 0),
+    "horse": (0, 128, 0),
+    "ship": (0, 0, 128),
+    "truck": (128, 128, 128),
+}
 
 
 def _make_image_tree(root: Path, per_class: int = 2) -> None:
@@ -158,9 +169,10 @@ def _make_image_tree(root: Path, per_class: int = 2) -> None:
 def test_cifar_image_folder_labels_and_pixels(tmp_path: Path) -> None:
     _make_image_tree(tmp_path / "cifar10")
     data = load_cifar10(tmp_path)
-    assert data.class_names == ("airplane", "cat", "dog")  # sorted -> label index
-    assert data.num_classes == 3 and data.input_shape == (3, 32, 32)
-    assert _labels(data.train) == [0, 0, 1, 1, 2, 2] and _labels(data.val) == [0, 0, 1, 1, 2, 2]
+    assert data.class_names == tuple(sorted(_COLOURS))  # sorted -> label index
+    assert data.num_classes == 10 and data.input_shape == (3, 32, 32)
+    pairs = [label for label in range(10) for _ in range(2)]
+    assert _labels(data.train) == pairs and _labels(data.val) == pairs
     raw = _raw_pixels(data)
     for index, name in enumerate(data.class_names):
         colour = torch.tensor(_COLOURS[name], dtype=torch.float32) / 255
@@ -214,7 +226,7 @@ def test_cifar_image_folder_unwritable_cache(tmp_path: Path) -> None:
     _make_image_tree(tmp_path)
     (tmp_path / CACHE_NAME).mkdir()  # the cache file cannot be written (nor read) there
     for _ in range(2):
-        assert len(load_cifar10(tmp_path).train) == 6  # type: ignore[arg-type]
+        assert len(load_cifar10(tmp_path).train) == 20  # type: ignore[arg-type]
     assert list(tmp_path.glob("*.tmp")) == []
 
 
@@ -224,8 +236,21 @@ def test_cifar_image_folder_bad_trees(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match=r"0005\.png.*expected \(32, 32\)"):
         load_cifar10(tmp_path)
     (tmp_path / "test" / "cat" / "0005.png").unlink()
-    (tmp_path / "test" / "bird").mkdir()
+    (tmp_path / "test" / "unicorn").mkdir()
     with pytest.raises(DataFormatError, match="same non-empty set of class folders"):
+        load_cifar10(tmp_path)
+
+
+def test_a_cifar_tree_needs_its_ten_classes_each_with_images(tmp_path: Path) -> None:
+    _make_image_tree(tmp_path)
+    for split in ("train", "test"):
+        for image in (tmp_path / split / "truck").iterdir():
+            image.unlink()
+    with pytest.raises(DataFormatError, match=r"train/truck, test/truck hold no image"):
+        load_cifar10(tmp_path)
+    for split in ("train", "test"):
+        (tmp_path / split / "truck").rmdir()
+    with pytest.raises(DataFormatError, match=r"has 10 classes, but .* hold 9 class folders"):
         load_cifar10(tmp_path)
 
 

@@ -312,7 +312,7 @@ def _add_ppo_command(commands: Any) -> None:
             help="train a policy with PPO",
             description="Train a policy: each update runs --envs episodes side by side "
             "(in --workers processes, or Ray actors with --ray) and takes PPO steps on them. "
-            "Writes config.json, updates.jsonl, policy.pt, trainer.pt and "
+            "Writes config.json, updates.jsonl, policy.pt, checkpoint.pt and "
             "training_curve.png (and clone.json and cloned.pt with --demonstrations) to --out; "
             "--resume DIR continues an interrupted training.",
         )

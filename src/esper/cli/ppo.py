@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from esper.arms import check_size
-from esper.cli.common import print_error
+from esper.cli.common import Terminated, print_error
 from esper.cli.compare import ComparePlan, out_directory, run_compare
 from esper.cli.runs import read_config_file, train_command
 from esper.cluster import connected, import_ray
@@ -27,13 +27,16 @@ from esper.rl.ray_envs import RayEnvPool
 from esper.rl.training import (
     CloneRecord,
     PPOTrainConfig,
+    Training,
     UpdateRow,
     load_train_config,
+    open_training,
     resolve_train_config,
     train,
 )
 from esper.rl.workers import EnvPool, EnvWorkerError, PoolFactory
 from esper.run import RunError, RunFailedError
+from esper.rundir import atomic_write
 from esper.telemetry.tensorboard import TENSORBOARD_DIR, TrainingTensorBoard, require_tensorboard
 
 __all__ = ["PROVENANCE_FILE", "ppo_command"]
@@ -86,43 +89,49 @@ def _training_environment(policy: Path) -> RunConfig | None:
 # ---------------------------------------------------------------- train
 
 
+RESUME_REFUSES = (
+    "episodes",
+    "envs",
+    "workers",
+    "seed",
+    "task",
+    "epochs",
+    "max_batches",
+    "max_val_batches",
+    "demonstrations",
+    "data_dir",
+    "text_file",
+    "config",
+    "out",
+)
+"""The ``ppo train`` flags that set a training's configuration or directory, which
+``--resume`` takes from the directory instead (and refuses, rather than ignore)."""
+
+
 def _train(args: argparse.Namespace, console: Console) -> int:
-    if args.tensorboard:
-        require_tensorboard()  # before anything is written: one line if it is missing
-    for name in ("episodes", "envs", "workers"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise RunError(f"--{name} must be at least 1, got {value}")
-    if args.demonstrations is not None and args.demonstrations < 0:
-        raise RunError(f"--demonstrations must be at least 0, got {args.demonstrations}")
-    if args.ray is not None:
-        import_ray()  # before anything is written: without Ray, one line and nothing else
+    _check_train_flags(args)
+    config: PPOTrainConfig | None = None
     if args.resume is not None:
+        given = [f"--{n.replace('_', '-')}" for n in RESUME_REFUSES if getattr(args, n) is not None]
+        if given:
+            raise RunError(
+                "--resume continues a training with its saved configuration; "
+                f"drop {', '.join(given)}"
+            )
         out: Path = args.resume
-        if not (out / "config.json").is_file():
-            raise RunError(f"{out} holds no config.json to resume (not an 'esper ppo train' run)")
-        try:
-            config = load_train_config(out / "config.json")
-        except (ValueError, OSError) as error:
-            raise RunError(f"{out / 'config.json'}: {str(error).splitlines()[0]}") from None
-        resume = True
     else:
         config = _resolve(args)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
         if args.out is not None and not args.out.strip():
             raise RunError("--out is empty; name the training directory")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
         out = Path(args.out) if args.out else Path("runs") / f"ppo-train-{config.run.task}-{stamp}"
-        if (out / "config.json").exists():
-            raise RunError(f"{out} already holds a training run; continue it with --resume {out}")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise RunError(
-                f"cannot create {out} ({error.strerror}); choose another --out"
-            ) from None
-        resume = False
-    _record_provenance(args, out, resume)
-    with contextlib.ExitStack() as stack:
+    command = shlex.join(["esper", *args.argv])
+    with (
+        open_training(out, config, _warn, command) as training,
+        contextlib.ExitStack() as stack,
+    ):
+        _record_provenance(args, training)
+        config = training.config
         make_pool: PoolFactory = EnvPool
         where = f"{config.workers} worker(s)"
         if args.ray is not None:
@@ -136,17 +145,31 @@ def _train(args: argparse.Namespace, console: Console) -> int:
                 f"{where}) in {out}",
                 soft_wrap=True,
             )
-        return _train_with_progress(args, console, out, config, resume, make_pool)
+        return _train_with_progress(args, console, training, make_pool)
 
 
-def _record_provenance(args: argparse.Namespace, out: Path, resume: bool) -> None:
+def _check_train_flags(args: argparse.Namespace) -> None:
+    """The checks that need no directory: before anything is written, one line each."""
+    if args.tensorboard:
+        require_tensorboard()  # one line if it is missing
+    for name in ("episodes", "envs", "workers"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise RunError(f"--{name} must be at least 1, got {value}")
+    if args.demonstrations is not None and args.demonstrations < 0:
+        raise RunError(f"--demonstrations must be at least 0, got {args.demonstrations}")
+    if args.ray is not None:
+        import_ray()  # without Ray, one line and nothing else
+
+
+def _record_provenance(args: argparse.Namespace, training: Training) -> None:
     """Write `PROVENANCE_FILE` for a training that starts now; a resumed training keeps
     the record of its start (and writes one only if it has none)."""
-    path = out / PROVENANCE_FILE
-    if resume and path.is_file():
+    path = training.path / PROVENANCE_FILE
+    if training.resumed and path.is_file():
         return
     record = provenance(" ".join(["esper", *map(shlex.quote, args.argv)]))
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write(path, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
 
 
 def _warn(message: str) -> None:
@@ -156,11 +179,10 @@ def _warn(message: str) -> None:
 def _train_with_progress(
     args: argparse.Namespace,
     console: Console,
-    out: Path,
-    config: PPOTrainConfig,
-    resume: bool,
+    training: Training,
     make_pool: PoolFactory,
 ) -> int:
+    out, config = training.path, training.config
     progress = Progress(
         TextColumn("update"),
         MofNCompleteColumn(),
@@ -193,23 +215,21 @@ def _train_with_progress(
                     soft_wrap=True,
                 )
 
-        if config.demonstrations and not resume:
+        if training.clones:
             progress.update(bar, status=f"running {config.demonstrations} heuristic episodes")
         try:
-            rows = train(
-                out, config, on_update, resume=resume, make_pool=make_pool, on_clone=on_clone
-            )
+            rows = train(training, on_update, make_pool=make_pool, on_clone=on_clone)
         except EnvWorkerError as error:
             progress.stop()
             raise RunFailedError(
                 f"{error}; continue with: esper ppo train --resume {out}"
             ) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             progress.stop()
             console.print(
                 f"interrupted; continue with: esper ppo train --resume {out}", soft_wrap=True
             )
-            return 130
+            return 143 if isinstance(interrupt, Terminated) else 130
         finally:
             if board is not None:
                 board.close()

@@ -38,4 +38,7 @@ def watch_command(args: argparse.Namespace, console: Console) -> int:
             "pip install 'esper[watch]'"
         )
         return 2
-    return WatchApp(args.run_dir, args.interval).run() or 0
+    app = WatchApp(args.run_dir, args.interval)
+    app.run()
+    # Textual prints an unhandled error itself and records it as a non-zero return code.
+    return app.return_code or 0

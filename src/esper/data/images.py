@@ -145,8 +145,8 @@ def load_cifar10(data_dir: PathLike | None) -> SplitData:
         for candidate in (root, root / "cifar10"):
             tried.append(candidate)
             if (candidate / "train").is_dir() and (candidate / "test").is_dir():
-                train_x, train_y, val_x, val_y, names = _read_image_folder(candidate, (32, 32))
-                return image_split("cifar10", train_x, train_y, val_x, val_y, names)
+                arrays = _read_image_folder(candidate, (32, 32), num_classes=10)
+                return image_split("cifar10", *arrays)
     where = ", ".join(str(p) for p in dict.fromkeys(tried)) or "nowhere (no data directory given)"
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         where += f" ({Path(data_dir).expanduser()} is not a directory)"
@@ -361,15 +361,30 @@ def _list_split(directory: Path) -> dict[str, list[os.DirEntry[str]]]:
 
 
 def _read_image_folder(
-    root: Path, size: tuple[int, int]
+    root: Path, size: tuple[int, int], num_classes: int
 ) -> tuple[U8, I64, U8, I64, tuple[str, ...]]:
-    """Decode ``root/{train,test}/<class>/*`` to uint8 ``[N, 3, H, W]`` plus labels."""
+    """Decode ``root/{train,test}/<class>/*`` to uint8 ``[N, 3, H, W]`` plus labels; the
+    tree must hold ``num_classes`` class folders, the same in both splits, none empty."""
     splits = {split: _list_split(root / split) for split in ("train", "test")}
     names = tuple(splits["train"])
     if not names or set(splits["test"]) != set(names):
         raise DataFormatError(
             f"{root}: train/ and test/ must hold the same non-empty set of class folders; "
             f"train has {sorted(names)}, test has {sorted(splits['test'])}"
+        )
+    if len(names) != num_classes:
+        raise DataFormatError(
+            f"{root}: the data set has {num_classes} classes, but train/ and test/ hold "
+            f"{len(names)} class folders ({', '.join(names)}); point --data-dir at the "
+            "complete tree"
+        )
+    empty = [
+        f"{split}/{name}" for split, found in splits.items() for name in found if not found[name]
+    ]
+    if empty:
+        raise DataFormatError(
+            f"{root}: class folder(s) {', '.join(empty)} hold no image (.jpg, .jpeg, .png); "
+            "every class needs images in both splits"
         )
     digest = hashlib.sha256(f"{_CACHE_VERSION} {size}\n".encode())
     for split, classes in splits.items():

@@ -15,30 +15,36 @@ trained once per environment process.
 With ``demonstrations`` the policy first clones the rule-based heuristic (`clone`), so PPO
 starts from the baseline's behaviour rather than from a random policy.
 
-A training directory holds ``config.json`` (a `PPOTrainConfig`), ``updates.jsonl`` (one
-row per update), ``policy.pt`` (`esper.rl.agent`), ``trainer.pt`` (optimizer and random
-state for ``--resume``; tensors and plain data only), ``training_curve.png``, and when
-cloning ``clone.json`` (a `CloneRecord`) and ``cloned.pt`` (the cloned policy). A run
-resumed after any interruption gives the policy an uninterrupted one would have.
+A training directory is an Esper directory of its own kind (`esper.rundir.RunDirectory`,
+kind ``ppo-train``: one writer at a time, under its lock, for the whole training). It holds
+``config.json`` (a `PPOTrainConfig`), ``updates.jsonl`` (one row per update),
+``checkpoint.pt`` and ``checkpoint.prev.pt`` (two verified generations of the trainer's
+state, `Checkpoint`: policy, optimizer, random stream, updates done, whether cloning is
+done), ``policy.pt`` (`esper.rl.agent`), ``training_curve.png``, and when cloning
+``clone.json`` (a `CloneRecord`) and ``cloned.pt`` (the cloned policy). A training
+resumed after any interruption gives the policy and rows an uninterrupted one would have.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import itertools
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
 import torch
 
-from esper.config import RunConfig, from_dict, merge, reject_non_finite, to_dict
+from esper.config import MAX_SEED, RunConfig, from_dict, merge, reject_non_finite, to_dict
 from esper.rl.agent import POLICY_FILE, PolicyMeta, save_policy
 from esper.rl.buffer import RolloutBuffer
 from esper.rl.env import MorphogenesisEnv, env_config
@@ -53,19 +59,36 @@ from esper.rl.ppo import (
 )
 from esper.rl.rollout import RolloutCollector
 from esper.rl.workers import EnvPool, PoolFactory
-from esper.rundir import atomic_write, save_atomic
-from esper.telemetry.updates import UPDATES_FILE, UpdateRow, plot_training, read_updates
+from esper.rundir import (
+    Checkpoint,
+    RunDirectory,
+    RunError,
+    atomic_write,
+    is_run_directory,
+    read_lines,
+)
+from esper.telemetry.updates import (
+    UPDATES_FILE,
+    UpdateRow,
+    parse_update,
+    plot_training,
+    read_updates,
+)
 
 __all__ = [
     "CLONED_POLICY_FILE",
     "CLONE_FILE",
-    "TRAINER_FILE",
+    "COMMAND",
+    "KIND",
+    "MAX_TRAINING_SEED",
     "UPDATES_FILE",
     "CloneRecord",
     "PPOTrainConfig",
+    "Training",
     "UpdateRow",
     "clone",
     "load_train_config",
+    "open_training",
     "plot_training",
     "read_updates",
     "resolve_train_config",
@@ -73,7 +96,15 @@ __all__ = [
     "train_seed",
 ]
 
-TRAINER_FILE = "trainer.pt"
+log = logging.getLogger("esper")
+
+KIND = "ppo-train"
+"""The `esper.rundir.KINDS` entry of a training directory."""
+COMMAND = "ppo train"
+"""The command in a training checkpoint's `esper.rundir.Identity`."""
+MAX_TRAINING_SEED = (MAX_SEED - 4_000_000) // 1_000
+"""The largest ``seed``: every episode seed a training draws (`train_seed` and the spare
+pools, all below 4,000,000 + 1,000 x seed) stays within `esper.config.MAX_SEED`."""
 CLONE_FILE = "clone.json"
 CLONED_POLICY_FILE = "cloned.pt"
 """The policy as cloning left it, before any PPO update (``esper ppo eval --policy``
@@ -123,6 +154,12 @@ class PPOTrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.demonstrations < 0:
             raise ValueError(f"demonstrations must be at least 0, got {self.demonstrations}")
+        if not 0 <= self.seed <= MAX_TRAINING_SEED:
+            raise ValueError(
+                f"seed must be in 0..{MAX_TRAINING_SEED} (training episodes run on seeds "
+                f"1,000,000 + 1,000 x seed + k, which must stay within {MAX_SEED}), "
+                f"got {self.seed}"
+            )
         if self.ppo.num_minibatches > self.envs:
             raise ValueError(
                 f"ppo.num_minibatches ({self.ppo.num_minibatches}) cannot exceed envs "
@@ -149,24 +186,190 @@ def _factory(config: PPOTrainConfig) -> Callable[[], MorphogenesisEnv]:
     )
 
 
-def train(
+@dataclass
+class Training:
+    """An ``esper ppo train`` directory held under its lock, its configuration, and where
+    the training stands (`open_training`); a context manager that releases the lock."""
+
+    directory: RunDirectory
+    config: PPOTrainConfig
+    checkpoint: Checkpoint | None
+    """The checkpoint to continue from; None: the training starts at the beginning."""
+    lines: list[bytes]
+    """The lines of ``updates.jsonl`` that the checkpoint follows, and then every row
+    this process appends (their SHA-256 goes into each checkpoint)."""
+    resumed: bool
+    """Opened with ``--resume`` (the directory held a training already)."""
+
+    @property
+    def path(self) -> Path:
+        return self.directory.path
+
+    @property
+    def clones(self) -> bool:
+        """Whether the training clones the heuristic before its next update."""
+        done = self.checkpoint is not None and bool(self.checkpoint.state.get("cloned"))
+        return self.config.demonstrations > 0 and not done
+
+    def append(self, row: UpdateRow) -> None:
+        """Append ``row`` to ``updates.jsonl``."""
+        line = (row.to_json() + "\n").encode("utf-8")
+        with (self.path / UPDATES_FILE).open("ab") as handle:
+            handle.write(line)
+        self.lines.append(line)
+
+    def save(self, trainer: _Trainer) -> None:
+        """Write ``trainer``'s state as the newest checkpoint generation, after the rows
+        of ``updates.jsonl`` written so far."""
+        identity = self.directory.identity(COMMAND, self.config.run.task, to_dict(self.config))
+        digest = hashlib.sha256(b"".join(self.lines)).hexdigest()
+        checkpoint = Checkpoint(identity, trainer.updates, digest, trainer.state())
+        self.directory.save_checkpoint(checkpoint)
+
+    def close(self) -> None:
+        self.directory.close()
+
+    def __enter__(self) -> Training:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_training(
     out: Path,
-    config: PPOTrainConfig,
+    config: PPOTrainConfig | None,
+    warn: Callable[[str], None] = log.warning,
+    command: str | None = None,
+) -> Training:
+    """Lock ``out`` for a new training of ``config``, or (``config`` None) to continue the
+    training it holds; `RunError`, in one line, if it cannot be used, and nothing is
+    written then. The lock names ``command`` (default: this process's command line) to
+    whoever finds the directory in use.
+
+    A new training gets a new or empty directory, or Esper's own training directory that
+    never started (`RunDirectory.create`). A resumed one continues from the newest
+    checkpoint generation that is intact, this training's and in step with
+    ``updates.jsonl`` and ``config.json`` (``warn`` names a generation skipped), or from
+    the beginning if it stopped before its first checkpoint.
+    """
+    if config is None and not (out / "config.json").is_file():
+        if is_run_directory(out):
+            raise RunError(
+                f"{out} holds no training yet (it stopped before it started); start it "
+                f"again with --out {out}"
+            )
+        raise RunError(f"{out} holds no config.json to resume (not an 'esper ppo train' run)")
+    opener = RunDirectory.open if config is None else RunDirectory.create
+    directory = opener(out, command, kind=KIND)
+    try:
+        if config is None:
+            return _resume_point(directory, warn)
+        # At once, so that `esper watch` sees a training while the data loads.
+        atomic_write(out / UPDATES_FILE, b"")
+        return Training(directory, config, None, [], resumed=False)
+    except BaseException:
+        directory.close()
+        raise
+
+
+def _resume_point(directory: RunDirectory, warn: Callable[[str], None]) -> Training:
+    """The saved training in ``directory``: its configuration, checkpoint and rows."""
+    out = directory.path
+    try:
+        config = load_train_config(out / "config.json")
+    except (ValueError, OSError, RecursionError) as error:
+        raise RunError(f"{out / 'config.json'}: {str(error).splitlines()[0]}") from None
+    try:
+        read_updates(out / UPDATES_FILE)  # every complete line must be an update row
+    except ValueError as error:
+        raise RunError(
+            f"{out / UPDATES_FILE} is damaged ({error}); this training cannot be resumed: "
+            "start it again with another --out"
+        ) from None
+    lines = read_lines(out / UPDATES_FILE)
+    identity = directory.identity(COMMAND, config.run.task, to_dict(config))
+    checkpoint = directory.load_checkpoint(identity, lines, warn, UPDATES_FILE, "update")
+    if checkpoint is None:
+        if lines:
+            warn(f"{out} has no checkpoint: the training restarts from update 1")
+        return Training(directory, config, None, [], resumed=True)
+    if checkpoint.epoch > config.updates:
+        raise RunError(
+            f"the checkpoint in {out} is at update {checkpoint.epoch}, beyond the "
+            f"{config.updates} updates of its config.json: it is not this training's"
+        )
+    if checkpoint.epoch == config.updates:
+        raise RunError(
+            f"{out} finished all {config.updates} updates; see its results with: esper report {out}"
+        )
+    return Training(directory, config, checkpoint, lines[: checkpoint.epoch], resumed=True)
+
+
+@dataclass
+class _Trainer:
+    """What a training checkpoint holds: the policy, its optimizer, the one random
+    stream (actions, minibatches), the updates done and whether cloning is done."""
+
+    meta: PolicyMeta
+    policy: RecurrentFactoredPolicy
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    updates: int = 0
+    cloned: bool = False
+
+    @classmethod
+    def fresh(cls, config: PPOTrainConfig, meta: PolicyMeta) -> _Trainer:
+        torch.manual_seed(config.seed)
+        policy = meta.build()
+        generator = torch.Generator().manual_seed(config.seed)
+        return cls(meta, policy, adam(policy, config.ppo), generator)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "cloned": self.cloned,
+        }
+
+    def load(self, checkpoint: Checkpoint) -> None:
+        state = checkpoint.state
+        try:
+            self.policy.load_state_dict(state["policy"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.generator.set_state(state["generator"])
+            self.cloned = bool(state["cloned"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            first = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+            raise RunError(
+                f"the checkpoint of update {checkpoint.epoch} does not fit this training's "
+                f"policy ({type(error).__name__}: {first}); it was not written by Esper"
+            ) from None
+        self.updates = checkpoint.epoch
+
+
+def train(
+    training: Training,
     on_update: Callable[[UpdateRow], None] = lambda row: None,
-    resume: bool = False,
     make_pool: PoolFactory = EnvPool,
     on_clone: Callable[[CloneRecord], None] = lambda record: None,
 ) -> list[UpdateRow]:
-    """Train (or, with ``resume``, continue training) a policy into ``out``.
+    """Train, or continue, the training `open_training` opened; returns every row.
 
     With ``config.demonstrations`` the policy first clones the heuristic (`clone`), and
     ``on_clone`` hears how that went; then PPO updates follow, each reported to
-    ``on_update``.
-
-    Resuming continues after the last update whose state was saved (``trainer.pt``), or
-    starts again if none was. ``make_pool`` builds the environments' pool from (factory,
-    envs, workers): local processes (`EnvPool`) or Ray actors
-    (`esper.rl.ray_envs.RayEnvPool`); both give the same policy."""
+    ``on_update``. Each update appends its row to ``updates.jsonl``, then writes
+    ``policy.pt``, then a checkpoint; a resumed training goes on from its checkpoint and
+    keeps exactly the rows that checkpoint follows. ``make_pool`` builds the
+    environments' pool from (factory, envs, workers): local processes (`EnvPool`) or Ray
+    actors (`esper.rl.ray_envs.RayEnvPool`); both give the same policy."""
+    config, out = training.config, training.path
     # One torch thread: the policy is small, and the environments in this process (with
     # --workers 1) are the same small runs each worker process trains on one thread.
     torch.set_num_threads(1)
@@ -175,26 +378,16 @@ def train(
         config.run.task, tuple(probe.slot_ids), tuple(probe.blueprints), config.hidden
     )
     steps = config.run.episode.epochs - 1  # the first epoch is trained by reset
-    torch.manual_seed(config.seed)
-    policy = meta.build()
-    optimizer = adam(policy, config.ppo)
-    generator = torch.Generator().manual_seed(config.seed)
-    saved = resume and (out / TRAINER_FILE).is_file()  # written after cloning too
-    start, rows = (
-        _restore(out, config, policy, optimizer, generator) if saved else _begin(out, config)
-    )
+    trainer = _Trainer.fresh(config, meta)
+    rows = _start(training, trainer)
     with make_pool(_factory(config), config.envs, config.workers) as pool:
-        collector = RolloutCollector(pool, policy, generator)
-        if config.demonstrations and not saved:
-            record = clone(collector, config, steps)
-            (out / CLONE_FILE).write_text(json.dumps(dataclasses.asdict(record), indent=2) + "\n")
-            _save(out, policy, meta, optimizer, generator, 0)
-            save_policy(out / CLONED_POLICY_FILE, policy, meta)
-            on_clone(record)
-        for update in range(start, config.updates):
+        collector = RolloutCollector(pool, trainer.policy, trainer.generator)
+        if config.demonstrations and not trainer.cloned:
+            on_clone(_clone_and_save(training, trainer, collector, steps))
+        for update in range(trainer.updates, config.updates):
             iteration = ppo_iteration(
                 collector,
-                optimizer,
+                trainer.optimizer,
                 config.ppo,
                 config.run.episode.reward.gamma,
                 update=update,
@@ -204,59 +397,48 @@ def train(
                 restart=True,
             )
             rows.append(_row(update + 1, (update + 1) * config.envs, iteration))
-            with (out / UPDATES_FILE).open("a") as handle:
-                handle.write(rows[-1].to_json() + "\n")
-            _save(out, policy, meta, optimizer, generator, update + 1)
+            training.append(rows[-1])
+            save_policy(out / POLICY_FILE, trainer.policy, meta)
+            trainer.updates = update + 1
+            training.save(trainer)
             plot_training(rows, out / "training_curve.png", config.run.task)
             on_update(rows[-1])
     return rows
 
 
-def _begin(out: Path, config: PPOTrainConfig) -> tuple[int, list[UpdateRow]]:
-    """A new run (or one that stopped before its first update was saved): its config and
-    an empty ``updates.jsonl``; it starts at update 0."""
-    (out / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
-    (out / UPDATES_FILE).write_text("")
-    return 0, []
+def _start(training: Training, trainer: _Trainer) -> list[UpdateRow]:
+    """Load the checkpoint into ``trainer`` and cut ``updates.jsonl`` back to the rows it
+    follows; or, at the beginning, write the configuration, an empty ``updates.jsonl``
+    and the first checkpoint (update 0). Returns the rows so far."""
+    out = training.path
+    if training.checkpoint is not None:
+        trainer.load(training.checkpoint)
+        atomic_write(out / UPDATES_FILE, b"".join(training.lines))
+        return [parse_update(line.decode("utf-8")) for line in training.lines]
+    if not training.resumed:
+        # Written only now that the data is loaded, so a training that cannot start
+        # leaves no config.json behind to block the corrected command.
+        text = json.dumps(to_dict(training.config), indent=2) + "\n"
+        atomic_write(out / "config.json", text.encode("utf-8"))
+    atomic_write(out / UPDATES_FILE, b"")
+    training.save(trainer)
+    return []
 
 
-def _restore(
-    out: Path,
-    config: PPOTrainConfig,
-    policy: RecurrentFactoredPolicy,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-) -> tuple[int, list[UpdateRow]]:
-    """Load ``trainer.pt`` into the policy, optimizer and generator; the update to go on
-    from and the rows before it (``updates.jsonl`` is cut back to them)."""
-    state = torch.load(out / TRAINER_FILE, map_location="cpu", weights_only=True)
-    policy.load_state_dict(state["policy"])
-    optimizer.load_state_dict(state["optimizer"])
-    generator.set_state(state["generator"])
-    start = int(state["updates"])
-    rows = read_updates(out / UPDATES_FILE)[:start]
-    _write_rows(out / UPDATES_FILE, rows)
-    return start, rows
-
-
-def _save(
-    out: Path,
-    policy: RecurrentFactoredPolicy,
-    meta: PolicyMeta,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    updates: int,
-) -> None:
-    save_policy(out / POLICY_FILE, policy, meta)
-    save_atomic(
-        out / TRAINER_FILE,
-        {
-            "policy": policy.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "generator": generator.get_state(),
-            "updates": updates,
-        },
-    )
+def _clone_and_save(
+    training: Training, trainer: _Trainer, collector: RolloutCollector, steps: int
+) -> CloneRecord:
+    """Clone the heuristic (`clone`), write ``clone.json``, ``cloned.pt`` and
+    ``policy.pt``, then the checkpoint that says cloning is done."""
+    out = training.path
+    record = clone(collector, training.config, steps)
+    text = json.dumps(dataclasses.asdict(record), indent=2) + "\n"
+    atomic_write(out / CLONE_FILE, text.encode("utf-8"))
+    save_policy(out / CLONED_POLICY_FILE, trainer.policy, trainer.meta)
+    save_policy(out / POLICY_FILE, trainer.policy, trainer.meta)
+    trainer.cloned = True
+    training.save(trainer)
+    return record
 
 
 @dataclass(frozen=True)
@@ -326,10 +508,6 @@ def _clone_spare_seeds(config: PPOTrainConfig) -> Iterator[int]:
     + k, apart from the training pool (1,000,000 + ...) and PPO's spares (2,000,000 +
     ...), determined by the run, so a rerun of cloning replays them."""
     return (3_000_000 + 1_000 * config.seed + k for k in itertools.count())
-
-
-def _write_rows(path: Path, rows: list[UpdateRow]) -> None:
-    atomic_write(path, "".join(row.to_json() + "\n" for row in rows).encode())
 
 
 def _row(update: int, episodes: int, iteration: UpdateRecord) -> UpdateRow:

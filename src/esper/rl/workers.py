@@ -6,14 +6,19 @@ process, so a run gives the same results whatever the number of workers (each
 environment's episode depends only on its own seed and actions).
 
 Worker processes are spawned, not forked: a forked child would inherit torch's thread
-pools mid-state.
+pools mid-state. They die with the process that started them, however it ends (even
+``kill -9``, which runs no clean-up of its own): each watches its parent and exits
+when it is gone, within `ORPHAN_CHECK_SECONDS`, mid-step or not.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import signal
+import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +29,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "ORPHAN_CHECK_SECONDS",
     "EnvFactory",
     "EnvPool",
     "EnvWorkerError",
@@ -35,6 +41,9 @@ __all__ = [
     "reset_replies",
     "step_result",
 ]
+
+ORPHAN_CHECK_SECONDS = 0.25
+"""How often a worker process checks that the process that started it still lives."""
 
 EnvFactory = Callable[[], Any]
 """Builds one environment (a picklable callable, e.g. a ``functools.partial``)."""
@@ -138,7 +147,9 @@ class EnvPool:
             for block in self._blocks:
                 parent, child = context.Pipe()
                 process = context.Process(
-                    target=_worker, args=(child, factory, len(block)), daemon=True
+                    target=_worker,
+                    args=(child, factory, len(block), os.getpid()),
+                    daemon=True,
                 )
                 process.start()
                 child.close()
@@ -208,9 +219,19 @@ def apply_command(envs: list[Any], command: str, argument: Any) -> Any:
     raise ValueError(f"unknown command {command!r}")
 
 
-def _worker(pipe: Connection, factory: EnvFactory, count: int) -> None:
+def _exit_when_orphaned(parent: int) -> None:
+    # A parent killed outright closes its pipes, but a worker in the middle of a long
+    # step would only notice once the step is done: the parent's death re-parents it
+    # (to init or a subreaper), which this thread sees whatever the worker is doing.
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+    os._exit(1)
+
+
+def _worker(pipe: Connection, factory: EnvFactory, count: int, parent: int) -> None:
     # Ctrl-C is the parent's to handle: it stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     torch.set_num_threads(1)
     try:
         envs = [factory() for _ in range(count)]

@@ -81,14 +81,24 @@ def parse_update(line: str) -> UpdateRow:
 
 
 def read_updates(path: Path) -> list[UpdateRow]:
-    """Rows of an ``updates.jsonl`` (a half-written last line is ignored)."""
+    """Every row of an ``updates.jsonl`` (none if there is no such file), read as strictly
+    as a run's history (`esper.telemetry.report.read_history`): a last line without its
+    newline was cut short by a crash and is left out; a damaged line anywhere else is a
+    ValueError naming it (``line N: not an update row (...)``)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
     rows = []
-    lines = path.read_text().splitlines() if path.is_file() else []
-    for line in lines:
-        try:
-            rows.append(parse_update(line))
-        except json.JSONDecodeError:  # cut short by a crash: that update never completed
+    # The last piece is b"" after the final newline, or a line a crash cut short: that
+    # update never completed, so it is not a row either.
+    for number, line in enumerate(data.split(b"\n")[:-1], 1):
+        if not line.strip():
             continue
+        try:
+            rows.append(parse_update(line.decode("utf-8")))
+        except (ValueError, KeyError, TypeError) as error:  # UnicodeDecodeError too
+            raise ValueError(f"line {number}: not an update row ({error})") from None
     return rows
 
 

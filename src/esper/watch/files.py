@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -78,6 +79,8 @@ def classify(path: Path) -> Kind:
         )
     if not path.is_dir():
         raise NotARunError(f"{path} is a file; watch its run directory: esper watch {path.parent}")
+    for name in (HISTORY, EVENTS, UPDATES_FILE):
+        _check_readable(path / name)
     keys = _config_keys(path)
     if (path / UPDATES_FILE).is_file() or {"ppo", "run"} <= keys:
         return Kind.TRAINING
@@ -98,6 +101,25 @@ def classify(path: Path) -> Kind:
         f"{path} is not a run directory (no history.jsonl, updates.jsonl or {RUN_MARKER}); "
         "watch a directory written by esper heuristic, baseline, ppo run or ppo train"
     )
+
+
+def _check_readable(file: Path) -> None:
+    """`NotARunError` if ``file`` is there but is no file the view can read: a directory,
+    a link that leads nowhere or round in a loop, one it may not open."""
+    try:
+        status = file.stat()
+    except FileNotFoundError:
+        if file.is_symlink():
+            raise NotARunError(
+                f"{file} is a link to nothing; remove it or watch another run"
+            ) from None
+        return  # not written yet: the view waits for it
+    except OSError as error:  # e.g. a loop of symbolic links
+        raise NotARunError(f"cannot read {file} ({error.strerror})") from None
+    if not stat.S_ISREG(status.st_mode):
+        raise NotARunError(f"{file} is not a file (a directory?); it is not a run's: watch another")
+    if not os.access(file, os.R_OK):
+        raise NotARunError(f"cannot read {file} (permission denied)")
 
 
 class LineTail:

@@ -10,11 +10,8 @@ import json
 import os
 import shutil
 import signal
-import sys
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +28,7 @@ from esper.rl.agent import POLICY_FILE, PolicyMeta, save_policy
 from esper.rl.env import MorphogenesisEnv, env_config
 from esper.rundir import LOCK, RunDirectory, lock_holder, read_checkpoint, read_lines
 from tests.commands import FAST_COMPARE, compare, error_line, interrupt_at_save
+from tests.processes import fork, running, wait_for
 
 EPOCHS = 12  # FAST_COMPARE's
 STATIC = ["--arms", "static", "--seeds", "2", "--workers", "1"]
@@ -97,60 +95,6 @@ def _epochs(run_dir: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in read_lines(run_dir / "history.jsonl")]
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
-
-
-@dataclass
-class Child:
-    """A forked copy of this test process running ``esper``; its output goes to files."""
-
-    pid: int
-    logs: Path
-
-    def wait(self, timeout: float = 120.0) -> int:
-        """Exit status, or minus the signal that killed it."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                return os.waitstatus_to_exitcode(status)
-            time.sleep(0.01)
-        os.kill(self.pid, signal.SIGKILL)
-        os.waitpid(self.pid, 0)
-        raise AssertionError(f"child {self.pid} did not finish in {timeout} s")
-
-    def output(self, name: str) -> str:
-        return (self.logs / name).read_text()
-
-
-def _fork(argv: list[str], logs: Path, patch: Callable[[], None] = lambda: None) -> Child:
-    """Run ``main(argv)`` in a forked process, after ``patch()`` (fault injection)."""
-    logs.mkdir(parents=True, exist_ok=True)
-    stdout, stderr = (logs / "stdout").open("w"), (logs / "stderr").open("w")
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 99
-        try:
-            os.dup2(stdout.fileno(), 1)
-            os.dup2(stderr.fileno(), 2)
-            sys.stdout, sys.stderr = stdout, stderr
-            patch()
-            code = main(argv)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    stdout.close()
-    stderr.close()
-    return Child(pid, logs)
-
-
 def _after_saves(count: int, action: Callable[[], None]) -> Callable[[], None]:
     """A patch for a child: ``action()`` right after its ``count``-th checkpoint."""
 
@@ -181,18 +125,18 @@ def test_two_compares_on_one_out_the_second_exits_2_naming_the_first(
 
     def pause() -> None:
         ready.touch()
-        _wait_for(go.exists)
+        wait_for(go.exists)
 
-    first = _fork(argv, tmp_path / "first", _after_saves(3, pause))
+    first = fork(argv, tmp_path / "first", _after_saves(3, pause))
     try:
-        _wait_for(ready.exists)  # the first compare holds --out, mid-run
+        wait_for(ready.exists)  # the first compare holds --out, mid-run
         assert main(argv) == 2
         line = error_line(capsys)
         assert f"{out} is in use by another Esper run (pid {first.pid} on " in line
         assert "esper compare" in line and "pick another --out" in line
     finally:
         go.touch()
-    assert first.wait() == 0, first.output("stderr")
+    assert first.wait() == 0, first.stderr
     data = json.loads((out / RESULTS.table).read_text())
     assert len(data["runs"]) == 1 and data["runs"][0]["summary"] is not None
     for run_dir in (out / "runs").glob("*/seed-*"):
@@ -278,18 +222,19 @@ def test_kill_9_of_a_compare_with_2_workers_then_a_rerun_resumes_every_run(
     out = tmp_path / "compare"
     flags = ["--task", "digits", "--epochs", str(epochs), "--max-batches", "3", "--quiet"]
     flags += ["--out", str(out), "--arms", "static", "--seeds", "2"]
-    child = _fork(["compare", *flags, "--workers", "2"], tmp_path / "child")
+    child = fork(["compare", *flags, "--workers", "2"], tmp_path / "child")
     training: dict[Path, int] = {}
 
     def mid_run() -> bool:
         training.update(_worker_runs(out, child.pid))
         return any(len(_epochs(run)) >= 2 for run in training)
 
-    _wait_for(mid_run)
+    wait_for(mid_run)
     os.kill(child.pid, signal.SIGKILL)
     assert child.wait() == -signal.SIGKILL
-    # Its workers die with it: their locks are free at once, and no orphan trains on.
-    _wait_for(lambda: all(lock_holder(run) is None for run in training), timeout=5)
+    # Its workers die with it: gone at once, their locks free, and no orphan trains on.
+    wait_for(lambda: not any(running(pid) for pid in training.values()), timeout=5)
+    assert all(lock_holder(run) is None for run in training)
     left = {run: len(_epochs(run)) for run in training}
     assert any(done < epochs for done in left.values()), left  # cut short, not finished
     time.sleep(0.5)
@@ -318,10 +263,10 @@ def test_sigterm_stops_a_compare_with_143_and_the_rerun_continues(
         argv += ["--out", str(out), "--epochs", str(EPOCHS)]
     argv += ["--arms", "static", "--seeds", "2", "--workers", "1"]
     terminate = _after_saves(3, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    child = _fork(argv, tmp_path / "child", terminate)
+    child = fork(argv, tmp_path / "child", terminate)
     assert child.wait() == 128 + signal.SIGTERM
-    assert "interrupted; rerun the same command to continue" in child.output("stdout")
-    assert "Traceback" not in child.output("stderr")
+    assert "interrupted; rerun the same command to continue" in child.stdout
+    assert "Traceback" not in child.stderr
     assert not (out / RESULTS.table).exists()
     trained = _count_saves(monkeypatch)
     assert main(argv) == 0

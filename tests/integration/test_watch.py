@@ -415,6 +415,13 @@ def wide_columns(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "1000")
 
 
+def _marked(path: Path, kind: str) -> None:
+    """An Esper directory of ``kind`` that has written nothing else yet."""
+    path.mkdir()
+    marker = {"run_id": "test", "created": "now", "kind": kind}
+    (path / RUN_MARKER).write_text(json.dumps(marker) + "\n")
+
+
 def _history_replaced(path: Path, by: str) -> None:
     """A run whose history.jsonl is a directory, a link in a loop, or a link to nothing."""
     start_run(path)
@@ -440,11 +447,15 @@ def _history_replaced(path: Path, by: str) -> None:
             lambda p: (p.mkdir(), (p / "compare.json").write_text("{}")),
             "is an 'esper compare' directory",
         ),
+        (lambda p: _marked(p, "compare"), "is an 'esper compare' directory"),
         (lambda p: _history_replaced(p, "directory"), "history.jsonl is not a file"),
         (lambda p: _history_replaced(p, "loop"), "Too many levels of symbolic links"),
         (lambda p: _history_replaced(p, "dead link"), "history.jsonl is a link to nothing"),
     ],
-    ids=["missing", "file", "other", "compare", "history-a-directory", "link-loop", "dead-link"],
+    ids=[
+        *("missing", "file", "other", "compare", "marked-compare"),
+        *("history-a-directory", "link-loop", "dead-link"),
+    ],
 )
 def test_what_is_not_a_run_is_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], make: Callable[[Path], Any], expected: str

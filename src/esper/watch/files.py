@@ -81,16 +81,16 @@ def classify(path: Path) -> Kind:
         raise NotARunError(f"{path} is a file; watch its run directory: esper watch {path.parent}")
     for name in (HISTORY, EVENTS, UPDATES_FILE):
         _check_readable(path / name)
-    keys = _config_keys(path)
-    if (path / UPDATES_FILE).is_file() or {"ppo", "run"} <= keys:
+    keys, kind = _config_keys(path), _marker_kind(path)
+    if kind == "ppo-train" or (path / UPDATES_FILE).is_file() or {"ppo", "run"} <= keys:
         return Kind.TRAINING
-    if (path / RUN_MARKER).is_file() or (path / HISTORY).is_file() or "episode" in keys:
-        return Kind.RUN
-    if (path / "compare.json").is_file() or (path / "runs").is_dir():
+    if kind == "compare" or (path / "compare.json").is_file() or (path / "runs").is_dir():
         raise NotARunError(
             f"{path} is an 'esper compare' directory; watch one of its runs, e.g. "
             f"esper watch {_example_run(path)} (or see its table: esper report {path})"
         )
+    if kind is not None or (path / HISTORY).is_file() or "episode" in keys:
+        return Kind.RUN
     try:
         empty = not any(path.iterdir())
     except OSError as error:
@@ -101,6 +101,19 @@ def classify(path: Path) -> Kind:
         f"{path} is not a run directory (no history.jsonl, updates.jsonl or {RUN_MARKER}); "
         "watch a directory written by esper heuristic, baseline, ppo run or ppo train"
     )
+
+
+def _marker_kind(path: Path) -> str | None:
+    """The kind of Esper directory the marker says (a run's when it says none), or None
+    without a marker."""
+    try:
+        data = json.loads((path / RUN_MARKER).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return "run"  # damaged: the run's own commands say what is wrong with it
+    kind = data.get("kind", "run") if isinstance(data, dict) else "run"
+    return str(kind)
 
 
 def _check_readable(file: Path) -> None:

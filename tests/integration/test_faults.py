@@ -20,9 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterable, Iterator, Sized
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -60,6 +58,7 @@ from esper.telemetry import (
 )
 from esper.training.batches import SplitBatches
 from esper.training.episode import NON_FINITE_SEED, EpisodeRunner, ScriptedController
+from tests.processes import fork, kill_on_replace, kill_self, wait_for
 
 EPOCHS = 8
 EARLY = {"heuristic": {"start_epoch": 2, "min_epochs_left": 0}}
@@ -139,69 +138,6 @@ def _one_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1, f"expected one line on stderr, got {lines}"
     return lines[0]
-
-
-@dataclass
-class Child:
-    """A forked copy of this test process running ``esper``; its output goes to files."""
-
-    pid: int
-    out: Path
-
-    def wait(self, timeout: float = 120.0) -> int:
-        """Exit status, or minus the signal that killed it."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                return os.waitstatus_to_exitcode(status)
-            time.sleep(0.01)
-        os.kill(self.pid, signal.SIGKILL)
-        os.waitpid(self.pid, 0)
-        raise AssertionError(f"child {self.pid} did not finish in {timeout} s")
-
-    @property
-    def stdout(self) -> str:
-        return (self.out / "stdout").read_text()
-
-    @property
-    def stderr(self) -> str:
-        return (self.out / "stderr").read_text()
-
-
-def _fork(argv: list[str], out: Path, patch: Callable[[], None] = lambda: None) -> Child:
-    """Run ``main(argv)`` in a forked process, after ``patch()`` (fault injection)."""
-    out.mkdir(parents=True, exist_ok=True)
-    stdout, stderr = (out / "stdout").open("w"), (out / "stderr").open("w")
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 99
-        try:
-            os.dup2(stdout.fileno(), 1)
-            os.dup2(stderr.fileno(), 2)
-            sys.stdout, sys.stderr = stdout, stderr
-            patch()
-            code = main(argv)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    stdout.close()
-    stderr.close()
-    return Child(pid, out)
-
-
-def _kill_self() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for the child"
-        time.sleep(0.01)
 
 
 def _interrupt_at(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
@@ -427,7 +363,7 @@ def _pause_after_epoch(epoch: int, ready: Path, go: Path) -> Callable[[], None]:
             real(directory, built, history)
             if built.runner.epoch == epoch:
                 ready.touch()
-                _wait_for(go.exists)
+                wait_for(go.exists)
 
         setattr(esper.run, "_save_checkpoint", save)  # noqa: B010
 
@@ -445,10 +381,10 @@ def test_two_runs_on_one_directory_the_second_exits_2_naming_the_first(
         out = tmp_path / "run"
         argv = _argv(out, early_config)
     ready, go = tmp_path / "ready", tmp_path / "go"
-    first = _fork(argv, tmp_path / "first", _pause_after_epoch(4, ready, go))
+    first = fork(argv, tmp_path / "first", _pause_after_epoch(4, ready, go))
     try:
-        _wait_for(ready.exists)  # the first run holds the lock, mid-run
-        second = _fork(argv, tmp_path / "second")
+        wait_for(ready.exists)  # the first run holds the lock, mid-run
+        second = fork(argv, tmp_path / "second")
         assert second.wait() == 2
         line = _one_line(second.stderr)
         assert f"{out} is in use by another Esper run (pid {first.pid} on " in line
@@ -475,34 +411,12 @@ def _kill_in_epoch(epoch: int, after_batches: int = 2) -> Callable[[], None]:
             def batches() -> Iterator[Any]:
                 for index, batch in enumerate(loader):
                     if calls[0] == epoch and index == after_batches:
-                        _kill_self()
+                        kill_self()
                     yield batch
 
             return real(model, batches(), *args, **kwargs)
 
         setattr(episode_module, "train_one_epoch", train)  # noqa: B010
-
-    return patch
-
-
-def _kill_on_replace(target: str, nth: int = 1, *, after: bool = False) -> Callable[[], None]:
-    """Patch: SIGKILL at the ``nth`` ``os.replace`` onto a file named ``target``."""
-
-    def patch() -> None:
-        real = os.replace
-        seen = [0]
-
-        def replace(src: Any, dst: Any, **kwargs: Any) -> None:
-            hit = Path(dst).name == target
-            if hit:
-                seen[0] += 1
-            if hit and seen[0] == nth and not after:
-                _kill_self()
-            real(src, dst, **kwargs)
-            if hit and seen[0] == nth and after:
-                _kill_self()
-
-        setattr(os, "replace", replace)  # noqa: B010
 
     return patch
 
@@ -515,7 +429,7 @@ def _kill_before_checkpoint(epoch: int) -> Callable[[], None]:
 
         def save(directory: Any, built: Any, history: Any) -> None:
             if built.runner.epoch == epoch:
-                _kill_self()
+                kill_self()
             real(directory, built, history)
 
         setattr(esper.run, "_save_checkpoint", save)  # noqa: B010
@@ -527,9 +441,9 @@ KILL_POINTS: dict[str, Callable[[], None]] = {
     "during epoch 1 (no checkpoint yet)": _kill_in_epoch(1),
     "during epoch 5 (a seed is training)": _kill_in_epoch(5),
     "between the history row and the checkpoint": _kill_before_checkpoint(6),
-    "with the new checkpoint written, not yet renamed": _kill_on_replace(CHECKPOINT, 4),
-    "while keeping the previous generation": _kill_on_replace(PREVIOUS_CHECKPOINT, 3),
-    "after the last checkpoint, before the summary": _kill_on_replace("summary.json"),
+    "with the new checkpoint written, not yet renamed": kill_on_replace(CHECKPOINT, 4),
+    "while keeping the previous generation": kill_on_replace(PREVIOUS_CHECKPOINT, 3),
+    "after the last checkpoint, before the summary": kill_on_replace("summary.json"),
 }
 
 
@@ -538,7 +452,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(
     point: str, tmp_path: Path, early_config: Path, reference: Path
 ) -> None:
     out = tmp_path / "run"
-    child = _fork(_argv(out, early_config), tmp_path / "child", KILL_POINTS[point])
+    child = fork(_argv(out, early_config), tmp_path / "child", KILL_POINTS[point])
     assert child.wait() == -signal.SIGKILL, child.stderr
     holder = json.loads((out / LOCK).read_text())
     assert holder["pid"] == child.pid  # a stale lock: its process is gone
@@ -556,11 +470,11 @@ def test_kill_9_during_the_history_rewrite_of_a_resume(
     after: bool, tmp_path: Path, early_config: Path, reference: Path
 ) -> None:
     out = tmp_path / "run"
-    crash = _fork(_argv(out, early_config), tmp_path / "crash", _kill_before_checkpoint(6))
+    crash = fork(_argv(out, early_config), tmp_path / "crash", _kill_before_checkpoint(6))
     assert crash.wait() == -signal.SIGKILL
     assert len(_rows(out)) == 6 and read_checkpoint(out / CHECKPOINT).epoch == 5
-    rewrite = _fork(
-        _resume(out), tmp_path / "rewrite", _kill_on_replace("history.jsonl", 1, after=after)
+    rewrite = fork(
+        _resume(out), tmp_path / "rewrite", kill_on_replace("history.jsonl", 1, after=after)
     )
     assert rewrite.wait() == -signal.SIGKILL
     assert len(_rows(out)) == (5 if after else 6)  # the old file or the new one, whole
@@ -583,7 +497,7 @@ def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(
 
         setattr(esper.run, "_save_checkpoint", save)  # noqa: B010
 
-    child = _fork(_argv(out, early_config), tmp_path / "child", terminate_after_epoch_3)
+    child = fork(_argv(out, early_config), tmp_path / "child", terminate_after_epoch_3)
     assert child.wait() == 128 + signal.SIGTERM
     assert f"interrupted; continue with: esper heuristic --resume {out}" in child.stdout
     assert "Traceback" not in child.stderr
@@ -698,9 +612,9 @@ def test_a_really_full_disk_then_room_made_resumes_exactly(
 ) -> None:
     out = small_disk / "run"
     ready, go = tmp_path / "ready", tmp_path / "go"
-    child = _fork(_argv(out, early_config), tmp_path / "child", _pause_after_epoch(3, ready, go))
+    child = fork(_argv(out, early_config), tmp_path / "child", _pause_after_epoch(3, ready, go))
     try:
-        _wait_for(ready.exists)
+        wait_for(ready.exists)
         filler = _fill(small_disk)  # the disk fills up while the run is on epoch 4
     finally:
         go.touch()
@@ -1116,15 +1030,15 @@ def test_ppo_run_keeps_the_promises_of_a_run(tmp_path: Path, policy: Path) -> No
     reference = tmp_path / "reference"
     assert main(_ppo_run(reference, policy)) == 0
     out = tmp_path / "run"
-    child = _fork(_ppo_run(out, policy), tmp_path / "child", _kill_in_epoch(4))
+    child = fork(_ppo_run(out, policy), tmp_path / "child", _kill_in_epoch(4))
     assert child.wait() == -signal.SIGKILL, child.stderr
     assert read_checkpoint(out / CHECKPOINT).epoch == 3
     ready, go = tmp_path / "ready", tmp_path / "go"
     resume = ["ppo", "run", "--resume", str(out), "--quiet"]
-    resumed = _fork(resume, tmp_path / "resumed", _pause_after_epoch(5, ready, go))
+    resumed = fork(resume, tmp_path / "resumed", _pause_after_epoch(5, ready, go))
     try:
-        _wait_for(ready.exists)
-        second = _fork(resume, tmp_path / "second")
+        wait_for(ready.exists)
+        second = fork(resume, tmp_path / "second")
         assert second.wait() == 2
         assert f"in use by another Esper run (pid {resumed.pid} on " in _one_line(second.stderr)
     finally:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from esper.contracts import SeedCost, TaskType
-from esper.model.blueprints import blueprint_names, get_blueprint
+from esper.model.blueprints import GrowthKind, blueprint_names, get_blueprint
 from esper.model.morphogenetic import MorphogeneticModel
 from esper.training.loop import Batch, compute_task_loss_with_metrics
 
@@ -146,7 +146,7 @@ def _seed_costs(model: MorphogeneticModel, inputs: Tensor) -> Mapping[str, Mappi
     for slot in model.slots():
         feature = features[slot.slot_id].to("cpu", torch.float32)
         costs[slot.slot_id] = {}
-        for name in blueprint_names(topology):
+        for name in blueprint_names(topology, GrowthKind.DEPTH):
             key = (topology.value, name, slot.channels, tuple(feature.shape))
             if key not in _BLUEPRINT_COSTS:
                 spec = get_blueprint(topology, name)

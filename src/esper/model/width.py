@@ -74,6 +74,10 @@ class WidthPoint:
     """The first host segment that runs a consumer (the segment count: the head), where a
     counterfactual without the seed starts again."""
 
+    @property
+    def consumers_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.consumers)
+
 
 @dataclass(frozen=True)
 class ParameterSwap:

@@ -31,7 +31,13 @@ from esper.arms import parse_seeds
 from esper.config import HeuristicConfig, to_dict
 from esper.contracts import Topology
 from esper.data import SplitData, load_digits
-from esper.model.blueprints import Residual, blueprint_names, group_count, register_blueprint
+from esper.model.blueprints import (
+    GrowthKind,
+    Residual,
+    blueprint_names,
+    group_count,
+    register_blueprint,
+)
 from esper.training.builders import build_episode, build_run_controller
 from esper.training.episode import run_episode
 from esper.training.tasks import TASKS, get_task, run_config
@@ -56,7 +62,7 @@ def _wide(c: int) -> nn.Module:
     return Residual(branch, c, Topology.CNN)
 
 
-PRODUCT = tuple(name for name in blueprint_names(Topology.CNN) if name != "wide")
+PRODUCT = tuple(n for n in blueprint_names(Topology.CNN, GrowthKind.DEPTH) if n != "wide")
 
 
 def _wide_only(budget: float) -> HeuristicConfig:

@@ -33,15 +33,15 @@ from esper.lifecycle import (
     legal_ops,
     probation_verdict,
 )
-from esper.model.blueprints import blueprint_names, get_blueprint
+from esper.model.blueprints import GrowthKind, blueprint_names, get_blueprint
 from esper.training.batches import SplitBatches
 from esper.training.builders import build_model
 from esper.training.episode import EpisodeRunner, run_episode
 from esper.training.ledger import EpisodeResult
 from esper.training.tasks import get_task
 
-CNN = tuple(blueprint_names(Topology.CNN))
-TRANSFORMER = tuple(blueprint_names(Topology.TRANSFORMER))
+CNN = tuple(blueprint_names(Topology.CNN, GrowthKind.DEPTH))
+TRANSFORMER = tuple(blueprint_names(Topology.TRANSFORMER, GrowthKind.DEPTH))
 DORMANT = SeedState()
 HOST_PARAMS = 6_000
 HOST_FLOPS = 3e7

@@ -18,6 +18,7 @@ from esper.model import (
     build_host,
     get_blueprint,
 )
+from esper.model.blueprints import GrowthKind
 from esper.registry import UnknownNameError
 
 WIDTHS = {Topology.CNN: (8, 16, 32), Topology.TRANSFORMER: (16, 64)}
@@ -30,7 +31,10 @@ def _features(topology: Topology, channels: int) -> torch.Tensor:
 
 
 BLUEPRINT_CASES = [
-    (spec.topology, spec.name, c) for _, spec in BLUEPRINTS.items() for c in WIDTHS[spec.topology]
+    (spec.topology, spec.name, c)
+    for _, spec in BLUEPRINTS.items()
+    if spec.kind is GrowthKind.DEPTH  # width blueprints: tests/unit/test_width.py
+    for c in WIDTHS[spec.topology]
 ]
 
 

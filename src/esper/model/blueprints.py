@@ -1,5 +1,11 @@
 """Blueprints: the modules a seed can be. Registered by topology and name.
 
+A blueprint is one of two growth kinds (`GrowthKind`): a *depth* blueprint is a module
+inserted at a slot, mapping the features there to the same shape; a *width* blueprint
+adds units to the layer before the slot (`esper.model.width`: new output channels of
+its producer, with their norm, read by its consumer), so it has no module of its own
+shape and is built from the host's `WidthPoint` there.
+
 Every blueprint is a residual module ``x + gamma * f(x)`` with a learnable per-channel
 scale ``gamma`` that starts small (``INIT_SCALE``), so a fresh seed is close to the
 identity yet every parameter receives gradient from the first batch (an exactly-zero
@@ -19,8 +25,10 @@ To add one::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
@@ -33,28 +41,47 @@ __all__ = [
     "BLUEPRINTS",
     "INIT_SCALE",
     "BlueprintSpec",
+    "GrowthKind",
     "Residual",
     "blueprint_names",
     "get_blueprint",
     "group_count",
     "register_blueprint",
+    "register_width_blueprint",
 ]
 
 INIT_SCALE = 1e-2
 """Initial value of every blueprint's output scale ``gamma``."""
 
 
+class GrowthKind(StrEnum):
+    """How a seed grows the host: a module at a slot, or units added to a layer."""
+
+    DEPTH = "depth"
+    WIDTH = "width"
+
+
+def _no_module(channels: int) -> nn.Module:
+    raise TypeError("a width blueprint has no module of its own: see esper.model.width")
+
+
 @dataclass(frozen=True)
 class BlueprintSpec:
-    """A registered blueprint: how to build it and how many parameters it has."""
+    """A registered blueprint: how to build it and how many parameters it has.
+
+    Depth blueprints have ``build`` and ``params``; width blueprints have ``units``."""
 
     topology: Topology
     name: str
     build: Callable[[int], nn.Module]
-    """channels -> a fresh module (float32, CPU)."""
+    """channels -> a fresh module (float32, CPU); depth blueprints only."""
     params: Callable[[int], int]
-    """channels -> exact trainable parameter count (tested against the real module)."""
+    """channels -> exact trainable parameter count (tested against the real module);
+    for a width blueprint the count depends on the layers it widens (its seed says)."""
     help: str
+    kind: GrowthKind = GrowthKind.DEPTH
+    units: Callable[[int], int] | None = None
+    """Width blueprints: the layer's units now -> the units the seed adds (at least 1)."""
 
 
 BLUEPRINTS: Registry[BlueprintSpec] = Registry("blueprint")
@@ -76,10 +103,25 @@ def register_blueprint(
     return decorate
 
 
-def blueprint_names(topology: Topology) -> list[str]:
-    """Names of the blueprints that fit ``topology``, in registration order."""
+def register_width_blueprint(topology: Topology, name: str, fraction: float, help: str) -> None:
+    """Register a width blueprint adding ``fraction`` of a layer's units (rounded up)."""
+
+    def units(current: int) -> int:
+        return max(1, math.ceil(fraction * current))
+
+    spec = BlueprintSpec(topology, name, _no_module, lambda c: 0, help, GrowthKind.WIDTH, units)
+    BLUEPRINTS.add(_key(topology, name), spec)
+
+
+def blueprint_names(topology: Topology, kind: GrowthKind | None = None) -> list[str]:
+    """Names of the blueprints that fit ``topology`` (of growth ``kind``, or every kind),
+    in registration order."""
     prefix = f"{topology.value}:"
-    return [key[len(prefix) :] for key in BLUEPRINTS.names() if key.startswith(prefix)]
+    return [
+        key[len(prefix) :]
+        for key, spec in BLUEPRINTS.items()
+        if key.startswith(prefix) and (kind is None or spec.kind is kind)
+    ]
 
 
 def get_blueprint(topology: Topology, name: str) -> BlueprintSpec:
@@ -281,3 +323,15 @@ def _tf_lora(c: int) -> nn.Module:
 @register_blueprint(Topology.TRANSFORMER, "norm", params=lambda c: 3 * c, help="LayerNorm pull")
 def _tf_norm(c: int) -> nn.Module:
     return Residual(_NormDelta(nn.LayerNorm(c)), c, Topology.TRANSFORMER)
+
+
+# ---------------------------------------------------------------- width blueprints
+
+for _topology in (Topology.CNN, Topology.TRANSFORMER):
+    for _percent in (25, 50, 100):
+        register_width_blueprint(
+            _topology,
+            f"width_{_percent}",
+            _percent / 100,
+            f"{_percent}% more units in the layer before the slot",
+        )

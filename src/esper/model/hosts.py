@@ -8,6 +8,7 @@ the slots in between. ``forward(x)`` is the plain backbone.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from esper.contracts import Topology, slot_id
+from esper.model.width import Consumer, GlobalMean, WidthPoint
 from esper.registry import Registry
 
 __all__ = [
@@ -45,6 +47,11 @@ class Host(nn.Module):
 
     def injection_points(self) -> list[InjectionPoint]:
         raise NotImplementedError
+
+    def width_points(self) -> list[WidthPoint]:
+        """The layers width seeds can grow, one per slot at most (none by default): the
+        layer before the slot, as `esper.model.width` describes."""
+        return []
 
     @property
     def num_segments(self) -> int:
@@ -114,11 +121,38 @@ class CNNHost(Host):
         n = len(self.widths)
         return [InjectionPoint(slot_id(0, i), w, (i + 1) / n) for i, w in enumerate(self.widths)]
 
+    def width_points(self) -> list[WidthPoint]:
+        """Every block's channels: its conv and BatchNorm grow, and the next block's conv
+        (the classifier, after the last block) reads the new channels."""
+        points, last = [], len(self.widths) - 1
+        for index, block in enumerate(self.blocks):
+            assert isinstance(block, nn.Sequential)
+            after = list(block)[2:]  # ReLU (and the pool) after the norm
+            path = _path_after(after, head=index == last)
+            consumer = "classifier" if index == last else f"blocks.{index + 1}.0"
+            points.append(
+                WidthPoint(
+                    slot_id(0, index),
+                    producer=f"blocks.{index}.0",
+                    norm=f"blocks.{index}.1",
+                    consumers=(Consumer(consumer, path),),
+                    segment=index + 1,
+                )
+            )
+        return points
+
     def forward_segment(self, index: int, h: Tensor) -> Tensor:
         return self.blocks[index](h)  # type: ignore[no-any-return]
 
     def forward_head(self, h: Tensor) -> Tensor:  # [B, C, H, W] -> [B, classes]
         return self.classifier(h.mean(dim=(2, 3)))  # type: ignore[no-any-return]
+
+
+def _path_after(modules: Sequence[nn.Module], head: bool) -> Callable[[], nn.Module]:
+    """A builder of fresh copies of the parameter-free ``modules`` (ReLU, pooling), and
+    of the head's mean when the consumer is the classifier."""
+    template = nn.Sequential(*copy.deepcopy(list(modules)), *([GlobalMean()] if head else []))
+    return lambda: copy.deepcopy(template)
 
 
 class _Block(nn.Module):
@@ -198,6 +232,24 @@ class TransformerHost(Host):
     def injection_points(self) -> list[InjectionPoint]:
         n = len(self.layers) // self.layers_per_segment
         return [InjectionPoint(slot_id(0, i), self.d_model, (i + 1) / n) for i in range(n)]
+
+    def width_points(self) -> list[WidthPoint]:
+        """The MLP hidden layer of the last block before each slot: its first linear grows
+        (no per-unit norm), and its output projection reads the new units after GELU."""
+        points = []
+        for index in range(len(self.layers) // self.layers_per_segment):
+            layer = (index + 1) * self.layers_per_segment - 1
+            mlp = f"layers.{layer}.mlp"
+            points.append(
+                WidthPoint(
+                    slot_id(0, index),
+                    producer=f"{mlp}.0",
+                    norm=None,
+                    consumers=(Consumer(f"{mlp}.2", _path_after([nn.GELU()], False)),),
+                    segment=index,
+                )
+            )
+        return points
 
     def forward_segment(self, index: int, h: Tensor) -> Tensor:
         if index == 0:

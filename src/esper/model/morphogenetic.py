@@ -1,21 +1,27 @@
-"""MorphogeneticModel: a host with a `SeedSlot` at each enabled injection point."""
+"""MorphogeneticModel: a host with a `SeedSlot` at each enabled injection point.
+
+A slot whose host layer can widen (`Host.width_points`) takes width seeds as well as
+depth seeds; a kept width seed is merged into the host, which then has wider layers
+(`host_params` stays the host as built; `active_seed_params` counts the merged units).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from torch import Tensor, nn
 
 from esper.lifecycle import (
     BlendAlgorithm,
-    GateResult,
     LifecycleConfig,
     SeedStage,
     StepOutcome,
 )
 from esper.model.hosts import Host
-from esper.model.slot import SeedSlot
+from esper.model.slot import Fossilization, SeedSlot
+from esper.model.width import resize_to
 from esper.registry import UnknownNameError
 
 __all__ = ["MorphogeneticModel"]
@@ -47,13 +53,21 @@ class MorphogeneticModel(nn.Module):
             if sid not in valid:
                 raise UnknownNameError("slot", sid, valid)
         self._segment_slots = [p.slot_id if p.slot_id in wanted else None for p in points]
+        widths = {w.slot_id: w for w in host.width_points()}
         self.seed_slots = nn.ModuleDict(
             {
-                p.slot_id: SeedSlot(p.slot_id, p.channels, host.topology, self.lifecycle)
+                p.slot_id: SeedSlot(
+                    p.slot_id,
+                    p.channels,
+                    host.topology,
+                    self.lifecycle,
+                    (host, widths[p.slot_id]) if p.slot_id in widths else None,
+                )
                 for p in points
                 if p.slot_id in wanted
             }
         )
+        self._built_host_params = self.host_params_now
 
     # ------------------------------------------------------------ forward
 
@@ -84,15 +98,25 @@ class MorphogeneticModel(nn.Module):
         if unknown:
             raise UnknownNameError("slot", sorted(unknown)[0], list(self.seed_slots))
         branch_at: dict[str, tuple[int, Tensor]] = {}
-        h = x
+        inputs, h = [], x  # each segment's input, then the head's
         for index, sid in enumerate(self._segment_slots):
+            inputs.append(h)
             h = self.host.forward_segment(index, h)
             if sid is not None:
                 if sid in wanted:
-                    branch_at[sid] = (index, h)  # a slot at alpha 0 passes h through
+                    branch_at[sid] = (index + 1, h)  # a slot at alpha 0 passes h through
                 h = self.seed_slots[sid](h)
+        inputs.append(h)
         output = self.host.forward_head(h)
-        branches = {sid: self._run_from(index + 1, at) for sid, (index, at) in branch_at.items()}
+        for sid in wanted:
+            point = self.slot(sid).width_point
+            if self.slot(sid).holds_width_seed and point is not None:
+                # A width seed acts in the layer its consumer is in: start again there.
+                branch_at[sid] = (point.segment, inputs[point.segment])
+        branches = {}
+        for sid, (segment, at) in branch_at.items():
+            with self.forced_alpha({sid: 0.0}):
+                branches[sid] = self._run_from(segment, at)
         return output, branches
 
     @contextmanager
@@ -142,8 +166,8 @@ class MorphogeneticModel(nn.Module):
         """Remove the live seed in ``slot``; its parameters leave the model at once."""
         self.slot(slot).cull()
 
-    def fossilize_seed(self, slot: str) -> GateResult:
-        """Keep the seed in ``slot`` for good if G5 passes; returns the gate's verdict."""
+    def fossilize_seed(self, slot: str) -> Fossilization:
+        """Keep the seed in ``slot`` for good if G5 passes (a width seed is merged in)."""
         return self.slot(slot).fossilize()
 
     def step_epoch(self) -> dict[str, StepOutcome]:
@@ -176,12 +200,30 @@ class MorphogeneticModel(nn.Module):
 
     @property
     def active_seed_params(self) -> int:
-        """Parameters added by seeds (live and fossilized)."""
-        return sum(p.numel() for p in self.get_seed_parameters())
+        """Parameters added by seeds: live and fossilized, and the units of kept width
+        seeds, now part of the host's layers."""
+        merged = self.host_params_now - self._built_host_params
+        return sum(p.numel() for p in self.get_seed_parameters()) + merged
 
     @property
     def host_params(self) -> int:
+        """Parameters of the host as it was built (merged width units are the seeds')."""
+        return self._built_host_params
+
+    @property
+    def host_params_now(self) -> int:
+        """Parameters of the host's layers as they are, merged width units included."""
         return sum(p.numel() for p in self.get_host_parameters())
+
+    # ------------------------------------------------------------ checkpoints
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """`nn.Module.load_state_dict`, after giving the host's layers the widths the state
+        holds (wider after a merge, narrower when a rollback goes back before one)."""
+        resize_to(self.host, state_dict, "host.")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def total_params(self) -> int:

@@ -16,11 +16,16 @@ Forward, per stage, with ``h`` the host's features at the slot and ``s = seed(.)
 
 A counterfactual forward (`alpha_override`) forces alpha for one slot, e.g. to 0 to
 measure what the seed contributes.
+
+A slot whose host layer can widen (`esper.model.width.WidthPoint`) also takes width
+seeds: they have the same lifecycle, but act on the layer before the slot (through
+forward hooks; the slot itself passes ``h`` through) and, once fossilized, are merged
+into the host, leaving the slot with no module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,54 +48,48 @@ from esper.lifecycle import (
     transition,
 )
 from esper.model.blending import GatedBlend
-from esper.model.blueprints import get_blueprint
+from esper.model.blueprints import BlueprintSpec, GrowthKind, get_blueprint
+from esper.model.incubation import incubate
+from esper.model.width import ParameterSwap, WidthPoint, WidthSeed, merge, point_units
 
-__all__ = ["SeedSlot", "incubate"]
+__all__ = ["Fossilization", "SeedSlot"]
 
 _ACTIVE = frozenset(int(s) for s in ACTIVE_STAGES)
 _TRAINING, _BLENDING = int(SeedStage.TRAINING), int(SeedStage.BLENDING)
 
 
-class _StraightThrough(torch.autograd.Function):
-    """Forward: ``h`` bit for bit. Backward: the incoming gradient to both inputs."""
+@dataclass(frozen=True)
+class Fossilization:
+    """What asking to keep a seed did: gate G5's verdict, and the host parameters a width
+    seed's merge replaced (none for a depth seed), for the optimizers to follow."""
 
-    @staticmethod
-    def forward(ctx: Any, h: Tensor, s: Tensor) -> Tensor:
-        return h.clone()  # exactly h, whatever s holds (even NaN or inf)
+    gate: GateResult
+    swaps: tuple[ParameterSwap, ...] = ()
 
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
-        return grad, grad
-
-
-def incubate(h: Tensor, s: Tensor, radius: float) -> Tensor:
-    """The TRAINING forward: value ``h`` bit for bit, host gradients as without the seed.
-
-    The seed output ``s`` (computed from ``h.detach()``) receives the incoming gradient
-    as if fully blended, but through its change ``s - h`` capped at ``radius`` times the
-    features' norm (per batch): past the cap the gradient only turns the change, it
-    cannot grow it. ``radius`` 0 is the plain straight-through estimator.
-    """
-    if radius > 0.0:
-        base = h.detach()
-        change = s - base
-        cap = (radius * base.norm() / change.norm().clamp_min(1e-12)).clamp(max=1.0)
-        s = base + change * cap
-    out: Tensor = _StraightThrough.apply(h, s)  # type: ignore[no-untyped-call]
-    return out
+    @property
+    def passed(self) -> bool:
+        return self.gate.passed
 
 
 class SeedSlot(nn.Module):
     """Holds one seed module, its optional gate, and its `SeedState`."""
 
     def __init__(
-        self, slot_id: str, channels: int, topology: Topology, lifecycle: LifecycleConfig
+        self,
+        slot_id: str,
+        channels: int,
+        topology: Topology,
+        lifecycle: LifecycleConfig,
+        width: tuple[nn.Module, WidthPoint] | None = None,
     ) -> None:
         super().__init__()
         self.slot_id = slot_id
         self.channels = channels
         self.topology = topology
         self.lifecycle = lifecycle
+        # The host and its layer before this slot, for width seeds; in a list, so that
+        # the host is not made a child of its own slot.
+        self._width = [width] if width is not None else []
         self.seed: nn.Module | None = None
         self.gate: GatedBlend | None = None
         self.alpha_override: float | None = None
@@ -142,6 +141,15 @@ class SeedSlot(nn.Module):
             return "incubating"
         return "blending" if stage == _BLENDING else "full"
 
+    @property
+    def width_point(self) -> WidthPoint | None:
+        """The host layer a width seed here would widen, if it can."""
+        return self._width[0][1] if self._width else None
+
+    @property
+    def holds_width_seed(self) -> bool:
+        return isinstance(self.seed, WidthSeed)
+
     def seed_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters of the seed and its gate (empty when no seed)."""
         modules = [m for m in (self.seed, self.gate) if m is not None]
@@ -160,19 +168,25 @@ class SeedSlot(nn.Module):
         result = gate_germinate(self.state, seed_id, blueprint_id)
         if not result.passed:
             raise LifecycleError(f"cannot germinate in slot {self.slot_id}: {result.reason}")
-        self._build(spec.build, blend)
-        self._check_shape(blueprint_id)
+        self._check_growth(spec, blend)
+        self._build(spec, blend)
+        if spec.kind is GrowthKind.DEPTH:
+            self._check_shape(blueprint_id)
         state = SeedState(
             seed_id=seed_id, blueprint_id=blueprint_id, blend=blend, history=self.state.history
         )
         self.state = transition(state, SeedStage.GERMINATED)
 
-    def fossilize(self) -> GateResult:
-        """Keep the seed for good if G5 passes; returns the gate's verdict either way."""
+    def fossilize(self) -> Fossilization:
+        """Keep the seed for good if G5 passes (a width seed is merged into the host)."""
         result = gate_fossilize(self.state, self.lifecycle)
+        swaps: list[ParameterSwap] = []
         if result.passed:
             self.state = transition(self.state, SeedStage.FOSSILIZED)
-        return result
+            if isinstance(self.seed, WidthSeed):
+                swaps = merge(self._width[0][0], self.seed)
+                self._drop_modules()  # its units are the host's now
+        return Fossilization(result, tuple(swaps))
 
     def cull(self) -> None:
         """Remove a live seed at once; the slot then goes through embargo."""
@@ -209,8 +223,8 @@ class SeedSlot(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         stage = self._forward_stage
-        if self.seed is None or stage not in _ACTIVE:
-            return h
+        if self.seed is None or stage not in _ACTIVE or isinstance(self.seed, WidthSeed):
+            return h  # a width seed works inside the host's layers (its hooks)
         if self.alpha_override is not None and stage != _TRAINING:
             return self._blend(h, self.alpha_override)
         if stage == _TRAINING:
@@ -246,16 +260,40 @@ class SeedSlot(nn.Module):
         assert isinstance(buffer, Tensor)
         return buffer
 
-    def _build(self, build: Callable[[int], nn.Module], blend: BlendAlgorithm) -> None:
+    def _check_growth(self, spec: BlueprintSpec, blend: BlendAlgorithm) -> None:
+        if spec.kind is GrowthKind.DEPTH:
+            return
+        if not self._width:
+            raise ValueError(f"slot {self.slot_id} has no layer that can widen")
+        if blend is BlendAlgorithm.GATED:
+            raise ValueError(
+                "a width seed blends linear or sigmoid (a gate reads a depth seed's features)"
+            )
+
+    def _build(self, spec: BlueprintSpec, blend: BlendAlgorithm) -> None:
         anchor = self._tensor("_anchor")
-        self.seed = build(self.channels).to(device=anchor.device, dtype=anchor.dtype)
+        if spec.kind is GrowthKind.WIDTH:
+            self._build_width(spec)
+            return
+        self.seed = spec.build(self.channels).to(device=anchor.device, dtype=anchor.dtype)
         self.gate = None
         if blend is BlendAlgorithm.GATED:
             self.gate = GatedBlend(self.channels, self.topology).to(
                 device=anchor.device, dtype=anchor.dtype
             )
 
+    def _build_width(self, spec: BlueprintSpec) -> None:
+        host, point = self._width[0]
+        assert spec.units is not None
+        seed = WidthSeed(host, point, spec.units(point_units(host, point)), control=self)
+        anchor = self._tensor("_anchor")
+        self.seed = seed.to(device=anchor.device, dtype=anchor.dtype)
+        self.gate = None
+        seed.attach(host)
+
     def _drop_modules(self) -> None:
+        if isinstance(self.seed, WidthSeed):
+            self.seed.detach()
         self.seed = None
         self.gate = None
 
@@ -282,9 +320,12 @@ class SeedSlot(nn.Module):
         # PyTorch calls this before loading this module's children, so rebuilding the
         # seed here lets a freshly built model load a checkpoint that holds seeds.
         state = SeedState.from_dict(extra["state"])
+        spec = None
         if state.occupied:
             assert state.blueprint_id is not None
-            self._build(get_blueprint(self.topology, state.blueprint_id).build, state.blend)
-        else:
-            self._drop_modules()
+            spec = get_blueprint(self.topology, state.blueprint_id)
+        merged = spec is not None and spec.kind is GrowthKind.WIDTH and not state.live
+        self._drop_modules()
+        if spec is not None and not merged:  # a kept width seed is part of the host
+            self._build(spec, state.blend)
         self.state = state

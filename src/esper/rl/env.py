@@ -57,7 +57,7 @@ from esper.controller.features import (
 )
 from esper.data import SplitData
 from esper.lifecycle import FactoredAction, LifecycleOp
-from esper.model.blueprints import blueprint_names
+from esper.model.blueprints import GrowthKind, blueprint_names
 from esper.rl.policy import flat_action_mask
 from esper.training.builders import build_episode, build_model, load_data, task_options
 from esper.training.episode import EpisodeRunner, Observation, run_episode
@@ -112,7 +112,7 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
         self.split: SplitData = load_data(self.task, task_options(self.config))
         probe = build_model(self.task, self.split, self.config.slots, None, 1.0)
         self.slot_ids = probe.slot_ids
-        self.blueprints = blueprint_names(self.task.topology)
+        self.blueprints = blueprint_names(self.task.topology, GrowthKind.DEPTH)
         self.paired_baseline = paired_baseline
         self.demonstrator = demonstrator
         self._heuristic: HeuristicController | None = None

@@ -30,7 +30,7 @@ from esper.data import (
     load_tinystories,
 )
 from esper.lifecycle import LifecycleConfig
-from esper.model.blueprints import blueprint_names
+from esper.model.blueprints import GrowthKind, blueprint_names
 from esper.model.hosts import build_host
 from esper.model.morphogenetic import MorphogeneticModel
 from esper.telemetry import Telemetry
@@ -141,7 +141,7 @@ def build_run_controller(config: RunConfig, runner: EpisodeRunner) -> StatefulCo
     episode ``runner`` drives. ValueError, naming the fix, when it cannot drive it."""
     context = ControllerContext(
         config=config,
-        blueprints=tuple(blueprint_names(runner.model.host.topology)),
+        blueprints=tuple(blueprint_names(runner.model.host.topology, GrowthKind.DEPTH)),
         slot_ids=tuple(runner.model.slot_ids),
         random_guess_loss=runner.data.random_guess_loss,
     )

@@ -22,8 +22,9 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from esper.contracts import SeedCost, TaskType
-from esper.model.blueprints import blueprint_names, get_blueprint
+from esper.model.blueprints import GrowthKind, blueprint_names, get_blueprint
 from esper.model.morphogenetic import MorphogeneticModel
+from esper.model.width import WidthPoint, WidthSeed, point_units
 from esper.training.loop import Batch, compute_task_loss_with_metrics
 
 __all__ = ["ComputeMeter", "clear_cache", "eval_flops", "module_flops", "train_flops"]
@@ -115,14 +116,22 @@ class ComputeMeter:
 
 @torch.no_grad()
 def _slot_features(model: MorphogeneticModel, inputs: Tensor) -> dict[str, Tensor]:
-    """One sample's features arriving at each slot (shape ``[1, ...]``)."""
+    """One sample's features arriving at each slot, and at the layer a width seed there
+    would widen (keys ``"<slot>:width"``); shapes ``[1, ...]``."""
     seen: dict[str, Tensor] = {}
-    hooks = [
-        slot.register_forward_pre_hook(
-            lambda module, args, sid=slot.slot_id: seen.setdefault(sid, args[0][:1].clone())
-        )
-        for slot in model.slots()
-    ]
+
+    def keep(key: str) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
+        def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+            seen.setdefault(key, args[0][:1].clone())
+
+        return hook
+
+    hooks = [slot.register_forward_pre_hook(keep(slot.slot_id)) for slot in model.slots()]
+    for slot in model.slots():
+        point = slot.width_point
+        if point is not None:
+            producer = model.host.get_submodule(point.producer)
+            hooks.append(producer.register_forward_pre_hook(keep(f"{slot.slot_id}:width")))
     was_training = model.training
     try:
         model.eval()
@@ -134,26 +143,68 @@ def _slot_features(model: MorphogeneticModel, inputs: Tensor) -> dict[str, Tenso
     return seen
 
 
-_BLUEPRINT_COSTS: dict[tuple[str, str, int, tuple[int, ...]], SeedCost] = {}
-"""Per process: a blueprint's cost depends only on its topology, name, width and the
-features' shape, so every episode after the first reuses it."""
+_BLUEPRINT_COSTS: dict[tuple[object, ...], SeedCost] = {}
+"""Per process: a blueprint's cost depends only on its topology, name, the layers it
+fits and the features' shape, so every episode after the first reuses it."""
 
 
 def _seed_costs(model: MorphogeneticModel, inputs: Tensor) -> Mapping[str, Mapping[str, SeedCost]]:
     features = _slot_features(model, inputs)
-    topology = model.host.topology
     costs: dict[str, dict[str, SeedCost]] = {}
     for slot in model.slots():
-        feature = features[slot.slot_id].to("cpu", torch.float32)
-        costs[slot.slot_id] = {}
-        for name in blueprint_names(topology):
-            key = (topology.value, name, slot.channels, tuple(feature.shape))
-            if key not in _BLUEPRINT_COSTS:
-                spec = get_blueprint(topology, name)
-                train, forward = module_flops(spec.build(slot.channels), feature)
-                _BLUEPRINT_COSTS[key] = SeedCost(spec.params(slot.channels), train, forward)
-            costs[slot.slot_id][name] = _BLUEPRINT_COSTS[key]
+        costs[slot.slot_id] = _depth_costs(model, slot.slot_id, features[slot.slot_id])
+        if slot.width_point is not None:
+            width = _width_costs(model, slot.width_point, features[f"{slot.slot_id}:width"])
+            costs[slot.slot_id].update(width)
     return costs
+
+
+def _depth_costs(model: MorphogeneticModel, slot_id: str, feature: Tensor) -> dict[str, SeedCost]:
+    topology, channels = model.host.topology, model.slot(slot_id).channels
+    feature = feature.to("cpu", torch.float32)
+    costs = {}
+    for name in blueprint_names(topology, GrowthKind.DEPTH):
+        key = (topology.value, name, channels, tuple(feature.shape))
+        if key not in _BLUEPRINT_COSTS:
+            spec = get_blueprint(topology, name)
+            train, forward = module_flops(spec.build(channels), feature)
+            _BLUEPRINT_COSTS[key] = SeedCost(spec.params(channels), train, forward)
+        costs[name] = _BLUEPRINT_COSTS[key]
+    return costs
+
+
+def _width_costs(
+    model: MorphogeneticModel, point: WidthPoint, feature: Tensor
+) -> dict[str, SeedCost]:
+    """What each width blueprint's units would cost at ``point``: their parameters, and
+    the FLOPs of their contribution to the consumers from the producer's input."""
+    topology, host = model.host.topology, model.host
+    layers = tuple(repr(host.get_submodule(n)) for n in (point.producer, *point.consumers_names))
+    costs = {}
+    for name in blueprint_names(topology, GrowthKind.WIDTH):
+        units = get_blueprint(topology, name).units
+        assert units is not None
+        key = (topology.value, name, layers, tuple(feature.shape))
+        if key not in _BLUEPRINT_COSTS:
+            seed = WidthSeed(host, point, units(point_units(host, point)), control=None)
+            seed = seed.to(feature.device)
+            train, forward = module_flops(_Contribution(seed), feature)
+            params = sum(p.numel() for p in seed.parameters())
+            _BLUEPRINT_COSTS[key] = SeedCost(params, train, forward)
+        costs[name] = _BLUEPRINT_COSTS[key]
+    return costs
+
+
+class _Contribution(nn.Module):
+    """A width seed's units alone: producer input -> what they add to each consumer."""
+
+    def __init__(self, seed: WidthSeed) -> None:
+        super().__init__()
+        self.seed = seed
+
+    def forward(self, x: Tensor) -> Tensor:
+        parts = [self.seed.contribution(x, i) for i in range(len(self.seed.point.consumers))]
+        return torch.cat([p.flatten(1) for p in parts], dim=1)
 
 
 # ---------------------------------------------------------------- counting one step

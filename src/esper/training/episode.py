@@ -474,10 +474,12 @@ class EpisodeRunner:
         slot = self.model.slot(sid)
         seed_id, blueprint = slot.state.seed_id or "", slot.state.blueprint_id or ""
         params = slot.seed_param_count()
-        result = self.model.fossilize_seed(sid)
-        self._emit_gate(sid, seed_id, result)
-        if not result.passed:
-            return f"refused: {result.reason}"
+        kept = self.model.fossilize_seed(sid)
+        self._emit_gate(sid, seed_id, kept.gate)
+        if not kept.passed:
+            return f"refused: {kept.gate.reason}"
+        if kept.swaps:  # a width seed merged into the host: its optimizer state follows
+            self.optimizers.merge(sid, kept.swaps)
         self.fossilized += 1
         self._stage_changed(
             sid, seed_id, SeedStage.PROBATIONARY, SeedStage.FOSSILIZED, "G5 passed", accuracy

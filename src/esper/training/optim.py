@@ -8,7 +8,10 @@ event (germinate, cull, auto-cull, fossilize, rollback):
 * a culled seed's optimizer is dropped at once: nothing can step a parameter that is
   no longer in the model;
 * a fossilized seed's parameters join the host optimizer as a new param group and take
-  their optimizer state (momentum) with them.
+  their optimizer state (momentum) with them;
+* a kept width seed is merged into the host's layers (`merge`): each widened host
+  parameter takes the place of the one it replaces, with the two optimizer states
+  concatenated as the parameters were.
 
 Invariant (`check_ownership`): every trainable parameter of the model is owned by
 exactly one optimizer, and every parameter an optimizer owns is in the model.
@@ -17,16 +20,18 @@ exactly one optimizer, and every parameter an optimizer owns is in the model.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from esper.config import OptimConfig
 from esper.lifecycle import SeedStage
 from esper.model.morphogenetic import MorphogeneticModel
+from esper.model.width import ParameterSwap
 
-__all__ = ["OptimizerSet", "OwnershipError", "lr_factor", "make_optimizer"]
+__all__ = ["OptimizerSet", "OwnershipError", "lr_factor", "make_optimizer", "merged_state"]
 
 
 class OwnershipError(AssertionError):
@@ -42,6 +47,62 @@ def make_optimizer(
     return torch.optim.SGD(
         params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
+
+
+def merged_state(
+    optimizer: torch.optim.Optimizer,
+    old: Mapping[str, Any],
+    parts: Sequence[Mapping[str, Any]],
+    swap: ParameterSwap,
+) -> dict[str, Any]:
+    """The optimizer state of ``swap.new``: each per-element tensor of ``old`` and of the
+    seed's ``parts`` (zeros where one has none yet) concatenated along ``swap.dim``.
+
+    Adam's step count is one number per parameter, the host's: the seed's moments are
+    rescaled so that their bias-corrected values, what the next step uses, are the ones
+    the seed had (`_rescaled`).
+    """
+    keys = {k for state in (old, *parts) for k, v in state.items() if isinstance(v, Tensor)}
+    keys -= {"step"}
+    pieces = [(old, swap.old), *zip(parts, swap.parts, strict=True)]
+    merged: dict[str, Any] = {}
+    for key in sorted(keys):
+        tensors = [_per_element(state, key, param) for state, param in pieces]
+        if "step" in old:
+            tensors[1:] = [
+                _rescaled(optimizer, key, t, state, old)
+                for t, (state, _) in zip(tensors[1:], pieces[1:], strict=True)
+            ]
+        merged[key] = torch.cat(tensors, dim=swap.dim)
+    if "step" in old:
+        merged["step"] = old["step"].clone()
+    return merged
+
+
+def _per_element(state: Mapping[str, Any], key: str, param: Tensor) -> Tensor:
+    value = state.get(key)
+    if isinstance(value, Tensor) and value.shape == param.shape:
+        return value
+    return torch.zeros_like(param)
+
+
+def _rescaled(
+    optimizer: torch.optim.Optimizer,
+    key: str,
+    moment: Tensor,
+    state: Mapping[str, Any],
+    host: Mapping[str, Any],
+) -> Tensor:
+    """A seed's Adam moment rescaled to the host's step: ``m (1 - b^t_host) / (1 - b^t)``
+    keeps ``m / (1 - b^t)``, its bias-corrected value, as the seed had it."""
+    beta1, beta2 = optimizer.defaults.get("betas", (0.9, 0.999))
+    beta = {"exp_avg": beta1, "exp_avg_sq": beta2}.get(key)
+    step = float(state["step"]) if "step" in state else 0.0
+    if beta is None or step == 0.0:
+        return moment
+    host_step = float(host["step"])
+    scale: Tensor = moment * ((1.0 - beta**host_step) / (1.0 - beta**step))
+    return scale
 
 
 def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
@@ -70,7 +131,8 @@ class OptimizerSet:
         for slot in model.slots():
             sid, stage = slot.slot_id, slot.stage
             if stage is SeedStage.FOSSILIZED and sid not in self.fossils:
-                self._join_host(sid, slot.seed_parameters())
+                if slot.seed_parameters():  # a merged width seed has none: see merge()
+                    self._join_host(sid, slot.seed_parameters())
             elif slot.state.live and not self._owns(sid, slot.seed_parameters()):
                 # New seed (or its modules were rebuilt, e.g. by a checkpoint load).
                 self.seeds[sid] = make_optimizer(
@@ -94,6 +156,23 @@ class OptimizerSet:
                 if p in seed_opt.state:
                     self.host.state[p] = seed_opt.state[p]
         self.fossils.append(slot_id)
+
+    def merge(self, slot_id: str, swaps: Sequence[ParameterSwap]) -> None:
+        """A width seed in ``slot_id`` was merged into the host: each widened parameter
+        replaces the old one in the host optimizer, its state the old state and the
+        seed's concatenated along the merge's dimension, and the seed's optimizer goes."""
+        seed_opt = self.seeds.pop(slot_id, None)
+        seed_state = seed_opt.state if seed_opt is not None else {}
+        for swap in swaps:
+            for group in self.host.param_groups:
+                for index, param in enumerate(group["params"]):
+                    if param is swap.old:
+                        group["params"][index] = swap.new
+            old = self.host.state.pop(swap.old, {})
+            parts = [seed_state.get(p, {}) for p in swap.parts]
+            merged = merged_state(self.host, old, parts, swap)
+            if merged:
+                self.host.state[swap.new] = merged
 
     def set_lr_scale(self, scale: float) -> None:
         """Scale every group's learning rate to ``scale`` times its base rate."""

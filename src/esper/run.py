@@ -31,6 +31,7 @@ import torch
 from esper.config import ConfigError, RunConfig, from_dict, to_dict
 from esper.contracts import StatefulController
 from esper.machine import auto_threads
+from esper.model.export import export_network
 from esper.rundir import (
     CHECKPOINT,
     Checkpoint,
@@ -39,6 +40,7 @@ from esper.rundir import (
     RunFailedError,
     atomic_write,
     read_lines,
+    save_atomic,
 )
 from esper.telemetry import (
     HistorySink,
@@ -51,14 +53,17 @@ from esper.telemetry import (
 )
 from esper.telemetry.report import plot_timeline, read_history
 from esper.telemetry.report import summarize as summarize_rows
-from esper.training.builders import build_episode, build_run_controller
+from esper.training.builders import build_episode, build_run_controller, load_data, task_options
 from esper.training.episode import EpisodeRunner
 from esper.training.governor import GovernorStopError
+from esper.training.tasks import get_task
 
 __all__ = [
     "CHECKPOINT",
+    "NETWORK_FILE",
     "RunError",
     "RunFailedError",
+    "export_run",
     "finish_report",
     "prepare_run_dir",
     "read_config",
@@ -66,6 +71,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("esper")
+
+HISTORY = "history.jsonl"
+NETWORK_FILE = "network.pt"
+"""Where ``esper export`` writes a run's network by default."""
 
 
 def prepare_run_dir(out: Path) -> Path:
@@ -303,3 +312,26 @@ def finish_report(run_dir: Path) -> dict[str, Any]:
     )
     plot_timeline(rows, run_dir / "timeline.png", title)
     return summary
+
+
+def export_run(run_dir: Path, out: Path | None, warn: Callable[[str], None] = log.warning) -> Path:
+    """Write the network of the run in ``run_dir`` (its newest intact checkpoint) to
+    ``out`` (default ``run_dir/network.pt``) as a plain model (`esper.load_model` builds
+    it). A run that has not finished is exported as it stands, and ``warn`` says so."""
+    with RunDirectory.open(run_dir) as directory:
+        config = read_config(run_dir)
+        identity = directory.identity(config.controller, config.task, to_dict(config))
+        checkpoint = directory.load_checkpoint(identity, read_lines(run_dir / HISTORY), warn)
+        if checkpoint is None:
+            raise RunError(f"{run_dir} has no checkpoint yet: it never finished an epoch")
+        if checkpoint.epoch < config.episode.epochs:
+            warn(f"{run_dir} stopped at epoch {checkpoint.epoch} of {config.episode.epochs}")
+        spec = get_task(config.task)
+        split = load_data(spec, task_options(config))
+        runner = build_episode(config, split)
+        runner.load_state_dict(checkpoint.state["runner"])
+        kwargs = spec.host_kwargs(split, config.width_multiplier)
+        network = export_network(runner.model, spec.host, kwargs)
+        target = out or run_dir / NETWORK_FILE
+        save_atomic(target, network)
+    return target

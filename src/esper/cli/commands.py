@@ -14,11 +14,13 @@ from esper.cli import compare as compare_cli
 from esper.cli import ppo as ppo_cli
 from esper.cli import runs
 from esper.cli.common import first_line, print_error
+from esper.cli.export import export_command
 from esper.cli.report import report_command
 from esper.cluster import RayUnavailableError
 from esper.config import ConfigError
 from esper.data import DataFormatError, DataUnavailableError
 from esper.lifecycle import LifecycleError
+from esper.model.export import ExportError
 from esper.registry import UnknownNameError
 from esper.run import RunError
 from esper.telemetry import SinkError
@@ -29,6 +31,7 @@ EXPECTED_ERRORS = (
     ConfigError,
     DataFormatError,
     DataUnavailableError,
+    ExportError,
     LifecycleError,
     RayUnavailableError,
     RunError,
@@ -42,6 +45,8 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
     try:
         if args.command == "report":
             return report_command(args, console)
+        if args.command == "export":
+            return export_command(args, console)
         if args.command == "compare":
             return compare_cli.compare_command(args, console)
         if args.command == "ppo":

@@ -117,6 +117,18 @@ def _add_run_commands(commands: Any) -> None:
         metavar="RUN_DIR",
         help="a run directory, an 'esper ppo train' directory or an 'esper compare' --out",
     )
+    export = commands.add_parser(
+        "export",
+        help="write a run's grown network as a plain PyTorch model (esper.load_model)",
+        description="Write the network of a run (its newest intact checkpoint) as one file "
+        "of widths and weights that loads with torch.load(weights_only=True); "
+        "esper.load_model(FILE) builds it as a plain nn.Module, without the lifecycle "
+        "machinery, whose outputs are the run's final model's.",
+    )
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory")
+    export.add_argument(
+        "--out", type=Path, metavar="FILE", help="where to write it (default: RUN_DIR/network.pt)"
+    )
 
 
 def controller_command(commands: Any, spec: ControllerSpec) -> argparse.ArgumentParser:

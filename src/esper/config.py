@@ -197,11 +197,18 @@ class HeuristicConfig:
     """...multiplied by this every epoch..."""
     penalty_threshold: float = 1.5
     """...and blueprints at or above this penalty are not grown."""
+    width_bottleneck: float | None = None
+    """Widen a block instead of growing a seed after it (the largest width blueprint that
+    fits the budget) when its units are at most this fraction of the host's mean units
+    per block: a narrow block drops what no seed after it can recover. None: grow depth
+    only (the default until the width results are measured)."""
 
     def __post_init__(self) -> None:
         _at_least(self, "start_epoch", 1)
         _at_least(self, "min_epochs_left", 0)
         _at_least(self, "stalled_training_epochs", 1)
+        if self.width_bottleneck is not None and not self.width_bottleneck > 0.0:
+            raise ValueError(f"width_bottleneck must be > 0 (or null), got {self.width_bottleneck}")
         for name in ("max_growth_params", "max_growth_flops"):
             value = getattr(self, name)
             if value is not None and not value >= 0.0:

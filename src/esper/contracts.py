@@ -144,6 +144,8 @@ class SlotReport:
     """Validation accuracy when the seed entered its current stage (None when empty)."""
     costs: Mapping[str, SeedCost] = field(default_factory=dict)
     """What each blueprint that fits the host would cost in this slot."""
+    width_units: int | None = None
+    """Units of the host layer a width seed here would widen (None: it cannot widen)."""
 
 
 @dataclass(frozen=True)

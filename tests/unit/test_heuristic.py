@@ -452,3 +452,26 @@ def test_never_more_seeds_than_max_seeds() -> None:
 
 def test_episode_config_defaults_allow_a_live_seed_in_every_slot() -> None:
     assert EpisodeConfig().max_live_seeds is None and EpisodeConfig().max_seeds is None
+
+
+def _width_slots(*states: SeedState) -> list[SlotReport]:
+    """Reports of a 2/4/8-channel host whose blocks can widen (width_100 at each)."""
+    width = {"width_100": SeedCost(100, 1e4, 3e3)}
+    return [
+        dataclasses.replace(r, width_units=units, costs={**r.costs, **width})
+        for r, units in zip(_slots(*states), (2, 4, 8), strict=True)
+    ]
+
+
+@pytest.mark.parametrize("bottleneck", [None, 0.5])
+def test_a_bottleneck_block_is_widened_instead_of_deepened(bottleneck: float | None) -> None:
+    # Block 0 has 2 units against a mean of 4.7: at width_bottleneck 0.5 (2.3 or fewer)
+    # it is widened; without the setting, or in block 1 (4 units), a seed is grown.
+    config = HeuristicConfig(width_bottleneck=bottleneck)
+    controller = HeuristicController(CNN, config, width_blueprints=("width_100",))
+    training = _seed(SeedStage.TRAINING)
+    first = controller.decide(_signals(), _width_slots(DORMANT, training, training)).action
+    second = controller.decide(_signals(), _width_slots(training, DORMANT, training)).action
+    assert (first.op, first.slot) == (LifecycleOp.GERMINATE, "r0c0")
+    assert (first.blueprint == "width_100") == (bottleneck is not None)
+    assert second.slot == "r0c1" and second.blueprint != "width_100"

@@ -24,7 +24,11 @@ rests on evidence rather than on a sample or two. The rules, in order, each epoc
    Slots are ranked by the parameters per FLOP of the largest blueprint that fits the
    budget there: in a CNN the deepest slot is the widest and has the fewest positions,
    so capacity is cheapest there. In the chosen slot the largest fitting blueprint is
-   grown, skipping blueprints recently culled (a penalty that decays every epoch).
+   grown, skipping blueprints recently culled (a penalty that decays every epoch). With
+   ``width_bottleneck`` set, a slot whose block has at most that fraction of the host's
+   mean units per block is a bottleneck: there the block is widened instead (its
+   largest fitting width blueprint), since what a narrow block drops is gone before any
+   seed after it could use it.
 4. Otherwise **WAIT**.
 
 All thresholds are fields of `HeuristicConfig`; the significance thresholds are the
@@ -64,6 +68,7 @@ class HeuristicController:
         blueprints: Sequence[str],
         config: HeuristicConfig | None = None,
         lifecycle: LifecycleConfig | None = None,
+        width_blueprints: Sequence[str] = (),
     ) -> None:
         self.config = config or HeuristicConfig()
         self.lifecycle = lifecycle or LifecycleConfig()
@@ -75,6 +80,8 @@ class HeuristicController:
                 f"choose from: {', '.join(blueprints)}"
             )
         self.allowed = allowed
+        self.width = list(width_blueprints)
+        """Width blueprints, grown in bottleneck blocks when ``width_bottleneck`` is set."""
         self.penalties: dict[str, float] = {}
         self.stalled: set[tuple[str, str]] = set()
         """(slot, blueprint) pairs G2 kept from blending: never grown there again."""
@@ -119,7 +126,8 @@ class HeuristicController:
         params_left, flops_left = self._budget_left(signals, slots)
         candidates = []
         for report in reversed(open_slots):  # deepest first, so it wins ties
-            name = self._largest_fitting(report, params_left, flops_left)
+            names = self.width if self._is_bottleneck(report, slots) else self.allowed
+            name = self._largest_fitting(report, names, params_left, flops_left)
             if name is not None:
                 cost = report.costs[name]
                 candidates.append(
@@ -150,13 +158,22 @@ class HeuristicController:
             )
         return params_left, flops_left
 
+    def _is_bottleneck(self, report: SlotReport, slots: Sequence[SlotReport]) -> bool:
+        """Whether the block before ``report``'s slot is narrow enough to widen instead
+        (``width_bottleneck`` x the mean units of the host's blocks, or fewer)."""
+        fraction = self.config.width_bottleneck
+        widths = [r.width_units for r in slots if r.width_units is not None]
+        if fraction is None or report.width_units is None or not self.width or not widths:
+            return False
+        return report.width_units <= fraction * sum(widths) / len(widths)
+
     def _largest_fitting(
-        self, report: SlotReport, params_left: float, flops_left: float
+        self, report: SlotReport, names: Sequence[str], params_left: float, flops_left: float
     ) -> str | None:
-        """The allowed, unpenalised blueprint with most parameters that fits the budget."""
+        """The unpenalised blueprint of ``names`` with most parameters that fits the budget."""
         fitting = [
             name
-            for name in self.allowed
+            for name in names
             if name in report.costs
             and report.costs[name].params <= params_left
             and report.costs[name].train_flops <= flops_left
@@ -210,4 +227,6 @@ def build(context: ControllerContext) -> HeuristicController:
     """The heuristic of a run: the blueprints that fit its host, its ``heuristic``
     settings, its gates. ValueError when the settings name blueprints the host lacks."""
     config = context.config
-    return HeuristicController(context.blueprints, config.heuristic, config.episode.lifecycle)
+    return HeuristicController(
+        context.blueprints, config.heuristic, config.episode.lifecycle, context.width_blueprints
+    )

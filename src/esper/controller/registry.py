@@ -72,6 +72,8 @@ class ControllerContext:
     """The enabled slots, in depth order."""
     random_guess_loss: float
     """Loss of a uniform prediction on the task (a policy's observation scale)."""
+    width_blueprints: tuple[str, ...] = ()
+    """The width blueprints (`esper.model.width`) that fit the host's layers."""
 
 
 ControllerBuilder = Callable[[ControllerContext], StatefulController]

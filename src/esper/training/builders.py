@@ -144,6 +144,7 @@ def build_run_controller(config: RunConfig, runner: EpisodeRunner) -> StatefulCo
         blueprints=tuple(blueprint_names(runner.model.host.topology, GrowthKind.DEPTH)),
         slot_ids=tuple(runner.model.slot_ids),
         random_guess_loss=runner.data.random_guess_loss,
+        width_blueprints=tuple(blueprint_names(runner.model.host.topology, GrowthKind.WIDTH)),
     )
     return build_controller(context)
 

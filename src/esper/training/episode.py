@@ -50,6 +50,7 @@ from esper.lifecycle import (
     legal_ops,
 )
 from esper.model.morphogenetic import MorphogeneticModel
+from esper.model.width import point_units
 from esper.training.compute import ComputeMeter
 from esper.training.governor import Governor, GovernorStopError
 from esper.training.ledger import EpisodeResult, EpochRecord
@@ -396,6 +397,9 @@ class EpisodeRunner:
                 accuracy_at_germination=self.book.at_germination.get(s.slot_id),
                 accuracy_at_stage_start=self.book.at_stage_start.get(s.slot_id),
                 costs=self.compute.seed_costs[s.slot_id],
+                width_units=None
+                if s.width_point is None
+                else point_units(self.model.host, s.width_point),
             )
             for s in self.model.slots()
         )

@@ -269,3 +269,43 @@ def test_every_width_point_names_layers_of_its_host() -> None:
             for consumer in point.consumers:
                 assert isinstance(host.get_submodule(consumer.name), nn.Conv2d | nn.Linear)
     assert blueprint_names(Topology.CNN, GrowthKind.WIDTH) == ["width_25", "width_50", "width_100"]
+
+
+@pytest.mark.parametrize("order", [("r0c0", "r0c1"), ("r0c1", "r0c0")], ids=["up", "down"])
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_neighbouring_width_seeds_merge_in_either_order(order: tuple[str, str], kind: str) -> None:
+    # Block 0's new channels are read by block 1's conv, whose outputs block 1's seed
+    # widens: the seed still live when the other merges is fitted to the wider layers
+    # (new fan-in columns or fan-out rows, at zero), and nothing its output jumps.
+    config = OptimConfig(kind=kind, host_lr=0.05, seed_lr=0.05)  # type: ignore[arg-type]
+    torch.manual_seed(0)
+    model = MorphogeneticModel(HOSTS["digits"]())
+    for slot in ("r0c0", "r0c1"):
+        model.germinate_seed("width_100", slot, slot=slot)
+        _at(model, slot, SeedStage.PROBATIONARY)
+        model.slot(slot).state = dataclasses.replace(
+            model.slot(slot).state, contribution=5.0, contribution_se=0.5
+        )
+    optimizers = OptimizerSet(model, config)
+    x, y = _batch("digits")
+    for slot in order:
+        optimizers.zero_grad()
+        _loss(model, x, y).backward()
+        optimizers.step()
+        model.eval()
+        with torch.no_grad():
+            before = model(x)
+        optimizers.merge(slot, model.fossilize_seed(slot).swaps)
+        optimizers.sync(model)
+        optimizers.check_ownership(model)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)
+            fresh = MorphogeneticModel(HOSTS["digits"]())  # a resume at this point
+            fresh.load_state_dict(model.state_dict())
+            assert torch.equal(fresh.eval()(x), model(x))
+        model.train()
+    optimizers.zero_grad()
+    _loss(model, x, y).backward()
+    optimizers.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert [_units(model, s) for s in ("r0c0", "r0c1")] == [4, 8]

@@ -21,7 +21,7 @@ from esper.lifecycle import (
 )
 from esper.model.hosts import Host
 from esper.model.slot import Fossilization, SeedSlot
-from esper.model.width import resize_to
+from esper.model.width import WidthSeed, resize_to
 from esper.registry import UnknownNameError
 
 __all__ = ["MorphogeneticModel"]
@@ -167,8 +167,12 @@ class MorphogeneticModel(nn.Module):
         self.slot(slot).cull()
 
     def fossilize_seed(self, slot: str) -> Fossilization:
-        """Keep the seed in ``slot`` for good if G5 passes (a width seed is merged in)."""
-        return self.slot(slot).fossilize()
+        """Keep the seed in ``slot`` for good if G5 passes (a width seed is merged in, and
+        the other live width seeds fitted to the layers it widened)."""
+        others = [
+            s.seed for s in self.slots() if s.slot_id != slot and isinstance(s.seed, WidthSeed)
+        ]
+        return self.slot(slot).fossilize(others)
 
     def step_epoch(self) -> dict[str, StepOutcome]:
         """Tick every slot's lifecycle clock once (after this epoch's measurements)."""

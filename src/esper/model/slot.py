@@ -25,6 +25,7 @@ into the host, leaving the slot with no module.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +51,14 @@ from esper.lifecycle import (
 from esper.model.blending import GatedBlend
 from esper.model.blueprints import BlueprintSpec, GrowthKind, get_blueprint
 from esper.model.incubation import incubate
-from esper.model.width import ParameterSwap, WidthPoint, WidthSeed, merge, point_units
+from esper.model.width import (
+    ParameterSwap,
+    WidthPoint,
+    WidthSeed,
+    adapt_neighbours,
+    merge,
+    point_units,
+)
 
 __all__ = ["Fossilization", "SeedSlot"]
 
@@ -177,14 +185,17 @@ class SeedSlot(nn.Module):
         )
         self.state = transition(state, SeedStage.GERMINATED)
 
-    def fossilize(self) -> Fossilization:
-        """Keep the seed for good if G5 passes (a width seed is merged into the host)."""
+    def fossilize(self, neighbours: Sequence[WidthSeed] = ()) -> Fossilization:
+        """Keep the seed for good if G5 passes. A width seed is merged into the host, and
+        the other live width seeds (``neighbours``) are fitted to the layers it widened."""
         result = gate_fossilize(self.state, self.lifecycle)
         swaps: list[ParameterSwap] = []
         if result.passed:
             self.state = transition(self.state, SeedStage.FOSSILIZED)
             if isinstance(self.seed, WidthSeed):
-                swaps = merge(self._width[0][0], self.seed)
+                seed, host = self.seed, self._width[0][0]
+                swaps = merge(host, seed)
+                swaps += adapt_neighbours(host, seed.point, seed.units, neighbours)
                 self._drop_modules()  # its units are the host's now
         return Fossilization(result, tuple(swaps))
 

@@ -24,7 +24,7 @@ is exactly the unseeded one whatever the seed holds, even NaN.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "ParameterSwap",
     "WidthPoint",
     "WidthSeed",
+    "adapt_neighbours",
     "merge",
     "point_units",
     "resize_to",
@@ -87,7 +88,8 @@ class ParameterSwap:
     old: Tensor
     new: Tensor
     parts: tuple[Tensor, ...]
-    """The seed's parameters joined in (what their optimizer state came with)."""
+    """What was joined in: the merged seed's parameters (their optimizer state comes
+    along), or zeros (new units of a neighbouring seed: no state yet)."""
     dim: int
 
 
@@ -258,6 +260,36 @@ def merge(host: nn.Module, seed: WidthSeed) -> list[ParameterSwap]:
         _sync_shape(layer)
     _sync_shape(producer)
     return swaps
+
+
+def adapt_neighbours(
+    host: nn.Module, point: WidthPoint, units: int, seeds: Sequence[WidthSeed]
+) -> list[ParameterSwap]:
+    """After ``units`` were merged at ``point``, fit the other live width ``seeds`` to the
+    wider layers they share with it: a seed whose producer is one of ``point``'s
+    consumers reads ``units`` more inputs (new fan-in columns), and one whose consumer is
+    ``point``'s producer writes ``units`` more outputs (new fan-out rows); both start at
+    zero, so no output changes. Returns the seeds' replaced parameters."""
+    swaps = []
+    for seed in seeds:
+        if seed.point.producer in point.consumers_names:
+            swaps.append(_pad(seed.fan_in, units, dim=1))
+        for index, consumer in enumerate(seed.point.consumers):
+            if consumer.name == point.producer:
+                fan_out = seed.fan_out[index]
+                assert isinstance(fan_out, nn.Conv2d | nn.Linear)
+                swaps.append(_pad(fan_out, units, dim=0))
+    return swaps
+
+
+def _pad(layer: Layer, units: int, dim: int) -> ParameterSwap:
+    """``layer``'s weight with ``units`` zero rows (dim 0) or columns (dim 1) added."""
+    shape = list(layer.weight.shape)
+    shape[dim] = units
+    zeros = torch.zeros(shape, dtype=layer.weight.dtype, device=layer.weight.device)
+    swap = _widen(layer, "weight", zeros, dim)
+    _sync_shape(layer)
+    return swap
 
 
 def _widen(module: nn.Module, name: str, part: Tensor, dim: int) -> ParameterSwap:

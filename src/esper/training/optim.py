@@ -49,6 +49,10 @@ def make_optimizer(
     )
 
 
+def _holds(optimizer: torch.optim.Optimizer, param: Tensor) -> bool:
+    return any(p is param for group in optimizer.param_groups for p in group["params"])
+
+
 def merged_state(
     optimizer: torch.optim.Optimizer,
     old: Mapping[str, Any],
@@ -159,20 +163,20 @@ class OptimizerSet:
 
     def merge(self, slot_id: str, swaps: Sequence[ParameterSwap]) -> None:
         """A width seed in ``slot_id`` was merged into the host: each widened parameter
-        replaces the old one in the host optimizer, its state the old state and the
-        seed's concatenated along the merge's dimension, and the seed's optimizer goes."""
+        replaces the old one in the optimizer that owns it (the host's, or a neighbouring
+        seed's whose layers grew with it), its state the old state and the seed's (or
+        zeros) concatenated along the merge's dimension; the seed's optimizer goes."""
         seed_opt = self.seeds.pop(slot_id, None)
         seed_state = seed_opt.state if seed_opt is not None else {}
-        for swap in swaps:
-            for group in self.host.param_groups:
-                for index, param in enumerate(group["params"]):
-                    if param is swap.old:
-                        group["params"][index] = swap.new
-            old = self.host.state.pop(swap.old, {})
+        for swap in swaps:  # a host parameter, or a neighbouring live seed's
+            owner = next(o for o in (self.host, *self.seeds.values()) if _holds(o, swap.old))
+            for group in owner.param_groups:
+                group["params"] = [swap.new if p is swap.old else p for p in group["params"]]
+            old = owner.state.pop(swap.old, {})
             parts = [seed_state.get(p, {}) for p in swap.parts]
-            merged = merged_state(self.host, old, parts, swap)
+            merged = merged_state(owner, old, parts, swap)
             if merged:
-                self.host.state[swap.new] = merged
+                owner.state[swap.new] = merged
 
     def set_lr_scale(self, scale: float) -> None:
         """Scale every group's learning rate to ``scale`` times its base rate."""

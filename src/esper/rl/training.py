@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import itertools
 import json
 import logging
@@ -67,6 +66,7 @@ from esper.rundir import (
     is_run_directory,
     read_lines,
 )
+from esper.telemetry import LineFile
 from esper.telemetry.updates import (
     UPDATES_FILE,
     UpdateRow,
@@ -196,10 +196,12 @@ class Training:
     checkpoint: Checkpoint | None
     """The checkpoint to continue from; None: the training starts at the beginning."""
     lines: list[bytes]
-    """The lines of ``updates.jsonl`` that the checkpoint follows, and then every row
-    this process appends (their SHA-256 goes into each checkpoint)."""
+    """The lines of ``updates.jsonl`` that the checkpoint follows."""
     resumed: bool
     """Opened with ``--resume`` (the directory held a training already)."""
+
+    def __post_init__(self) -> None:
+        self._updates = LineFile(self.path / UPDATES_FILE, self.lines)
 
     @property
     def path(self) -> Path:
@@ -213,17 +215,13 @@ class Training:
 
     def append(self, row: UpdateRow) -> None:
         """Append ``row`` to ``updates.jsonl``."""
-        line = (row.to_json() + "\n").encode("utf-8")
-        with (self.path / UPDATES_FILE).open("ab") as handle:
-            handle.write(line)
-        self.lines.append(line)
+        self._updates.append(row.to_json())
 
     def save(self, trainer: _Trainer) -> None:
         """Write ``trainer``'s state as the newest checkpoint generation, after the rows
         of ``updates.jsonl`` written so far."""
         identity = self.directory.identity(COMMAND, self.config.run.task, to_dict(self.config))
-        digest = hashlib.sha256(b"".join(self.lines)).hexdigest()
-        checkpoint = Checkpoint(identity, trainer.updates, digest, trainer.state())
+        checkpoint = Checkpoint(identity, trainer.updates, self._updates.digest, trainer.state())
         self.directory.save_checkpoint(checkpoint)
 
     def close(self) -> None:

@@ -51,6 +51,7 @@ __all__ = [
     "ConsoleSink",
     "HistorySink",
     "JsonlSink",
+    "LineFile",
     "MemorySink",
     "Sink",
     "SinkError",
@@ -202,33 +203,47 @@ class JsonlSink:
 # ---------------------------------------------------------------- history
 
 
-class HistorySink:
-    """Appends every `EpochCompleted` to ``history.jsonl`` (`history_line`), whatever the
-    run's telemetry level (``level`` is NORMAL: it is the run's record, not telemetry),
-    and keeps the SHA-256 of every line the file holds (``lines``: those it held
-    already), which a checkpoint records. Other events are ignored.
-    """
-
-    level = TelemetryLevel.NORMAL
+class LineFile:
+    """An append-only file of lines that keeps the SHA-256 of everything it holds
+    (``lines``: what it held already), which a checkpoint records to say which lines it
+    follows (``history.jsonl``, ``updates.jsonl``)."""
 
     def __init__(self, path: Path, lines: Sequence[bytes] = ()) -> None:
         self.path = path
-        self.count = len(lines)
         self._digest = hashlib.sha256(b"".join(lines))
 
-    def emit(self, event: Event) -> None:
-        if not isinstance(event, EpochCompleted):
-            return
-        data = (history_line(event) + "\n").encode("utf-8")
+    def append(self, line: str) -> None:
+        """Append ``line`` and its newline, flushed to the OS."""
+        data = (line + "\n").encode("utf-8")
         with self.path.open("ab") as handle:
             handle.write(data)
         self._digest.update(data)
-        self.count += 1
 
     @property
     def digest(self) -> str:
         """SHA-256 (hex) of the whole file as it stands."""
         return self._digest.hexdigest()
+
+
+class HistorySink:
+    """Appends every `EpochCompleted` to ``history.jsonl`` (`history_line`, a
+    `LineFile`), whatever the run's telemetry level (``level`` is NORMAL: it is the run's
+    record, not telemetry). Other events are ignored.
+    """
+
+    level = TelemetryLevel.NORMAL
+
+    def __init__(self, path: Path, lines: Sequence[bytes] = ()) -> None:
+        self.file = LineFile(path, lines)
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, EpochCompleted):
+            self.file.append(history_line(event))
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 (hex) of ``history.jsonl`` as it stands."""
+        return self.file.digest
 
     def close(self) -> None:
         """Nothing stays open between two epochs."""

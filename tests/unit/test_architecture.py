@@ -8,11 +8,13 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src" / "esper"
 
 # Which top-level parts of esper each part may import (besides itself).
-BOTTOM = {"lifecycle", "contracts", "config", "registry", "machine", "provenance"}
+BOTTOM = {"lifecycle", "contracts", "config", "registry", "machine", "provenance", "lifetime"}
 ALLOWED: dict[str, set[str]] = {
     "lifecycle": set(),
     "registry": set(),
     "machine": set(),
+    # How worker processes end: with the process that started them.
+    "lifetime": set(),
     # Command, commit, machine and date of a result; it may import torch (its version).
     "provenance": set(),
     "arms": BOTTOM | {"controller"},

@@ -39,17 +39,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import multiprocessing
 import os
 import queue
 import shutil
 import signal
 import socket
-import sys
 import tempfile
-import threading
-import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -59,6 +55,7 @@ import torch
 
 from esper.cluster import RayUnavailableError, import_ray
 from esper.compare.runs import RunOutcome, RunTask, cached_outcome, run_task
+from esper.lifetime import die_with_parent
 from esper.rundir import CHECKPOINT, LOCK
 
 __all__ = [
@@ -98,7 +95,7 @@ class LocalPool:
 
     ``workers=1`` runs every task in this process, one after another. Tasks can be
     submitted while others run; `next_done` blocks until one finishes. The workers die
-    with the process that made the pool, even by ``kill -9`` (`_die_with_parent`): a
+    with the process that made the pool, even by ``kill -9`` (`esper.lifetime.die_with_parent`): a
     run they leave keeps its last checkpoint, and its lock is free for the rerun.
     """
 
@@ -147,35 +144,7 @@ def _worker_init(parent: int) -> None:
     # resume from their last checkpoint on the next compare.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
-    _die_with_parent(parent)
-
-
-PARENT_POLL_SECONDS = 0.5
-"""How often a worker checks that the compare that started it is still there."""
-
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def _die_with_parent(parent: int) -> None:
-    """End this process as soon as ``parent`` (the pid that started it) is gone.
-
-    On Linux the kernel sends SIGKILL the moment the parent dies (``prctl
-    PR_SET_PDEATHSIG``); everywhere, a watchdog thread checks every
-    `PARENT_POLL_SECONDS` that the parent is still this process's parent. Exiting at
-    any instant is safe: every file a run writes is replaced in one step.
-    """
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the line above took effect
-        os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent,), name="esper-parent", daemon=True).start()
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(PARENT_POLL_SECONDS)
-    os._exit(1)  # orphaned: re-parented to init (or a subreaper)
+    die_with_parent(parent)
 
 
 # ---------------------------------------------------------------- Ray

@@ -8,7 +8,7 @@ environment's episode depends only on its own seed and actions).
 Worker processes are spawned, not forked: a forked child would inherit torch's thread
 pools mid-state. They die with the process that started them, however it ends (even
 ``kill -9``, which runs no clean-up of its own): each watches its parent and exits
-when it is gone, within `ORPHAN_CHECK_SECONDS`, mid-step or not.
+when it is gone (`esper.lifetime.die_with_parent`), mid-step or not.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import contextlib
 import multiprocessing
 import os
 import signal
-import threading
-import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,8 +26,9 @@ from typing import Any, Protocol, Self
 import numpy as np
 import torch
 
+from esper.lifetime import die_with_parent
+
 __all__ = [
-    "ORPHAN_CHECK_SECONDS",
     "EnvFactory",
     "EnvPool",
     "EnvWorkerError",
@@ -42,8 +41,6 @@ __all__ = [
     "step_result",
 ]
 
-ORPHAN_CHECK_SECONDS = 0.25
-"""How often a worker process checks that the process that started it still lives."""
 
 EnvFactory = Callable[[], Any]
 """Builds one environment (a picklable callable, e.g. a ``functools.partial``)."""
@@ -219,19 +216,10 @@ def apply_command(envs: list[Any], command: str, argument: Any) -> Any:
     raise ValueError(f"unknown command {command!r}")
 
 
-def _exit_when_orphaned(parent: int) -> None:
-    # A parent killed outright closes its pipes, but a worker in the middle of a long
-    # step would only notice once the step is done: the parent's death re-parents it
-    # (to init or a subreaper), which this thread sees whatever the worker is doing.
-    while os.getppid() == parent:
-        time.sleep(ORPHAN_CHECK_SECONDS)
-    os._exit(1)
-
-
 def _worker(pipe: Connection, factory: EnvFactory, count: int, parent: int) -> None:
     # Ctrl-C is the parent's to handle: it stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+    die_with_parent(parent)
     torch.set_num_threads(1)
     try:
         envs = [factory() for _ in range(count)]

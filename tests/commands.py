@@ -34,14 +34,19 @@ def policy_weights(out: Path) -> dict[str, torch.Tensor]:
     return policy.state_dict()
 
 
-def error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    """The one line on stderr, checked to be an ``esper: error:`` and no traceback."""
-    err = capsys.readouterr().err
+def one_line(err: str) -> str:
+    """The one line of ``err`` (a command's stderr), checked to hold no traceback."""
     assert "Traceback" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 1, f"expected one line on stderr, got {lines}"
-    assert lines[0].startswith("esper: error: ")
     return lines[0]
+
+
+def error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line on stderr, checked to be an ``esper: error:`` and no traceback."""
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("esper: error: ")
+    return line
 
 
 def interrupt_at_save(patch: pytest.MonkeyPatch, count: int) -> None:

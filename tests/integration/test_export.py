@@ -4,7 +4,6 @@ whose outputs are the run's final model's."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,14 @@ import torch
 
 import esper
 from esper.cli import main
-from esper.lifecycle import BlendAlgorithm, SeedStage, transition
+from esper.lifecycle import BlendAlgorithm, SeedStage
 from esper.model import MorphogeneticModel, build_host
 from esper.model.export import ExportError, GrownNetwork, export_network
 from esper.run import read_config
 from esper.rundir import CHECKPOINT, read_checkpoint
 from esper.training.builders import build_episode
 from tests.commands import error_line
+from tests.seeds import walk_to
 
 
 def test_an_exported_run_is_a_plain_module_with_the_runs_outputs(tmp_path: Path) -> None:
@@ -39,15 +39,6 @@ def test_an_exported_run_is_a_plain_module_with_the_runs_outputs(tmp_path: Path)
             torch.testing.assert_close(network(inputs), expected, rtol=1e-5, atol=1e-6)
 
 
-def _at(model: MorphogeneticModel, slot: str, stage: SeedStage, step: int = 0) -> None:
-    state = model.slot(slot).state
-    for target in (SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.PROBATIONARY):
-        if state.stage is stage:
-            break
-        state = transition(state, target)
-    model.slot(slot).state = dataclasses.replace(state, blend_step=step)
-
-
 @pytest.mark.parametrize("blend", [BlendAlgorithm.LINEAR, BlendAlgorithm.GATED])
 def test_merged_and_live_width_seeds_and_depth_seeds_export_exactly(
     tmp_path: Path, blend: BlendAlgorithm
@@ -55,13 +46,13 @@ def test_merged_and_live_width_seeds_and_depth_seeds_export_exactly(
     torch.manual_seed(0)
     model = MorphogeneticModel(build_host("cnn_digits", in_channels=1, widths=(2, 4, 8)))
     model.germinate_seed("width_100", "w1", slot="r0c0")  # kept: merged into the host
-    _at(model, "r0c0", SeedStage.PROBATIONARY)
+    walk_to(model, "r0c0", SeedStage.PROBATIONARY)
     model.slot("r0c0").record(contribution=5.0, contribution_se=0.5)
     assert model.fossilize_seed("r0c0").passed
     model.germinate_seed("conv_heavy", "d1", slot="r0c1", blend=blend)  # blending, depth
-    _at(model, "r0c1", SeedStage.BLENDING, step=2)
+    walk_to(model, "r0c1", SeedStage.BLENDING, step=2)
     model.germinate_seed("width_50", "w2", slot="r0c2")  # blending, width
-    _at(model, "r0c2", SeedStage.BLENDING, step=1)
+    walk_to(model, "r0c2", SeedStage.BLENDING, step=1)
     model.eval()
     path = tmp_path / "network.pt"
     torch.save(export_network(model, "cnn_digits", {"in_channels": 1, "widths": (2, 4, 8)}), path)

@@ -58,6 +58,7 @@ from esper.telemetry import (
 )
 from esper.training.batches import SplitBatches
 from esper.training.episode import NON_FINITE_SEED, EpisodeRunner, ScriptedController
+from tests.commands import one_line
 from tests.processes import fork, kill_on_replace, kill_self, wait_for
 
 EPOCHS = 8
@@ -133,13 +134,6 @@ def _assert_same_run(run_dir: Path, reference: Path) -> None:
     assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
 
 
-def _one_line(err: str) -> str:
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got {lines}"
-    return lines[0]
-
-
 def _interrupt_at(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
     """Ctrl-C right after the checkpoint of ``epoch`` (in this process)."""
     real = esper.run._save_checkpoint
@@ -190,7 +184,7 @@ def test_a_malicious_checkpoint_never_runs_its_payload(
     capsys.readouterr()
 
     assert main(_resume(out)) == 0
-    warning = _one_line(capsys.readouterr().err)
+    warning = one_line(capsys.readouterr().err)
     assert "skipped checkpoint.pt: unreadable" in warning and "checkpoint.prev.pt" in warning
     assert not marker.exists()
     _assert_same_run(out, reference)
@@ -201,7 +195,7 @@ def test_a_malicious_checkpoint_never_runs_its_payload(
         torch.save({"format": "esper-checkpoint", "state": _Payload(marker)}, out / name)
     capsys.readouterr()
     assert main(_resume(out)) == 2
-    line = _one_line(capsys.readouterr().err)
+    line = one_line(capsys.readouterr().err)
     assert "no usable checkpoint" in line and PREVIOUS_CHECKPOINT in line
     assert not marker.exists()
 
@@ -244,7 +238,7 @@ def test_a_malicious_cifar_pickle_never_runs_its_payload(
         load_cifar10(data)
     argv = ["heuristic", "--task", "cifar10", "--data-dir", str(data), "--epochs", "1"]
     assert main([*argv, "--out", str(tmp_path / "run"), "--quiet"]) == 2
-    assert "not a CIFAR-10 python pickle" in _one_line(capsys.readouterr().err)
+    assert "not a CIFAR-10 python pickle" in one_line(capsys.readouterr().err)
     assert not marker.exists()
 
 
@@ -291,7 +285,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(
     spoil(out / CHECKPOINT, tmp_path, early_config)
     capsys.readouterr()
     assert main(_resume(out)) == 0
-    warning = _one_line(capsys.readouterr().err)
+    warning = one_line(capsys.readouterr().err)
     assert f"skipped {CHECKPOINT}: " in warning and reason in warning
     assert f"continuing from {PREVIOUS_CHECKPOINT} (epoch 4)" in warning
     _assert_same_run(out, reference)
@@ -324,7 +318,7 @@ def test_both_generations_damaged_is_refused_in_one_line(
     history = (out / "history.jsonl").read_bytes()
     capsys.readouterr()
     assert main(_resume(out)) == 2
-    line = _one_line(capsys.readouterr().err)
+    line = one_line(capsys.readouterr().err)
     assert f"{CHECKPOINT}: unreadable" in line and f"{PREVIOUS_CHECKPOINT}: checksum" in line
     assert (out / "history.jsonl").read_bytes() == history  # nothing was rewritten
 
@@ -346,7 +340,7 @@ def test_a_checkpoint_that_disagrees_with_the_run_is_refused(
     files = {name: (out / name).read_bytes() for name in ("history.jsonl", "events.jsonl")}
     capsys.readouterr()
     assert main(_resume(out)) == 2
-    assert needle in _one_line(capsys.readouterr().err)
+    assert needle in one_line(capsys.readouterr().err)
     assert {name: (out / name).read_bytes() for name in files} == files  # nothing rewritten
 
 
@@ -386,7 +380,7 @@ def test_two_runs_on_one_directory_the_second_exits_2_naming_the_first(
         wait_for(ready.exists)  # the first run holds the lock, mid-run
         second = fork(argv, tmp_path / "second")
         assert second.wait() == 2
-        line = _one_line(second.stderr)
+        line = one_line(second.stderr)
         assert f"{out} is in use by another Esper run (pid {first.pid} on " in line
         assert "pick another --out" in line
     finally:
@@ -569,7 +563,7 @@ def test_a_full_disk_stops_in_one_line_with_the_last_checkpoint_intact(
     with monkeypatch.context() as patch:
         patch.setattr(esper.rundir, "_write_temporary", write)
         assert main(_argv(out, early_config)) == 1
-    line = _one_line(capsys.readouterr().err)
+    line = one_line(capsys.readouterr().err)
     assert f"cannot write to {out} (the disk is full)" in line
     assert "its checkpoint of epoch 3 is intact" in line
     assert f"esper heuristic --resume {out}" in line
@@ -619,7 +613,7 @@ def test_a_really_full_disk_then_room_made_resumes_exactly(
     finally:
         go.touch()
     assert child.wait() == 1
-    line = _one_line(child.stderr)
+    line = one_line(child.stderr)
     assert f"cannot write to {out} (the disk is full); its checkpoint of epoch 3" in line
     assert f"esper heuristic --resume {out}" in line
     assert read_checkpoint(out / CHECKPOINT).epoch == 3
@@ -655,7 +649,7 @@ def test_a_persistent_fault_stops_after_k_rollbacks_with_the_last_checkpoint_int
     out = tmp_path / "run"
     monkeypatch.setattr(episode_module, "train_one_epoch", _poison_host_from(3))
     assert main(_argv(out, early_config)) == 1
-    line = _one_line(capsys.readouterr().err)
+    line = one_line(capsys.readouterr().err)
     limit = GovernorConfig().max_consecutive_rollbacks
     assert (
         f"rolled back {limit} epochs in a row (epoch {2 + limit}: validation loss is nan)" in line
@@ -914,7 +908,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     except SystemExit as exit_:  # argparse's own checks (a malformed number)
         code = exit_.code
     assert code == 2
-    assert needle in _one_line(capsys.readouterr().err)
+    assert needle in one_line(capsys.readouterr().err)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
@@ -932,7 +926,7 @@ def test_report_ignores_a_half_written_last_line(
     (out / "history.jsonl").write_text("\n".join(lines) + "\n")
     capsys.readouterr()
     assert main(["report", str(out)]) == 2
-    assert "history.jsonl:2: not a history row" in _one_line(capsys.readouterr().err)
+    assert "history.jsonl:2: not a history row" in one_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize(
@@ -955,7 +949,7 @@ def test_report_on_a_damaged_config_is_one_line(
     (out / "config.json").write_bytes(content)
     capsys.readouterr()
     assert main(["report", str(out)]) == 2
-    assert expected in _one_line(capsys.readouterr().err)
+    assert expected in one_line(capsys.readouterr().err)
 
 
 def test_a_directory_is_created_only_through_its_lock(tmp_path: Path) -> None:
@@ -996,7 +990,7 @@ def test_one_kind_of_esper_directory_never_writes_into_another(
     with RunDirectory.create(tmp_path / "compare", kind="compare"):
         pass
     assert main(["heuristic", "--epochs", "1", "--out", str(tmp_path / "compare")]) == 2
-    assert "'ppo eval' directory, not a run" in _one_line(capsys.readouterr().err)
+    assert "'ppo eval' directory, not a run" in one_line(capsys.readouterr().err)
     assert sorted(p.name for p in (tmp_path / "compare").iterdir()) == [".esper-run", ".esper.lock"]
     with RunDirectory.create(tmp_path / "run"):
         pass
@@ -1040,7 +1034,7 @@ def test_ppo_run_keeps_the_promises_of_a_run(tmp_path: Path, policy: Path) -> No
         wait_for(ready.exists)
         second = fork(resume, tmp_path / "second")
         assert second.wait() == 2
-        assert f"in use by another Esper run (pid {resumed.pid} on " in _one_line(second.stderr)
+        assert f"in use by another Esper run (pid {resumed.pid} on " in one_line(second.stderr)
     finally:
         go.touch()
     assert resumed.wait() == 0, resumed.stderr

@@ -48,7 +48,7 @@ from esper.rundir import (
     read_checkpoint,
     tree_digest,
 )
-from tests.commands import policy_weights
+from tests.commands import one_line, policy_weights
 from tests.processes import (
     SleepingEnv,
     fork,
@@ -190,13 +190,6 @@ def _assert_same_training(out: Path, reference: Path) -> None:
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
-def _one_line(err: str) -> str:
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got {lines}"
-    return lines[0]
-
-
 def _files(directory: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
     """Every file under ``directory`` and its bytes (but those named in ``skip``)."""
     return {
@@ -226,7 +219,7 @@ def test_a_second_training_or_a_resume_of_a_live_one_exits_2_naming_the_first(
         for argv in (_argv(out, "--seed", "1"), _resume(out)):
             capsys.readouterr()
             assert main(argv) == 2
-            line = _one_line(capsys.readouterr().err)
+            line = one_line(capsys.readouterr().err)
             assert f"{out} is in use by another Esper run (pid {first.pid} on " in line
             assert "running 'esper ppo train" in line and "pick another --out" in line
         assert _files(out) == files  # neither wrote anything
@@ -311,7 +304,7 @@ def test_an_unusable_out_or_seed_exits_2_in_one_line_and_writes_nothing(
     before, root = _files(tmp_path), sorted(os.listdir("/"))
     capsys.readouterr()
     assert main(argv) == 2
-    assert needle in _one_line(capsys.readouterr().err)
+    assert needle in one_line(capsys.readouterr().err)
     assert _files(tmp_path) == before
     assert sorted(os.listdir("/")) == root
 
@@ -325,7 +318,7 @@ def test_resume_refuses_each_flag_it_would_ignore(
     before = _files(interrupted)
     capsys.readouterr()
     assert main([*_resume(interrupted), option, value]) == 2
-    line = _one_line(capsys.readouterr().err)
+    line = one_line(capsys.readouterr().err)
     assert f"--resume continues a training with its saved configuration; drop {option}" in line
     assert _files(interrupted) == before
 
@@ -382,7 +375,7 @@ def test_a_damaged_or_foreign_latest_checkpoint_falls_back_to_the_previous_one(
     spoil(out / CHECKPOINT, {"cloned": cloned_reference, "longer": longer})
     capsys.readouterr()
     assert main(_resume(out)) == 0
-    warning = _one_line(capsys.readouterr().err)
+    warning = one_line(capsys.readouterr().err)
     assert f"skipped {CHECKPOINT}: " in warning and reason in warning
     assert f"continuing from {PREVIOUS_CHECKPOINT} (update 1)" in warning
     _assert_same_training(out, reference)
@@ -479,7 +472,7 @@ def test_a_training_that_cannot_continue_is_refused_in_one_line_and_nothing_is_r
     files = _files(out, skip=(LOCK,))  # the lock file names whoever holds the lock
     capsys.readouterr()
     assert main(_resume(out)) == 2
-    assert needle.format(out=out) in _one_line(capsys.readouterr().err)
+    assert needle.format(out=out) in one_line(capsys.readouterr().err)
     assert _files(out, skip=(LOCK,)) == files
 
 
@@ -499,7 +492,7 @@ def test_updates_jsonl_is_read_strictly_by_report_and_resume(
     _damage_a_line(out)
     capsys.readouterr()
     assert main(["report", str(out)]) == 2
-    assert "updates.jsonl is damaged (line 1: not an update row" in _one_line(
+    assert "updates.jsonl is damaged (line 1: not an update row" in one_line(
         capsys.readouterr().err
     )
 

@@ -18,11 +18,12 @@ from torch import Tensor, nn
 
 from esper.config import OptimConfig
 from esper.contracts import Topology
-from esper.lifecycle import SeedStage, transition
+from esper.lifecycle import SeedStage
 from esper.model import MorphogeneticModel, build_host
 from esper.model.blueprints import GrowthKind, blueprint_names, get_blueprint
 from esper.model.width import WidthSeed
 from esper.training.optim import OptimizerSet
+from tests.seeds import walk_to
 
 HOSTS = {
     "cnn": lambda: build_host("cnn", widths=(4, 6, 8)),
@@ -58,16 +59,6 @@ def _loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
 
-def _at(model: MorphogeneticModel, slot: str, stage: SeedStage, step: int = 0) -> None:
-    """Walk the seed in ``slot`` to ``stage`` (and blending step ``step``)."""
-    state = model.slot(slot).state
-    for target in (SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.PROBATIONARY):
-        if state.stage is stage:
-            break
-        state = transition(state, target)
-    model.slot(slot).state = dataclasses.replace(state, blend_step=step)
-
-
 def _grown(
     host: str, blueprint: str, slot: str, stage: SeedStage
 ) -> tuple[MorphogeneticModel, MorphogeneticModel]:
@@ -75,7 +66,7 @@ def _grown(
     bare = MorphogeneticModel(HOSTS[host]())
     grown = copy.deepcopy(bare)
     grown.germinate_seed(blueprint, "w", slot=slot)
-    _at(grown, slot, stage)
+    walk_to(grown, slot, stage)
     return bare, grown
 
 
@@ -282,7 +273,7 @@ def test_neighbouring_width_seeds_merge_in_either_order(order: tuple[str, str], 
     model = MorphogeneticModel(HOSTS["digits"]())
     for slot in ("r0c0", "r0c1"):
         model.germinate_seed("width_100", slot, slot=slot)
-        _at(model, slot, SeedStage.PROBATIONARY)
+        walk_to(model, slot, SeedStage.PROBATIONARY)
         model.slot(slot).state = dataclasses.replace(
             model.slot(slot).state, contribution=5.0, contribution_se=0.5
         )

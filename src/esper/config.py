@@ -197,18 +197,21 @@ class HeuristicConfig:
     """...multiplied by this every epoch..."""
     penalty_threshold: float = 1.5
     """...and blueprints at or above this penalty are not grown."""
-    width_bottleneck: float | None = None
-    """Widen a block instead of growing a seed after it (the largest width blueprint that
-    fits the budget) when its units are at most this fraction of the host's mean units
-    per block: a narrow block drops what no seed after it can recover. None: grow depth
-    only (the default until the width results are measured)."""
+    growth: Literal["depth", "width", "both"] = "depth"
+    """What the heuristic grows: ``depth`` (a seed module at a slot, after a block),
+    ``width`` (new units in a block, merged into it when kept) or ``both`` (width in a
+    block narrow enough by ``width_bottleneck``, depth elsewhere)."""
+    width_bottleneck: float = 1.0
+    """With growth ``both``: widen a block instead of growing a seed after it when its
+    units are at most this fraction of the host's mean units per block; a narrow block
+    drops what no seed after it can recover."""
 
     def __post_init__(self) -> None:
         _at_least(self, "start_epoch", 1)
         _at_least(self, "min_epochs_left", 0)
         _at_least(self, "stalled_training_epochs", 1)
-        if self.width_bottleneck is not None and not self.width_bottleneck > 0.0:
-            raise ValueError(f"width_bottleneck must be > 0 (or null), got {self.width_bottleneck}")
+        if not self.width_bottleneck > 0.0:
+            raise ValueError(f"width_bottleneck must be > 0, got {self.width_bottleneck}")
         for name in ("max_growth_params", "max_growth_flops"):
             value = getattr(self, name)
             if value is not None and not value >= 0.0:
@@ -396,6 +399,11 @@ class RunConfig:
     """Directory with a downloadable data set (cifar10, fashion_mnist)."""
     text_file: str | None = None
     """UTF-8 text file for the text task."""
+    decision_fraction: float | None = None
+    """Image tasks: the share of the training data held out as the decision split, which
+    every epoch's evaluation, the controllers, gates, counterfactuals and reward read;
+    the model never trains on it, and the final report reads the test split instead.
+    None: the task's (digits 0.2, CIFAR-10 and Fashion-MNIST 0.1)."""
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
     heuristic: HeuristicConfig = field(default_factory=HeuristicConfig)
 
@@ -408,6 +416,8 @@ class RunConfig:
             raise ValueError(f"width_multiplier must be > 0, got {self.width_multiplier}")
         if self.slots is not None and len(set(self.slots)) != len(self.slots):
             raise ValueError(f"slots lists a slot twice: {' '.join(self.slots)}")
+        if self.decision_fraction is not None and not 0 < self.decision_fraction < 1:
+            raise ValueError(f"decision_fraction must be in (0, 1), got {self.decision_fraction}")
 
 
 def observing_every_seed(config: RunConfig) -> RunConfig:

@@ -282,6 +282,7 @@ def _train(
                 result.seeds_germinated,
                 result.seeds_fossilized,
                 result.seeds_culled,
+                result.test_accuracy,
             )
         )
 
@@ -308,10 +309,16 @@ def finish_report(run_dir: Path) -> dict[str, Any]:
     atomic_write(run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     title = (
         f"{config.controller} on {config.task}, seed {config.episode.seed}: "
-        f"final {summary['final_accuracy']:.2f}%, best {summary['best_accuracy']:.2f}%"
+        f"{_test_text(summary)}final val {summary['final_accuracy']:.2f}%, "
+        f"best val {summary['best_accuracy']:.2f}%"
     )
     plot_timeline(rows, run_dir / "timeline.png", title)
     return summary
+
+
+def _test_text(summary: dict[str, Any]) -> str:
+    test = summary.get("test_accuracy")
+    return "" if test is None else f"test {test:.2f}%, "
 
 
 def export_run(run_dir: Path, out: Path | None, warn: Callable[[str], None] = log.warning) -> Path:

@@ -1,12 +1,14 @@
 """Golden runs through the real commands: a refactor that changes a number shows itself.
 
-``esper heuristic`` on digits for 12 epochs (it germinates three seeds, fossilizes one
-and culls one) must keep its history row for row, its final accuracy and the seeds it
-fossilizes; ``esper ppo train``
+``esper heuristic`` on digits for 12 epochs, growing depth and width (it widens two
+blocks and deepens after the third, and keeps what it widened), must keep its history
+row for row, its final and test accuracy and the seeds it fossilizes; ``esper ppo train``
 for two updates must keep its policy's weights. The values are in ``tests/golden/data/``
 and were written by this file's ``main`` (``python -m tests.golden.test_golden_runs``) on
-the commit that last changed a number on purpose. If a test here fails, find out what
-changed the maths (or the order of random draws) before writing new values.
+the commit that last changed a number on purpose (the three splits of the width issue:
+the model trains on less data, and decisions read a split held out of it). If a test
+here fails, find out what changed the maths (or the order of random draws) before
+writing new values.
 
 Wall times are left out (they are the machine's, not the run's); floats are compared
 to a relative 1e-4, which covers float summation order only. The runs are short on
@@ -32,6 +34,9 @@ from tests.commands import policy_weights
 
 DATA = Path(__file__).resolve().parent / "data"
 HEURISTIC = DATA / "heuristic_digits.json"
+GROWS_BOTH = DATA / "heuristic_digits_config.json"
+"""Depth and width from epoch 1 (the digits default widens only, from epoch 8: too late
+for 12 epochs)."""
 PPO = DATA / "ppo_digits_two_updates.json"
 WALL_TIME = ("seconds", "epoch_seconds")
 PPO_FLAGS = ["--task", "digits", "--epochs", "5", "--max-batches", "4", "--episodes", "4"]
@@ -40,7 +45,8 @@ PPO_FLAGS += ["--envs", "2", "--seed", "3", "--quiet"]
 
 def heuristic_run(out: Path) -> dict[str, Any]:
     """A 12-epoch digits run in ``out``: its history (no wall times) and summary."""
-    assert esper(["heuristic", "--epochs", "12", "--out", str(out), "--quiet"]) == 0
+    flags = ["--epochs", "12", "--config", str(GROWS_BOTH), "--out", str(out), "--quiet"]
+    assert esper(["heuristic", *flags]) == 0
     rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     for row in rows:
         for key in WALL_TIME:
@@ -53,7 +59,12 @@ def heuristic_run(out: Path) -> dict[str, Any]:
         if slot["stage"] == "FOSSILIZED"
         and (before is None or before["slots"][sid]["stage"] != "FOSSILIZED")
     ]
-    return {"final_accuracy": summary["final_accuracy"], "fossilized": fossils, "rows": rows}
+    return {
+        "final_accuracy": summary["final_accuracy"],
+        "test_accuracy": summary["test_accuracy"],
+        "fossilized": fossils,
+        "rows": rows,
+    }
 
 
 def ppo_run(out: Path) -> dict[str, Any]:
@@ -87,6 +98,7 @@ def test_the_default_heuristic_run_keeps_its_numbers(tmp_path: Path) -> None:
     want = json.loads(HEURISTIC.read_text())
     got = heuristic_run(tmp_path / "run")
     assert got["final_accuracy"] == pytest.approx(want["final_accuracy"], rel=1e-4)
+    assert got["test_accuracy"] == pytest.approx(want["test_accuracy"], rel=1e-4)
     assert [list(f) for f in got["fossilized"]] == want["fossilized"]
     _same(got["rows"], want["rows"], "history")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,16 @@ def test_compare_writes_the_table_the_json_and_the_plot(reference: Path) -> None
     finals = [runs[("heuristic", s)]["final_accuracy"] for s in (0, 1)]
     assert heuristic["final_accuracy"]["mean"] == pytest.approx(sum(finals) / 2)
     assert heuristic["final_accuracy"]["ci95"] > 0
+    # Arms are compared on the test split, which no decision read; the decision split's
+    # final accuracy is beside it, and how far the two are apart.
+    tests = {key: runs[key]["test_accuracy"] for key in runs}
+    assert all(isinstance(value, float) for value in tests.values())
+    assert heuristic["test_accuracy"]["mean"] == pytest.approx(
+        (tests[("heuristic", 0)] + tests[("heuristic", 1)]) / 2
+    )
+    delta = statistics.fmean(tests[("heuristic", s)] - tests[("static", s)] for s in (0, 1))
+    assert "| Δ test vs static (pp) |" in table and f"{delta:+.2f} ± " in table
+    assert "| test acc (%) | final val acc (%) |" in table and "| val − test (pp) |" in table
     # The return every run records (the learned controller's objective) is compared too.
     returns = [runs[("heuristic", s)]["total_reward"] for s in (0, 1)]
     assert heuristic["total_reward"]["mean"] == pytest.approx(sum(returns) / 2)
@@ -239,4 +250,4 @@ def test_report_rebuilds_the_table_and_the_plot_from_compare_json_alone(
     assert (out / "accuracy_vs_flops.png").read_bytes()[:8] == PNG_MAGIC
     assert (out / "compare.json").read_text() == (reference / "compare.json").read_text()
     printed = capsys.readouterr().out
-    assert "static" in printed and "heuristic" in printed and "final acc (%)" in printed
+    assert "static" in printed and "heuristic" in printed and "test acc (%)" in printed

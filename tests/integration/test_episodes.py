@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import cast
 
 import torch
+from torch.utils.data import Dataset, TensorDataset
 
 from esper.config import EpisodeConfig
 from esper.contracts import Decision, SlotReport, TrainingSignals
@@ -20,6 +22,7 @@ from esper.training.ledger import EpisodeResult
 from esper.training.tasks import get_task
 
 SPLIT = load_digits()
+Pair = tuple[torch.Tensor, torch.Tensor]
 TASK = get_task("digits")
 
 
@@ -57,7 +60,9 @@ def _stages(result: EpisodeResult, slot: str) -> list[SeedStage]:
 
 
 def test_a_seed_grows_blends_passes_g5_and_fossilizes() -> None:
-    model, data, config = _setup(epochs=14)
+    # Seed 1: with seed 0 this seed's +1.4 pp stays within noise of the 287-image
+    # decision split until the end, and probation holds it.
+    model, data, config = _setup(seed=1, epochs=14)
     controller = GrowThenKeep(2, "r0c1", "conv_heavy", config.lifecycle.min_fossilize_contribution)
     sink = MemorySink()
     with Telemetry(TelemetryLevel.LIFECYCLE, [sink]) as telemetry:
@@ -175,3 +180,32 @@ def test_run_episodes_on_digits_grows_and_keeps_a_seed() -> None:
     assert result.seeds_germinated >= 1
     assert result.seeds_fossilized >= 1
     assert len(result.rewards) == TASK.epochs
+
+
+def _history(split: object, seed: int = 1) -> EpisodeResult:
+    """A 14-epoch digits episode on ``split`` that grows a seed and keeps it (G5)."""
+    torch.manual_seed(seed)
+    config = dataclasses.replace(TASK.default_config(), seed=seed, epochs=14)
+    model = build_model(TASK, SPLIT, lifecycle=config.lifecycle)
+    data = SplitBatches(split, TASK.batch_size, seed)  # type: ignore[arg-type]
+    threshold = config.lifecycle.min_fossilize_contribution
+    return run_episode(
+        EpisodeRunner(model, data, config), GrowThenKeep(2, "r0c1", "conv_heavy", threshold)
+    )
+
+
+def test_no_decision_reads_the_test_split_and_the_report_reads_it_once() -> None:
+    """The test split is scored once, on the final model; with other test data every
+    epoch, gate and decision is the same, only the reported test accuracy changes."""
+    images, labels = SPLIT.test.tensors  # type: ignore[union-attr]
+    flipped = cast(Dataset[Pair], TensorDataset(images.flip(-1), (labels + 1) % 10))
+    real, other = _history(SPLIT), _history(dataclasses.replace(SPLIT, test=flipped))
+    assert real.seeds_fossilized == 1
+    assert [r.test for r in real.history[:-1]] == [None] * 13
+    final = real.history[-1].test
+    assert final is not None and final.samples == 360 and real.test_accuracy == final.accuracy
+    assert real.history[-1].event().test_accuracy == final.accuracy
+    assert other.test_accuracy != real.test_accuracy
+    strip = [dataclasses.replace(r, test=None, seconds=0.0, wall_seconds=0.0) for r in real.history]
+    same = [dataclasses.replace(r, test=None, seconds=0.0, wall_seconds=0.0) for r in other.history]
+    assert strip == same

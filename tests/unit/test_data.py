@@ -39,14 +39,15 @@ from esper.data import (
     random_crop_flip,
     read_idx,
 )
+from esper.data.arrays import holdout
 from esper.data.images import CACHE_NAME
 from esper.data.text import UNKNOWN_CHAR, UNKNOWN_INDEX, markdown_play_to_text
 
 
 def _raw_pixels(data: SplitData, split: str = "train") -> torch.Tensor:
     """Undo the normalisation: images back on the 0..1 scale, [N, C, H, W]."""
-    dataset = data.train if split == "train" else data.val
-    images = torch.stack([dataset[i][0] for i in range(len(dataset))])  # type: ignore[arg-type]
+    dataset = getattr(data, split)
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
     mean = torch.tensor(data.mean).view(1, -1, 1, 1)
     std = torch.tensor(data.std).view(1, -1, 1, 1)
     return images * std + mean
@@ -63,7 +64,8 @@ def test_digits_shapes_and_normalisation() -> None:
     data = load_digits()
     assert data.name == "digits" and data.task is TaskType.CLASSIFICATION
     assert (data.num_classes, data.input_shape, data.vocab_size) == (10, (1, 8, 8), None)
-    assert len(data.train) + len(data.val) == 1797  # type: ignore[arg-type]
+    sizes = (len(data.train), len(data.val), len(data.test))  # type: ignore[arg-type]
+    assert sizes == (1150, 287, 360)
     image, label = data.train[0]
     assert image.shape == (1, 8, 8) and image.dtype == torch.float32
     assert label.dtype == torch.int64
@@ -78,13 +80,59 @@ def test_digits_split_is_fixed_and_stratified() -> None:
     np.random.seed(123)
     torch.manual_seed(456)
     second = load_digits(seed=3)
-    assert _labels(first.val) == _labels(second.val)
+    for split in ("train", "val", "test"):
+        assert _labels(getattr(first, split)) == _labels(getattr(second, split))
     assert torch.equal(first.val[5][0], second.val[5][0])
-    assert _labels(load_digits(seed=4).val) != _labels(first.val)
-    counts = np.bincount(_labels(first.val), minlength=10)
+    assert torch.equal(first.test[5][0], second.test[5][0])  # type: ignore[index]
+    assert _labels(load_digits(seed=4).test) != _labels(first.test)
+    counts = np.bincount(_labels(first.test), minlength=10)
     assert counts.min() >= 34 and counts.max() <= 38  # 20% of ~180 per class
-    with pytest.raises(ValueError, match="val_fraction"):
-        load_digits(val_fraction=1.0)
+    counts = np.bincount(_labels(first.val), minlength=10)
+    assert counts.min() >= 27 and counts.max() <= 31  # 20% of the ~144 left per class
+    with pytest.raises(ValueError, match="test_fraction"):
+        load_digits(test_fraction=1.0)
+    with pytest.raises(ValueError, match="fraction"):
+        load_digits(decision_fraction=0.0)
+
+
+def test_digits_splits_partition_the_data_set() -> None:
+    """Every image is in exactly one split: the decision split is held out of training,
+    the test split out of both."""
+    from collections import Counter
+
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    data = load_digits()
+    split_rows: Counter[bytes] = Counter()
+    for split in ("train", "val", "test"):
+        raw = (_raw_pixels(data, split) * 16).round().to(torch.uint8)
+        split_rows.update(bytes(row.numpy().tobytes()) for row in raw)
+    source = np.asarray(sklearn_digits().images, dtype=np.uint8)[:, None]
+    assert split_rows == Counter(bytes(image.tobytes()) for image in source)
+
+
+@given(
+    st.lists(st.integers(0, 4), min_size=2, max_size=200),
+    st.floats(0.05, 0.95),
+    st.integers(0, 3),
+)
+@settings(max_examples=60, deadline=None)
+def test_holdout_is_a_stratified_partition(labels: list[int], fraction: float, seed: int) -> None:
+    array = np.array(labels)
+    keep, held = holdout(array, fraction, seed)
+    assert np.array_equal(np.sort(np.concatenate([keep, held])), np.arange(array.size))
+    for label in set(labels):
+        members = int((array == label).sum())
+        expected = min(max(1, round(fraction * members)), members - 1)
+        assert int((array[held] == label).sum()) == expected
+    again = holdout(array, fraction, seed)
+    assert np.array_equal(again[0], keep) and np.array_equal(again[1], held)
+
+
+def test_too_few_training_images_for_a_decision_split(tmp_path: Path) -> None:
+    _make_fashion(tmp_path, compress=False, n_train=10)  # one image per class
+    with pytest.raises(DataFormatError, match="decision split"):
+        load_fashion_mnist(tmp_path)
 
 
 def test_split_data_needs_exactly_one_task() -> None:
@@ -121,13 +169,18 @@ def test_cifar_pickles_in_subfolder(tmp_path: Path) -> None:
     data = load_cifar10(tmp_path)
     assert (data.name, data.num_classes, data.input_shape) == ("cifar10", 10, (3, 32, 32))
     assert data.class_names == images_module.CIFAR10_CLASSES
-    assert (len(data.train), len(data.val)) == (15, 2)  # type: ignore[arg-type]
-    assert _labels(data.train)[:3] == [1, 9, 0] and _labels(data.val) == [3, 4]
+    sizes = (len(data.train), len(data.val), len(data.test))  # type: ignore[arg-type]
+    assert sizes == (13, 2, 2)  # one 9 and one 0 held out; the single 1..5 stay
+    assert sorted(_labels(data.val)) == [0, 9] and _labels(data.test) == [3, 4]
+    labels = np.array([label for i in range(1, 6) for label in (i, 9, 0)])
+    keep, held = holdout(labels, 0.1)
+    assert _labels(data.train) == labels[keep].tolist()
     # Row-major CHW: channel 0 is the first 1024 bytes of each row.
-    expected = torch.from_numpy(train.reshape(-1, 3, 32, 32).astype(np.float32) / 255)
-    assert torch.allclose(_raw_pixels(data), expected, atol=1e-5)
-    expected_val = torch.from_numpy(test.reshape(-1, 3, 32, 32).astype(np.float32) / 255)
-    assert torch.allclose(_raw_pixels(data, "val"), expected_val, atol=1e-5)
+    pixels = torch.from_numpy(train.reshape(-1, 3, 32, 32).astype(np.float32) / 255)
+    assert torch.allclose(_raw_pixels(data), pixels[keep], atol=1e-5)
+    assert torch.allclose(_raw_pixels(data, "val"), pixels[held], atol=1e-5)
+    expected_test = torch.from_numpy(test.reshape(-1, 3, 32, 32).astype(np.float32) / 255)
+    assert torch.allclose(_raw_pixels(data, "test"), expected_test, atol=1e-5)
     assert load_cifar10(tmp_path / "cifar-10-batches-py").class_names == data.class_names
 
 
@@ -172,11 +225,12 @@ def test_cifar_image_folder_labels_and_pixels(tmp_path: Path) -> None:
     assert data.class_names == tuple(sorted(_COLOURS))  # sorted -> label index
     assert data.num_classes == 10 and data.input_shape == (3, 32, 32)
     pairs = [label for label in range(10) for _ in range(2)]
-    assert _labels(data.train) == pairs and _labels(data.val) == pairs
+    assert _labels(data.train) == _labels(data.val) == list(range(10))  # one of two held out
+    assert _labels(data.test) == pairs
     raw = _raw_pixels(data)
     for index, name in enumerate(data.class_names):
         colour = torch.tensor(_COLOURS[name], dtype=torch.float32) / 255
-        pixel = raw[2 * index, :, 5, 5]
+        pixel = raw[index, :, 5, 5]
         assert torch.allclose(pixel, colour, atol=0.02 if name == "dog" else 1e-5), name
     assert (tmp_path / "cifar10" / CACHE_NAME).is_file()
 
@@ -226,7 +280,7 @@ def test_cifar_image_folder_unwritable_cache(tmp_path: Path) -> None:
     _make_image_tree(tmp_path)
     (tmp_path / CACHE_NAME).mkdir()  # the cache file cannot be written (nor read) there
     for _ in range(2):
-        assert len(load_cifar10(tmp_path).train) == 20  # type: ignore[arg-type]
+        assert len(load_cifar10(tmp_path).train) == 10  # type: ignore[arg-type]
     assert list(tmp_path.glob("*.tmp")) == []
 
 
@@ -346,7 +400,7 @@ def _write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
     path.write_bytes(data)
 
 
-def _make_fashion(directory: Path, compress: bool, n_train: int = 6, n_test: int = 4) -> None:
+def _make_fashion(directory: Path, compress: bool, n_train: int = 20, n_test: int = 4) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
@@ -361,23 +415,26 @@ def test_fashion_mnist_gz_and_raw(tmp_path: Path, compress: bool) -> None:
     _make_fashion(tmp_path, compress)
     data = load_fashion_mnist(tmp_path)
     assert (data.name, data.num_classes, data.input_shape) == ("fashion_mnist", 10, (1, 28, 28))
-    assert (len(data.train), len(data.val)) == (6, 4)  # type: ignore[arg-type]
-    assert _labels(data.val) == [0, 1, 2, 3]
+    sizes = (len(data.train), len(data.val), len(data.test))  # type: ignore[arg-type]
+    assert sizes == (10, 10, 4)  # one of each class's two training images held out
+    assert _labels(data.test) == [0, 1, 2, 3]
     assert data.class_names[0] == "T-shirt/top"
     stem = "train-images-idx3-ubyte" + (".gz" if compress else "")
     raw = torch.from_numpy(read_idx(tmp_path / stem).astype(np.float32) / 255)
-    assert torch.allclose(_raw_pixels(data)[:, 0], raw, atol=1e-5)
+    keep, held = holdout(np.arange(20) % 10, 0.1)
+    assert torch.allclose(_raw_pixels(data)[:, 0], raw[keep], atol=1e-5)
+    assert torch.allclose(_raw_pixels(data, "val")[:, 0], raw[held], atol=1e-5)
 
 
 def test_fashion_mnist_torchvision_layout_and_system_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _make_fashion(tmp_path / "FashionMNIST" / "raw", compress=True)
-    assert len(load_fashion_mnist(tmp_path).train) == 6  # type: ignore[arg-type]
+    assert len(load_fashion_mnist(tmp_path).train) == 10  # type: ignore[arg-type]
     monkeypatch.setattr(
         images_module, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "FashionMNIST" / "raw"
     )
-    assert len(load_fashion_mnist().val) == 4  # type: ignore[arg-type]
+    assert len(load_fashion_mnist().test) == 4  # type: ignore[arg-type]
 
 
 def test_fashion_mnist_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -463,15 +463,16 @@ def _width_slots(*states: SeedState) -> list[SlotReport]:
     ]
 
 
-@pytest.mark.parametrize("bottleneck", [None, 0.5])
-def test_a_bottleneck_block_is_widened_instead_of_deepened(bottleneck: float | None) -> None:
-    # Block 0 has 2 units against a mean of 4.7: at width_bottleneck 0.5 (2.3 or fewer)
-    # it is widened; without the setting, or in block 1 (4 units), a seed is grown.
-    config = HeuristicConfig(width_bottleneck=bottleneck)
+@pytest.mark.parametrize("growth", ["depth", "both", "width"])
+def test_growth_kind_decides_where_blocks_widen(growth: str) -> None:
+    # Block 0 has 2 units against a mean of 4.7: with growth "both" at width_bottleneck
+    # 0.5 (2.3 or fewer) it is widened and block 1 (4 units) deepened; "depth" deepens
+    # both, "width" widens both.
+    config = HeuristicConfig(growth=growth, width_bottleneck=0.5)  # type: ignore[arg-type]
     controller = HeuristicController(CNN, config, width_blueprints=("width_100",))
     training = _seed(SeedStage.TRAINING)
     first = controller.decide(_signals(), _width_slots(DORMANT, training, training)).action
     second = controller.decide(_signals(), _width_slots(training, DORMANT, training)).action
-    assert (first.op, first.slot) == (LifecycleOp.GERMINATE, "r0c0")
-    assert (first.blueprint == "width_100") == (bottleneck is not None)
-    assert second.slot == "r0c1" and second.blueprint != "width_100"
+    assert (first.op, first.slot, second.slot) == (LifecycleOp.GERMINATE, "r0c0", "r0c1")
+    assert (first.blueprint == "width_100") == (growth != "depth")
+    assert (second.blueprint == "width_100") == (growth == "width")

@@ -169,9 +169,10 @@ def _print_outcome(console: Console, outcome: RunOutcome, done: int, total: int)
         return
     s = outcome.summary
     how = "cached" if outcome.cached else f"{s['wall_seconds']:.0f} s"
+    test = s.get("test_accuracy")
+    scores = f"val {s['final_accuracy']:.2f}%" + ("" if test is None else f", test {test:.2f}%")
     console.print(
-        f"[{done}/{total}] {outcome.arm} seed {outcome.seed}: final "
-        f"{s['final_accuracy']:.2f}%, {s['params']:,} params, "
+        f"[{done}/{total}] {outcome.arm} seed {outcome.seed}: {scores}, {s['params']:,} params, "
         f"{format_flops(s['train_flops'])} training ({how})",
         soft_wrap=True,
         markup=False,

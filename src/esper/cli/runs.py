@@ -99,9 +99,11 @@ def _summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
     table = Table(title=f"{summary['controller']} on {summary['task']}", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right", overflow="fold")
+    test = summary.get("test_accuracy")
     rows = [
-        ("final accuracy", f"{summary['final_accuracy']:.2f}%"),
-        ("best accuracy", f"{summary['best_accuracy']:.2f}% (epoch {summary['best_epoch']})"),
+        ("test accuracy", "no test split" if test is None else f"{test:.2f}%"),
+        ("final val accuracy", f"{summary['final_accuracy']:.2f}%"),
+        ("best val accuracy", f"{summary['best_accuracy']:.2f}% (epoch {summary['best_epoch']})"),
         ("epochs", f"{summary['epochs']} of {summary['epochs_planned']}"),
         ("host parameters", f"{summary['host_params']:,}"),
         ("added parameters", f"{summary['added_params']:,}"),

@@ -39,8 +39,9 @@ __all__ = [
 ]
 
 METRICS: tuple[tuple[str, str], ...] = (
-    ("final_accuracy", "final acc (%)"),
-    ("best_accuracy", "best acc (%)"),
+    ("test_accuracy", "test acc (%)"),
+    ("final_accuracy", "final val acc (%)"),
+    ("best_accuracy", "best val acc (%)"),
     ("params", "params"),
     ("train_flops", "train FLOPs"),
     ("eval_flops", "eval FLOPs"),
@@ -81,6 +82,7 @@ def _cell(values: Sequence[float], key: str) -> str:
         spread = format_flops(half).removesuffix("FLOPs").strip() if math.isfinite(half) else ""
         return f"{text} ± {spread}" if spread else text
     digits = {
+        "test_accuracy": 2,
         "final_accuracy": 2,
         "best_accuracy": 2,
         "seeds_fossilized": 1,
@@ -92,20 +94,39 @@ def _cell(values: Sequence[float], key: str) -> str:
 
 
 def table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the results table (FLOPs in SI units, e.g. 5.53 T)."""
-    first = result.arms[0]
-    header = ["arm", "runs", *(name for _, name in METRICS), f"Δ final vs {first.label} (pp)"]
+    """Header and rows of the results table (FLOPs in SI units, e.g. 5.53 T). The last
+    two columns: each arm's final validation minus test accuracy (how much better the
+    split its decisions read looks than data none read), and its paired difference to
+    the first arm on `CompareResult.score`."""
+    first, score = result.arms[0], result.score
+    what = "test" if score == "test_accuracy" else "final val"
+    header = [
+        "arm",
+        "runs",
+        *(name for _, name in METRICS),
+        "val − test (pp)",
+        f"Δ {what} vs {first.label} (pp)",
+    ]
     rows = []
     for arm in result.arms:
         runs = f"{len(arm.finished)}/{len(arm.runs)}"
         cells = [_cell(arm.values(key), key) for key, _ in METRICS]
-        if arm is first:
-            delta = "-"
-        else:
-            mean, half, n = paired_difference(arm, first)
-            delta = "-" if n == 0 else f"{mean:+.2f}" + (f" ± {half:.2f}" if n > 1 else "")
+        gaps = [
+            float(s["final_accuracy"]) - float(s["test_accuracy"])
+            for s in arm.finished
+            if s.get("test_accuracy") is not None
+        ]
+        cells.append(_delta(*mean_interval(gaps), len(gaps)))
+        delta = "-" if arm is first else _delta(*paired_difference(arm, first, score))
         rows.append([arm.label, runs, *cells, delta])
     return header, rows
+
+
+def _delta(mean: float, half: float, n: int) -> str:
+    """A difference in pp with its 95% half-width ("-" when there is none)."""
+    if n == 0:
+        return "-"
+    return f"{mean:+.2f}" + (f" ± {half:.2f}" if n > 1 else "")
 
 
 def write_outputs(
@@ -169,6 +190,9 @@ def write_report(result: CompareResult, meta: dict[str, Any], files: ResultFiles
         "",
         "FLOPs: matrix multiplications, convolutions and attention (2 per multiply-add), "
         "forward and backward for training; evaluation includes counterfactual passes.",
+        "Accuracies: *val* is the decision split, held out of training, which every "
+        "epoch's evaluation, the controller, the gates and the counterfactuals read; "
+        "*test* is the test split, read once by this report (none for tasks without one).",
     ]
     failures = [o for arm in result.arms for o in arm.failed]
     lines += [f"- failed: {o.arm} seed {o.seed}: {o.error}" for o in failures]
@@ -244,14 +268,14 @@ def _plain(value: Any) -> Any:
 
 
 def plot_accuracy_vs_flops(result: CompareResult, path: Path) -> None:
-    """Final accuracy against training FLOPs: one small point per run, and each arm's
-    mean with its 95% intervals on both axes."""
+    """Accuracy (`CompareResult.score`) against training FLOPs: one small point per run,
+    and each arm's mean with its 95% intervals on both axes."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
     for index, arm in enumerate(result.arms):
         colour = colours[index % len(colours)]
-        xs, ys = arm.values("train_flops"), arm.values("final_accuracy")
+        xs, ys = arm.values("train_flops"), arm.values(result.score)
         if not xs:
             continue
         ax.scatter(xs, ys, s=18, color=colour, alpha=0.5)
@@ -269,7 +293,9 @@ def plot_accuracy_vs_flops(result: CompareResult, path: Path) -> None:
         )
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs per run")
-    ax.set_ylabel("final validation accuracy (%)")
+    ax.set_ylabel(
+        "test accuracy (%)" if result.score == "test_accuracy" else "final validation accuracy (%)"
+    )
     ax.set_title(f"{result.task}, {result.epochs} epochs: accuracy against training compute")
     ax.grid(alpha=0.3, which="both")
     if ax.get_legend_handles_labels()[0]:  # no finished run: an empty plot, no legend

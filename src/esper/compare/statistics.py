@@ -35,7 +35,9 @@ class ArmSummary:
         return [r for r in self.runs if r.summary is None]
 
     def values(self, key: str) -> list[float]:
-        return [float(s[key]) for s in self.finished]
+        """``key`` of every finished run that has it (a run without a test split has no
+        ``test_accuracy``)."""
+        return [float(s[key]) for s in self.finished if s.get(key) is not None]
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,15 @@ class CompareResult:
         """Every run of every arm finished (none failed)."""
         return not any(arm.failed for arm in self.arms)
 
+    @property
+    def score(self) -> str:
+        """The accuracy arms are compared on: ``test_accuracy`` (the test split, which no
+        decision read) when every finished run has one, else ``final_accuracy`` (the
+        decision split: the task has no test split)."""
+        finished = [s for arm in self.arms for s in arm.finished]
+        has_test = finished and all(s.get("test_accuracy") is not None for s in finished)
+        return "test_accuracy" if has_test else "final_accuracy"
+
 
 def mean_interval(values: Sequence[float]) -> tuple[float, float]:
     """Mean and half-width of its 95% t-interval (NaN half-width for fewer than 2)."""
@@ -67,14 +78,20 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float]:
     return mean, half / math.sqrt(len(values))
 
 
-def paired_difference(arm: ArmSummary, reference: ArmSummary) -> tuple[float, float, int]:
-    """Mean and 95% half-width of this arm's final accuracy minus the reference's, over
-    the seeds both finished (pairing by seed removes the seed-to-seed spread)."""
-    ours = {o.seed: o.summary for o in arm.runs if o.summary}
-    theirs = {o.seed: o.summary for o in reference.runs if o.summary}
-    diffs = [
-        float(ours[s]["final_accuracy"]) - float(theirs[s]["final_accuracy"])
-        for s in sorted(ours.keys() & theirs.keys())
-    ]
+def _by_seed(arm: ArmSummary, key: str) -> dict[int, float]:
+    return {
+        o.seed: float(o.summary[key])
+        for o in arm.runs
+        if o.summary is not None and o.summary.get(key) is not None
+    }
+
+
+def paired_difference(
+    arm: ArmSummary, reference: ArmSummary, key: str = "test_accuracy"
+) -> tuple[float, float, int]:
+    """Mean and 95% half-width of this arm's ``key`` (an accuracy) minus the reference's,
+    over the seeds both finished (pairing by seed removes the seed-to-seed spread)."""
+    ours, theirs = _by_seed(arm, key), _by_seed(reference, key)
+    diffs = [ours[s] - theirs[s] for s in sorted(ours.keys() & theirs.keys())]
     mean, half = mean_interval(diffs)
     return mean, half, len(diffs)

@@ -24,11 +24,12 @@ rests on evidence rather than on a sample or two. The rules, in order, each epoc
    Slots are ranked by the parameters per FLOP of the largest blueprint that fits the
    budget there: in a CNN the deepest slot is the widest and has the fewest positions,
    so capacity is cheapest there. In the chosen slot the largest fitting blueprint is
-   grown, skipping blueprints recently culled (a penalty that decays every epoch). With
-   ``width_bottleneck`` set, a slot whose block has at most that fraction of the host's
-   mean units per block is a bottleneck: there the block is widened instead (its
-   largest fitting width blueprint), since what a narrow block drops is gone before any
-   seed after it could use it.
+   grown, skipping blueprints recently culled (a penalty that decays every epoch).
+   Width growth (``growth``): a width candidate widens the block before the slot by its
+   largest fitting width blueprint. With ``width`` every block is a candidate; with
+   ``both`` a block is widened instead of deepened after when it is a bottleneck (its
+   units at most ``width_bottleneck`` times the host's mean units per block), since what
+   a narrow block drops is gone before any seed after it could use it.
 4. Otherwise **WAIT**.
 
 All thresholds are fields of `HeuristicConfig`; the significance thresholds are the
@@ -81,7 +82,7 @@ class HeuristicController:
             )
         self.allowed = allowed
         self.width = list(width_blueprints)
-        """Width blueprints, grown in bottleneck blocks when ``width_bottleneck`` is set."""
+        """Width blueprints, grown where the block widens (``growth``)."""
         self.penalties: dict[str, float] = {}
         self.stalled: set[tuple[str, str]] = set()
         """(slot, blueprint) pairs G2 kept from blending: never grown there again."""
@@ -126,8 +127,9 @@ class HeuristicController:
         params_left, flops_left = self._budget_left(signals, slots)
         candidates = []
         for report in reversed(open_slots):  # deepest first, so it wins ties
-            names = self.width if self._is_bottleneck(report, slots) else self.allowed
-            name = self._largest_fitting(report, names, params_left, flops_left)
+            name = self._largest_fitting(
+                report, self._names(report, slots), params_left, flops_left
+            )
             if name is not None:
                 cost = report.costs[name]
                 candidates.append(
@@ -158,14 +160,21 @@ class HeuristicController:
             )
         return params_left, flops_left
 
-    def _is_bottleneck(self, report: SlotReport, slots: Sequence[SlotReport]) -> bool:
-        """Whether the block before ``report``'s slot is narrow enough to widen instead
-        (``width_bottleneck`` x the mean units of the host's blocks, or fewer)."""
-        fraction = self.config.width_bottleneck
+    def _names(self, report: SlotReport, slots: Sequence[SlotReport]) -> Sequence[str]:
+        """The blueprints that may grow at ``report``'s slot: width ones where the block
+        before it widens (`_widens`), depth ones elsewhere (none with growth ``width``)."""
+        if self._widens(report, slots):
+            return self.width
+        return () if self.config.growth == "width" else self.allowed
+
+    def _widens(self, report: SlotReport, slots: Sequence[SlotReport]) -> bool:
+        """Whether the block before ``report``'s slot grows wider rather than deeper."""
+        growth = self.config.growth
         widths = [r.width_units for r in slots if r.width_units is not None]
-        if fraction is None or report.width_units is None or not self.width or not widths:
+        if growth == "depth" or report.width_units is None or not self.width or not widths:
             return False
-        return report.width_units <= fraction * sum(widths) / len(widths)
+        mean = sum(widths) / len(widths)
+        return growth == "width" or report.width_units <= self.config.width_bottleneck * mean
 
     def _largest_fitting(
         self, report: SlotReport, names: Sequence[str], params_left: float, flops_left: float

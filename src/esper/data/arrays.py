@@ -21,12 +21,15 @@ from esper.contracts import TaskType
 if TYPE_CHECKING:
     from esper.data.text import CharVocab
 
+Pair = tuple[torch.Tensor, torch.Tensor]
+
 __all__ = [
     "AugmentedImages",
     "DataFormatError",
     "DataUnavailableError",
     "SplitData",
     "channel_stats",
+    "holdout",
     "image_split",
     "normalised_images",
     "random_crop_flip",
@@ -47,7 +50,13 @@ class DataFormatError(ValueError):
 
 @dataclass(frozen=True)
 class SplitData:
-    """A train and a validation split with what a model needs to be built for them.
+    """A data set's splits with what a model needs to be built for them.
+
+    ``train`` is what the model learns from. ``val`` is the decision split: held out of
+    training, it is what every epoch's evaluation reads, and with it the controllers,
+    the lifecycle gates, the counterfactuals and the reward. ``test`` is read once, by
+    the final report, so a grown run is never scored on the data it was selected on;
+    ``None`` for data sets without one (the language-modelling tasks, for now).
 
     Classification data sets set ``num_classes`` (and ``input_shape``, ``(C, H, W)``, for
     images); their samples are ``(image float32 [C, H, W], label int64 scalar)``.
@@ -60,6 +69,7 @@ class SplitData:
     name: str
     train: Dataset[tuple[torch.Tensor, torch.Tensor]]
     val: Dataset[tuple[torch.Tensor, torch.Tensor]]
+    test: Dataset[tuple[torch.Tensor, torch.Tensor]] | None = None
     num_classes: int | None = None
     vocab_size: int | None = None
     input_shape: tuple[int, int, int] | None = None
@@ -113,25 +123,63 @@ def normalised_images(
     return out
 
 
+def holdout(
+    labels: NDArray[np.integer], fraction: float, seed: int = 0
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Indices (kept, held out) of a stratified split: ``round(fraction * n_c)`` samples
+    of each class ``c`` (at least one, and one fewer than it has at most) are held out.
+
+    A pure function of ``labels``, ``fraction`` and ``seed``: every run of a data set holds
+    out the same samples, whatever its own seed. Both index arrays are sorted.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    held: list[NDArray[np.int64]] = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        count = min(max(1, round(fraction * members.size)), members.size - 1)
+        held.append(rng.permutation(members)[:count])
+    out = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+    keep = np.setdiff1d(np.arange(labels.shape[0]), out)
+    return keep.astype(np.int64), out.astype(np.int64)
+
+
 def image_split(
     name: str,
     train_images: NDArray[np.uint8],
     train_labels: NDArray[np.integer],
-    val_images: NDArray[np.uint8],
-    val_labels: NDArray[np.integer],
+    test_images: NDArray[np.uint8],
+    test_labels: NDArray[np.integer],
     class_names: tuple[str, ...],
     scale: float = 255.0,
+    decision_fraction: float = 0.1,
 ) -> SplitData:
-    """`SplitData` from ``uint8 [N, C, H, W]`` images and integer labels of both splits.
+    """`SplitData` from ``uint8 [N, C, H, W]`` images and integer labels of a data set's
+    train and test parts.
 
-    Normalises both splits with the train split's per-channel mean and std.
+    The decision split (``val``) is a stratified ``decision_fraction`` of the train part
+    (`holdout`, the same for every run); the model trains on the rest. All three splits
+    are normalised with the per-channel mean and std of what the model trains on.
     """
-    mean, std = channel_stats(train_images, scale)
+    keep, held = holdout(np.asarray(train_labels), decision_fraction)
+    if held.size == 0:
+        raise DataFormatError(
+            f"{name}: no class has two training images, so none can be held out as the "
+            "decision split; give every class at least two"
+        )
+    fit_images = train_images[keep]
+    mean, std = channel_stats(fit_images, scale)
     shape = train_images.shape[1:]
+
+    def pairs(images: NDArray[np.uint8], labels: NDArray[np.integer]) -> Dataset[Pair]:
+        return _pairs(normalised_images(images, mean, std, scale), labels)
+
     return SplitData(
         name=name,
-        train=_pairs(normalised_images(train_images, mean, std, scale), train_labels),
-        val=_pairs(normalised_images(val_images, mean, std, scale), val_labels),
+        train=pairs(fit_images, np.asarray(train_labels)[keep]),
+        val=pairs(train_images[held], np.asarray(train_labels)[held]),
+        test=pairs(test_images, test_labels),
         num_classes=len(class_names),
         input_shape=(int(shape[0]), int(shape[1]), int(shape[2])),
         class_names=class_names,
@@ -140,9 +188,7 @@ def image_split(
     )
 
 
-def _pairs(
-    images: torch.Tensor, labels: NDArray[np.integer]
-) -> Dataset[tuple[torch.Tensor, torch.Tensor]]:
+def _pairs(images: torch.Tensor, labels: NDArray[np.integer]) -> Dataset[Pair]:
     """TensorDataset of (image, int64 label); its ``.tensors`` allow whole-batch indexing."""
     targets = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     if targets.shape != images.shape[:1]:

@@ -4,8 +4,12 @@ Nothing is downloaded. CIFAR-10 and Fashion-MNIST are read in their standard for
 a directory the user gives; when they are not there the loaders raise
 `DataUnavailableError` saying what was looked for, where to get it and how to pass it.
 Malformed files raise `DataFormatError`. Images come back as float32 ``[N, C, H, W]``
-tensors normalised with the train split's per-channel mean and std; for CIFAR-10 and
-Fashion-MNIST the validation split is the official test split.
+tensors normalised with the per-channel mean and std of what the model trains on.
+
+Every loader gives three splits (`SplitData`): ``train``; ``val``, the decision split, a
+stratified ``decision_fraction`` held out of the training data (the same for every
+run); and ``test``, the official test split for CIFAR-10 and Fashion-MNIST, read only by
+the final report.
 """
 
 from __future__ import annotations
@@ -89,15 +93,24 @@ _FASHION_FILES = (
 )
 
 
-def load_digits(val_fraction: float = 0.2, seed: int = 0) -> SplitData:
+DECISION_FRACTION = 0.1
+"""Share of a data set's training part held out as the decision split (CIFAR-10: 5,000
+of 50,000 images; Fashion-MNIST: 6,000 of 60,000)."""
+
+
+def load_digits(
+    test_fraction: float = 0.2, decision_fraction: float | None = None, seed: int = 0
+) -> SplitData:
     """sklearn's 8x8 handwritten digits (1,797 images, 10 classes); needs no download.
 
-    The split is stratified by class and depends only on ``val_fraction`` and ``seed``,
-    never on global random state. Pixels (0..16) are normalised with the train split's
-    mean and std; ``input_shape`` is ``(1, 8, 8)``.
+    ``test_fraction`` of the images (360) are the test split, ``decision_fraction``
+    (default 0.2) of the rest (287) the decision split, and the model trains on the
+    remaining 1,150. Both cuts are stratified by class and depend only on the fractions
+    and ``seed``, never on global random state. Pixels (0..16) are normalised with the
+    training images' mean and std; ``input_shape`` is ``(1, 8, 8)``.
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     # Imported here, for start-up time only: scikit-learn (with scipy) takes about a
     # second to import, and only this data set needs it.
     from sklearn.datasets import load_digits as _sklearn_digits
@@ -106,24 +119,27 @@ def load_digits(val_fraction: float = 0.2, seed: int = 0) -> SplitData:
     bunch = _sklearn_digits()
     images = np.asarray(bunch.images, dtype=np.uint8)[:, None, :, :]
     labels = np.asarray(bunch.target, dtype=np.int64)
-    train_idx, val_idx = train_test_split(
-        np.arange(labels.shape[0]), test_size=val_fraction, stratify=labels, random_state=seed
+    train_idx, test_idx = train_test_split(
+        np.arange(labels.shape[0]), test_size=test_fraction, stratify=labels, random_state=seed
     )
-    train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
     names = tuple(str(t) for t in bunch.target_names)
     return image_split(
         "digits",
         images[train_idx],
         labels[train_idx],
-        images[val_idx],
-        labels[val_idx],
+        images[test_idx],
+        labels[test_idx],
         names,
         scale=16.0,
+        decision_fraction=0.2 if decision_fraction is None else decision_fraction,
     )
 
 
-def load_cifar10(data_dir: PathLike | None) -> SplitData:
-    """CIFAR-10 (32x32 RGB, 10 classes) from ``data_dir``; the test split is validation.
+def load_cifar10(data_dir: PathLike | None, decision_fraction: float | None = None) -> SplitData:
+    """CIFAR-10 (32x32 RGB, 10 classes) from ``data_dir``: ``decision_fraction`` of the
+    training images (default `DECISION_FRACTION`) are the decision split, the official
+    test batch is the test split.
 
     Accepts the python-pickle distribution (``cifar-10-batches-py/`` with
     ``data_batch_1..5``, ``test_batch``, ``batches.meta``) at ``data_dir`` or
@@ -141,12 +157,13 @@ def load_cifar10(data_dir: PathLike | None) -> SplitData:
         for candidate in (root, root / "cifar-10-batches-py"):
             tried.append(candidate)
             if any((candidate / name).is_file() for name in _CIFAR_PICKLES):
-                return _cifar_from_pickles(candidate)
+                return _cifar_from_pickles(candidate, decision_fraction or DECISION_FRACTION)
         for candidate in (root, root / "cifar10"):
             tried.append(candidate)
             if (candidate / "train").is_dir() and (candidate / "test").is_dir():
                 arrays = _read_image_folder(candidate, (32, 32), num_classes=10)
-                return image_split("cifar10", *arrays)
+                held = decision_fraction or DECISION_FRACTION
+                return image_split("cifar10", *arrays, decision_fraction=held)
     where = ", ".join(str(p) for p in dict.fromkeys(tried)) or "nowhere (no data directory given)"
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         where += f" ({Path(data_dir).expanduser()} is not a directory)"
@@ -160,12 +177,15 @@ def load_cifar10(data_dir: PathLike | None) -> SplitData:
     )
 
 
-def load_fashion_mnist(data_dir: PathLike | None = None) -> SplitData:
+def load_fashion_mnist(
+    data_dir: PathLike | None = None, decision_fraction: float | None = None
+) -> SplitData:
     """Fashion-MNIST (28x28 grey, 10 classes) from its four IDX files, gzipped or raw.
 
     Looks in ``data_dir``, ``data_dir/fashion-mnist`` and ``data_dir/FashionMNIST/raw``;
     with no ``data_dir``, in `FASHION_MNIST_SYSTEM_DIR` (Debian's
-    ``dataset-fashion-mnist`` package). The t10k (test) files are the validation split.
+    ``dataset-fashion-mnist`` package). ``decision_fraction`` of the training images
+    (default `DECISION_FRACTION`) are the decision split, the t10k files the test split.
     """
     if data_dir is None:
         candidates = [FASHION_MNIST_SYSTEM_DIR]
@@ -175,16 +195,17 @@ def load_fashion_mnist(data_dir: PathLike | None = None) -> SplitData:
     for directory in candidates:
         paths = [_find_idx(directory, stem) for stem in _FASHION_FILES]
         if all(p is not None for p in paths):
-            train_x, train_y, val_x, val_y = (p for p in paths if p is not None)
+            train_x, train_y, test_x, test_y = (p for p in paths if p is not None)
             train_images, train_labels = _idx_pair(train_x, train_y)
-            val_images, val_labels = _idx_pair(val_x, val_y)
+            test_images, test_labels = _idx_pair(test_x, test_y)
             return image_split(
                 "fashion_mnist",
                 train_images,
                 train_labels,
-                val_images,
-                val_labels,
+                test_images,
+                test_labels,
                 FASHION_MNIST_CLASSES,
+                decision_fraction=decision_fraction or DECISION_FRACTION,
             )
     where = ", ".join(str(c) for c in candidates)
     if not candidates[0].is_dir():
@@ -254,7 +275,7 @@ def _idx_pair(images_path: Path, labels_path: Path) -> tuple[U8, I64]:
     return images[:, None, :, :], labels.astype(np.int64)
 
 
-def _cifar_from_pickles(directory: Path) -> SplitData:
+def _cifar_from_pickles(directory: Path, decision_fraction: float) -> SplitData:
     missing = [name for name in _CIFAR_PICKLES if not (directory / name).is_file()]
     if missing:
         raise DataUnavailableError(
@@ -263,7 +284,7 @@ def _cifar_from_pickles(directory: Path) -> SplitData:
             "(https://www.cs.toronto.edu/~kriz/cifar.html) and pass --data-dir DIR."
         )
     train = [_read_cifar_batch(directory / f"data_batch_{i}") for i in range(1, 6)]
-    val_images, val_labels = _read_cifar_batch(directory / "test_batch")
+    test_images, test_labels = _read_cifar_batch(directory / "test_batch")
     meta = _unpickle(directory / "batches.meta")
     names = tuple(
         n.decode() if isinstance(n, bytes) else str(n) for n in _field(meta, "label_names")
@@ -272,10 +293,18 @@ def _cifar_from_pickles(directory: Path) -> SplitData:
         raise DataFormatError(f"{directory / 'batches.meta'}: expected 10 label names: {names}")
     train_images = np.concatenate([images for images, _ in train])
     train_labels = np.concatenate([labels for _, labels in train])
-    for labels in (train_labels, val_labels):
+    for labels in (train_labels, test_labels):
         if labels.size and not 0 <= int(labels.min()) <= int(labels.max()) < len(names):
             raise DataFormatError(f"{directory}: CIFAR-10 labels outside 0..9")
-    return image_split("cifar10", train_images, train_labels, val_images, val_labels, names)
+    return image_split(
+        "cifar10",
+        train_images,
+        train_labels,
+        test_images,
+        test_labels,
+        names,
+        decision_fraction=decision_fraction,
+    )
 
 
 # Everything a CIFAR-10 pickle (Python 2's cPickle or any Python 3 protocol, numpy 1 or

@@ -189,6 +189,10 @@ class EpochCompleted(_EventBase):
     eval_flops: float = 0.0
     """FLOPs of this epoch's evaluation, counterfactual passes included."""
     epoch_seconds: float = 0.0
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+    """The final model on the test split: on the last planned epoch only (None on
+    others, and for data without a test split). ``val_*`` is the decision split."""
 
     @property
     def params(self) -> int:
@@ -324,6 +328,9 @@ class RunFinished(_EventBase):
     seeds_germinated: int
     seeds_fossilized: int
     seeds_culled: int
+    test_accuracy: float | None = None
+    """The final model on the test split (None: the data has none, or the run stopped
+    early); ``final_accuracy`` and ``best_accuracy`` are on the decision split."""
 
 
 #: Any telemetry event.

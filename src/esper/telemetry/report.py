@@ -61,6 +61,7 @@ def summarize(rows: Sequence[EpochCompleted]) -> dict[str, Any]:
     return {
         "epochs": last.epoch,
         "final_accuracy": last.val_accuracy,
+        "test_accuracy": last.test_accuracy,
         "best_accuracy": max(r.val_accuracy for r in rows),
         "best_epoch": max(rows, key=lambda r: r.val_accuracy).epoch,
         "final_val_loss": last.val_loss,

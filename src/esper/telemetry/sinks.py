@@ -393,9 +393,11 @@ def format_event(event: Event) -> str:
                 f"vanishing {g.vanishing_batches} exploding {g.exploding_batches}"
             )
         case RunFinished():
+            test = "" if event.test_accuracy is None else f"test acc {event.test_accuracy:.2f}%  "
             return (
-                f"finished after {event.epochs} epochs  final acc {event.final_accuracy:.2f}%  "
-                f"best {event.best_accuracy:.2f}%  seeds germinated {event.seeds_germinated}, "
+                f"finished after {event.epochs} epochs  {test}final val acc "
+                f"{event.final_accuracy:.2f}%  best {event.best_accuracy:.2f}%  "
+                f"seeds germinated {event.seeds_germinated}, "
                 f"fossilized {event.seeds_fossilized}, culled {event.seeds_culled}  "
                 f"({event.wall_seconds:.1f} s)"
             )

@@ -64,6 +64,11 @@ class SplitBatches:
     def val_batches(self) -> Iterator[Pair]:
         return self._batches(self.split.val, self.val_batch_size, None)
 
+    def test_batches(self) -> Iterator[Pair] | None:
+        if self.split.test is None:
+            return None
+        return self._batches(self.split.test, self.val_batch_size, None)
+
     @staticmethod
     def _batches(
         dataset: Dataset[Pair], batch_size: int, generator: torch.Generator | None

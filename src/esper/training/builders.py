@@ -67,7 +67,7 @@ def loader(spec: TaskSpec) -> Loader:
 
 
 def load_data(spec: TaskSpec, options: TaskOptions) -> SplitData:
-    """The task's train and validation splits, read from where ``options`` say."""
+    """The task's train, decision and test splits, read from where ``options`` say."""
     return loader(spec)(options)
 
 
@@ -89,6 +89,7 @@ def task_options(config: RunConfig) -> TaskOptions:
     return TaskOptions(
         data_dir=Path(config.data_dir) if config.data_dir else None,
         text_file=Path(config.text_file) if config.text_file else None,
+        decision_fraction=config.decision_fraction,
     )
 
 
@@ -181,15 +182,15 @@ def run_episodes(
 
 
 def digits(options: TaskOptions) -> SplitData:
-    return load_digits()
+    return load_digits(decision_fraction=options.decision_fraction)
 
 
 def cifar10(options: TaskOptions) -> SplitData:
-    return load_cifar10(options.data_dir)
+    return load_cifar10(options.data_dir, options.decision_fraction)
 
 
 def fashion_mnist(options: TaskOptions) -> SplitData:
-    return load_fashion_mnist(options.data_dir)
+    return load_fashion_mnist(options.data_dir, options.decision_fraction)
 
 
 def text(options: TaskOptions) -> SplitData:

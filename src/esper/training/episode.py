@@ -91,7 +91,14 @@ class EpisodeData(Protocol):
 
     def train_batches(self, epoch: int) -> Iterable[Batch]: ...
 
-    def val_batches(self) -> Iterable[Batch]: ...
+    def val_batches(self) -> Iterable[Batch]:
+        """The decision split: every epoch's evaluation, which the controller, the gates,
+        the counterfactuals and the reward read."""
+        ...
+
+    def test_batches(self) -> Iterable[Batch] | None:
+        """The test split, evaluated once, on the final model; None if there is none."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -323,6 +330,29 @@ class EpisodeRunner:
         )
         return val, self.compute.eval_per_item(self.model, measured) * val.samples
 
+    def _keep_channels_last(self) -> None:
+        """The host's weights in channels_last format when the run asks for it, whether
+        built with the host, widened by a merge or loaded: the format picks the kernel,
+        and so the order of a convolution's sums, so a resumed run must use the same."""
+        if self.channels_last:  # in place: the parameters stay the same objects
+            self.model.host.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def _test(self) -> EvalMetrics | None:
+        """The final model on the test split (None without one). Nothing the run decides
+        reads it, and it is not part of the run's compute."""
+        batches = self.data.test_batches()
+        if batches is None:
+            return None
+        return evaluate(
+            self.model,
+            batches,
+            self.criterion,
+            self.data.task_type,
+            self.device,
+            max_batches=self.config.training.max_val_batches,
+            channels_last=self.channels_last,
+        )
+
     def _cull_non_finite_seeds(self, train: EpochMetrics) -> None:
         """Cull, on its own, every live seed whose weights or gradients are not finite.
 
@@ -419,6 +449,7 @@ class EpisodeRunner:
         self._tick(val.accuracy)
         self.optimizers.sync(self.model)
         self.optimizers.check_ownership(self.model)
+        last = self.epoch >= self.config.epochs
         record = EpochRecord(
             epoch=self.epoch,
             train=measured.train,
@@ -437,6 +468,7 @@ class EpisodeRunner:
             eval_flops=measured.eval_flops,
             wall_seconds=self.wall_seconds,
             seconds=time.perf_counter() - measured.started,
+            test=self._test() if last else None,
         )
         self.records.append(record)
         self.telemetry.emit(record.event())
@@ -484,6 +516,7 @@ class EpisodeRunner:
             return f"refused: {kept.gate.reason}"
         if kept.swaps:  # a width seed merged into the host: its optimizer state follows
             self.optimizers.merge(sid, kept.swaps)
+            self._keep_channels_last()  # the widened layers are new tensors
         self.fossilized += 1
         self._stage_changed(
             sid, seed_id, SeedStage.PROBATIONARY, SeedStage.FOSSILIZED, "G5 passed", accuracy
@@ -610,6 +643,7 @@ class EpisodeRunner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state_dict` output; the runner must be freshly built."""
         self.model.load_state_dict(state["model"])
+        self._keep_channels_last()  # layers a merge widened were built again for the load
         self.optimizers = OptimizerSet.restore(self.model, self.config.optim, state["optimizers"])
         self.epoch = int(state["epoch"])
         self.records = [from_dict(EpochRecord, record) for record in state["records"]]
@@ -626,8 +660,10 @@ class EpisodeRunner:
 
     def result(self) -> EpisodeResult:
         accuracies = [r.val.accuracy for r in self.records]
+        test = self.records[-1].test if self.records else None
         return EpisodeResult(
             final_accuracy=accuracies[-1] if accuracies else 0.0,
+            test_accuracy=None if test is None else test.accuracy,
             best_accuracy=max(accuracies, default=0.0),
             action_counts={op: self.counts[op] for op in LifecycleOp},
             rewards=tuple(r.reward.total for r in self.records),

@@ -62,6 +62,9 @@ class EpochRecord:
     """Wall time of the episode up to the end of this epoch (across resumes)."""
     seconds: float
     """Wall time of the epoch, from the start of training to the end of `apply`."""
+    test: EvalMetrics | None = None
+    """The final model (after this epoch's decision) on the test split: on the episode's
+    last planned epoch only, and None for data without a test split."""
 
     @property
     def action(self) -> FactoredAction:
@@ -108,6 +111,8 @@ class EpochRecord:
             train_flops=self.train_flops,
             eval_flops=self.eval_flops,
             epoch_seconds=self.seconds,
+            test_loss=None if self.test is None else self.test.loss,
+            test_accuracy=None if self.test is None else self.test.accuracy,
         )
 
 
@@ -117,6 +122,9 @@ class EpisodeResult:
     serialised (`to_json`)."""
 
     final_accuracy: float
+    """Decision-split accuracy at the last epoch (what the controller saw last)."""
+    test_accuracy: float | None
+    """The final model's accuracy on the test split (None: the data has none)."""
     best_accuracy: float
     action_counts: Mapping[LifecycleOp, int]
     rewards: tuple[float, ...]
@@ -136,6 +144,7 @@ class EpisodeResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "final_accuracy": self.final_accuracy,
+            "test_accuracy": self.test_accuracy,
             "best_accuracy": self.best_accuracy,
             "action_counts": {op.name: n for op, n in self.action_counts.items()},
             "total_reward": sum(self.rewards),

@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from esper.config import EpisodeConfig, OptimConfig, RunConfig, from_dict, merge, to_dict
+from esper.config import (
+    EpisodeConfig,
+    HeuristicConfig,
+    OptimConfig,
+    RunConfig,
+    from_dict,
+    merge,
+    to_dict,
+)
 from esper.contracts import TaskType, Topology
 from esper.controller.registry import get_controller
 from esper.lifecycle import LifecycleConfig
@@ -36,6 +44,8 @@ class TaskOptions:
     """Directory holding a downloadable data set (CIFAR-10, Fashion-MNIST)."""
     text_file: Path | None = None
     """UTF-8 text file for the ``text`` task."""
+    decision_fraction: float | None = None
+    """Share of the training data held out as the decision split (None: the loader's)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,9 @@ class TaskSpec:
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     augment: bool = False
     """Random crop + flip on training batches (images only)."""
+    heuristic: HeuristicConfig = field(default_factory=HeuristicConfig)
+    """The rule-based controller's settings for this task (tuned on the seeds the README
+    names)."""
 
     def default_config(self) -> EpisodeConfig:
         """An episode configuration with this task's epochs, optimizer and gates."""
@@ -66,7 +79,12 @@ class TaskSpec:
 
     def run_defaults(self) -> RunConfig:
         """A run of this task with its own batch size, epochs, optimizer and gates."""
-        return RunConfig(task=self.name, batch_size=self.batch_size, episode=self.default_config())
+        return RunConfig(
+            task=self.name,
+            batch_size=self.batch_size,
+            episode=self.default_config(),
+            heuristic=self.heuristic,
+        )
 
 
 TASKS: Registry[TaskSpec] = Registry("task")
@@ -133,6 +151,7 @@ def _image_task(
     batch_size: int,
     epochs: int,
     augment: bool = False,
+    heuristic: HeuristicConfig | None = None,
 ) -> TaskSpec:
     """Image classification on a small CNN host (SGD at 0.05 for host and seeds)."""
     return TaskSpec(
@@ -147,6 +166,7 @@ def _image_task(
         epochs=epochs,
         optim=OptimConfig(host_lr=0.05, seed_lr=0.05),
         augment=augment,
+        heuristic=heuristic or HeuristicConfig(),
     )
 
 
@@ -175,6 +195,9 @@ for _spec in (
         "esper.training.builders:digits",
         batch_size=64,
         epochs=40,
+        # Tuned on seeds 1000-1004 (benchmarks/results/width-digits-tuning.md): this
+        # host is too narrow, and widening from epoch 8 costs less than from epoch 1.
+        heuristic=HeuristicConfig(growth="width", start_epoch=8),
     ),
     _image_task(
         "cifar10",

@@ -13,14 +13,19 @@ import esper.run
 from esper.cli import main
 from esper.rl.agent import load_policy
 
-# 12 epochs of 3 batches; the heuristic grows from epoch 2 on.
+# 12 epochs of 3 batches.
 FAST_COMPARE = ["--task", "digits", "--epochs", "12", "--max-batches", "3", "--quiet"]
+GROWS_EARLY = Path(__file__).resolve().parent / "data" / "grows-depth-early.json"
+"""A heuristic that grows depth from epoch 1 (the digits default widens from epoch 8,
+too late for 12 epochs)."""
 # 4 episodes of 6 epochs of 3 batches, in 2 environments.
 SHORT_PPO = ["--task", "digits", "--epochs", "6", "--max-batches", "3", "--quiet"]
 
 
 def compare(out: Path, *flags: str) -> int:
-    return main(["compare", *FAST_COMPARE, "--out", str(out), *flags])
+    """A fast compare whose heuristic grows (`GROWS_EARLY`; a ``--config`` in ``flags``
+    replaces it)."""
+    return main(["compare", *FAST_COMPARE, "--config", str(GROWS_EARLY), "--out", str(out), *flags])
 
 
 def ppo_train(out: Path, *flags: str) -> int:

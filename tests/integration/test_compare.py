@@ -126,7 +126,7 @@ KEEPS_SEEDS = {
             "min_fossilize_contribution": 0.0,
         }
     },
-    "heuristic": {"min_epochs_left": 0},
+    "heuristic": {"growth": "depth", "start_epoch": 1, "min_epochs_left": 0},
 }
 
 

@@ -128,7 +128,8 @@ def test_maskable_ppo_from_sb3_contrib_trains_on_it() -> None:
 
 
 def test_following_the_demonstrations_replays_the_heuristics_run() -> None:
-    env = MorphogenesisEnv(demonstrator=True, task="digits", epochs=12, max_batches=3)
+    early = {"heuristic": {"start_epoch": 1}}  # digits grows from epoch 8: too late for 12
+    env = MorphogenesisEnv(early, demonstrator=True, task="digits", epochs=12, max_batches=3)
     _, info = env.reset(seed=3)
     taken, done = [], False
     while not done:

@@ -17,13 +17,14 @@ from esper.model.export import ExportError, GrownNetwork, export_network
 from esper.run import read_config
 from esper.rundir import CHECKPOINT, read_checkpoint
 from esper.training.builders import build_episode
-from tests.commands import error_line
+from tests.commands import GROWS_EARLY, error_line
 from tests.seeds import walk_to
 
 
 def test_an_exported_run_is_a_plain_module_with_the_runs_outputs(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    assert main(["heuristic", "--epochs", "12", "--out", str(run), "--quiet"]) == 0
+    flags = ["--epochs", "12", "--config", str(GROWS_EARLY), "--out", str(run), "--quiet"]
+    assert main(["heuristic", *flags]) == 0
     assert main(["export", str(run)]) == 0
     data = torch.load(run / "network.pt", weights_only=True)  # plain data and tensors
     assert data["slots"], "the run kept seeds: they are in the network"
@@ -34,7 +35,9 @@ def test_an_exported_run_is_a_plain_module_with_the_runs_outputs(tmp_path: Path)
     runner.load_state_dict(read_checkpoint(run / CHECKPOINT).state["runner"])
     runner.model.eval()
     with torch.no_grad():
-        for inputs, _ in runner.data.val_batches():
+        test = runner.data.test_batches()
+        assert test is not None
+        for inputs, _ in [*runner.data.val_batches(), *test]:
             expected = runner.model(inputs)
             torch.testing.assert_close(network(inputs), expected, rtol=1e-5, atol=1e-6)
 

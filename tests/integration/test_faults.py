@@ -875,6 +875,14 @@ BAD_INPUT: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         lambda p: _config(p, '{"episode": {"optim": {"weight_decay": -1}}}'),
         "weight_decay must be >= 0, got -1.0",
     ),
+    "a decision split of all the training data": (
+        lambda p: _config(p, '{"decision_fraction": 1.0}'),
+        "decision_fraction must be in (0, 1), got 1.0",
+    ),
+    "a growth kind that does not exist": (
+        lambda p: _config(p, '{"heuristic": {"growth": "sideways"}}'),
+        "growth",
+    ),
     "a non-UTF-8 config file": (
         lambda p: _config(p, "") and _bytes(p / "c.json", b"\xff\xfe{}"),
         "is not UTF-8 text",

@@ -42,6 +42,8 @@ from esper.data import (
 from esper.data.arrays import holdout
 from esper.data.images import CACHE_NAME
 from esper.data.text import UNKNOWN_CHAR, UNKNOWN_INDEX, markdown_play_to_text
+from esper.training.builders import build_episode
+from esper.training.tasks import run_config
 
 
 def _raw_pixels(data: SplitData, split: str = "train") -> torch.Tensor:
@@ -608,3 +610,12 @@ def test_tinystories_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", offline)
     with pytest.raises(DataUnavailableError, match="ConnectionError: no route to host"):
         load_tinystories(8)
+
+
+def test_a_run_sets_its_decision_split_share() -> None:
+    """``decision_fraction`` reaches the loader: a tenth of digits' 1,437 training images
+    (142, rounded per class) instead of a fifth, the test split unchanged."""
+    runner = build_episode(run_config({"decision_fraction": 0.1, "episode": {"epochs": 1}}))
+    split = runner.data.split  # type: ignore[attr-defined]
+    sizes = (len(split.train), len(split.val), len(split.test))
+    assert sizes == (1295, 142, 360)

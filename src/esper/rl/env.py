@@ -36,6 +36,7 @@ task="digits")`` after ``import esper.rl``).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import gymnasium as gym
@@ -77,11 +78,14 @@ def env_config(config: RunConfig | Mapping[str, Any] | None = None, **overrides:
     or its plain data, then ``overrides``, flat settings such as ``task``, ``epochs``,
     ``max_batches``, ``data_dir`` or any top-level field, `esper.config.shortcuts`). The
     learned controller observes every blended seed's contribution, so ``counterfactuals``
-    is always 'live' (`observing_every_seed`)."""
+    is always 'live' (`observing_every_seed`). Its actions and observation (layout v1)
+    carry depth growth only, so the heuristic that demonstrates actions grows depth too,
+    whatever the task's default (digits widens)."""
     data = to_dict(config) if isinstance(config, RunConfig) else (config or {})
     if not isinstance(data, Mapping):
         raise ConfigError(f"run: expected a JSON object (a section), got {data!r}")
-    return observing_every_seed(run_config(data, shortcuts(overrides)))
+    resolved = observing_every_seed(run_config(data, shortcuts(overrides)))
+    return replace(resolved, heuristic=replace(resolved.heuristic, growth="depth"))
 
 
 class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):

@@ -27,7 +27,7 @@ from esper.controller.registry import policy_digest
 from esper.rl.agent import POLICY_FILE, PolicyMeta, save_policy
 from esper.rl.env import MorphogenesisEnv, env_config
 from esper.rundir import LOCK, RunDirectory, lock_holder, read_checkpoint, read_lines
-from tests.commands import FAST_COMPARE, compare, error_line, interrupt_at_save
+from tests.commands import FAST_COMPARE, GROWS_EARLY, compare, error_line, interrupt_at_save
 from tests.processes import fork, running, wait_for
 
 EPOCHS = 12  # FAST_COMPARE's
@@ -516,7 +516,7 @@ def test_workers_are_at_most_the_runs(
     monkeypatch.setattr(esper.cli.compare, "LocalPool", pool)
     monkeypatch.setenv("COLUMNS", "1000")
     out = _copy(finished, tmp_path)
-    flags = ["--arms", "static", "--seeds", "2", "--workers", "64"]
+    flags = ["--arms", "static", "--seeds", "2", "--workers", "64", "--config", str(GROWS_EARLY)]
     assert main(["compare", "--epochs", "12", "--max-batches", "3", "--out", str(out), *flags]) == 0
     assert asked == [2]
     assert "2 runs, 2 at a time" in capsys.readouterr().out

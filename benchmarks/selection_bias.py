@@ -17,47 +17,27 @@ The mean and 95% interval over seeds, for each arm against the first, of one or 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Any
 
-from esper.compare import mean_interval
-
-
-def _by_arm(compare: dict[str, Any]) -> dict[str, dict[int, dict[str, Any]]]:
-    arms: dict[str, dict[int, dict[str, Any]]] = {}
-    for run in compare["runs"]:
-        summary = run["summary"]
-        if summary is not None and summary.get("test_accuracy") is not None:
-            arms.setdefault(run["arm"], {})[int(run["seed"])] = summary
-    return arms
+from esper.compare import load_result, mean_interval, paired_differences
 
 
 def flattery(out: Path) -> list[str]:
-    """One line per arm after the first: the paired gap difference, in pp."""
-    compare = json.loads((out / "compare.json").read_text())
-    arms = _by_arm(compare)
-    reference, *others = list(arms)
+    """One line per arm after the first: its gains over the first arm on the decision
+    and the test split, and the per-seed difference of the two (pp)."""
+    result, _ = load_result(out)
+    reference, *others = result.arms
     lines = []
     for arm in others:
-        seeds = sorted(arms[arm].keys() & arms[reference].keys())
-
-        def gap(summary: dict[str, Any]) -> float:
-            return float(summary["final_accuracy"]) - float(summary["test_accuracy"])
-
-        diffs = [gap(arms[arm][s]) - gap(arms[reference][s]) for s in seeds]
-        old = [
-            float(arms[arm][s]["final_accuracy"]) - float(arms[reference][s]["final_accuracy"])
-            for s in seeds
-        ]
-        new = [
-            float(arms[arm][s]["test_accuracy"]) - float(arms[reference][s]["test_accuracy"])
-            for s in seeds
-        ]
-        (d, dh), (o, oh), (n, nh) = mean_interval(diffs), mean_interval(old), mean_interval(new)
+        old = paired_differences(arm, reference, "final_accuracy")
+        new = paired_differences(arm, reference, "test_accuracy")
+        seeds = sorted(old.keys() & new.keys())
+        o, oh = mean_interval([old[s] for s in seeds])
+        n, nh = mean_interval([new[s] for s in seeds])
+        d, dh = mean_interval([old[s] - new[s] for s in seeds])
         lines.append(
-            f"{out.name}: {arm} vs {reference}, {len(seeds)} seeds: gain on the decision split "
-            f"{o:+.2f} ± {oh:.2f} pp, on the test split {n:+.2f} ± {nh:.2f} pp; "
+            f"{out.name}: {arm.label} vs {reference.label}, {len(seeds)} seeds: gain on the "
+            f"decision split {o:+.2f} ± {oh:.2f} pp, on the test split {n:+.2f} ± {nh:.2f} pp; "
             f"flattery {d:+.2f} ± {dh:.2f} pp"
         )
     return lines

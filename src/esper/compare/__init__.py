@@ -48,7 +48,13 @@ from esper.compare.report import (
 )
 from esper.compare.runs import RunOutcome, RunTask, cached_outcome, run_task
 from esper.compare.schedule import check_policies, compare, matched_width
-from esper.compare.statistics import ArmSummary, CompareResult, mean_interval, paired_difference
+from esper.compare.statistics import (
+    ArmSummary,
+    CompareResult,
+    mean_interval,
+    paired_difference,
+    paired_differences,
+)
 
 __all__ = [
     "METRICS",
@@ -73,6 +79,7 @@ __all__ = [
     "matched_width",
     "mean_interval",
     "paired_difference",
+    "paired_differences",
     "parse_arms",
     "parse_seeds",
     "plot_accuracy_vs_flops",

@@ -13,7 +13,13 @@ from typing import Any
 from esper.arms import Arm
 from esper.compare.runs import RunOutcome
 
-__all__ = ["ArmSummary", "CompareResult", "mean_interval", "paired_difference"]
+__all__ = [
+    "ArmSummary",
+    "CompareResult",
+    "mean_interval",
+    "paired_difference",
+    "paired_differences",
+]
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,13 @@ def paired_difference(
 ) -> tuple[float, float, int]:
     """Mean and 95% half-width of this arm's ``key`` (an accuracy) minus the reference's,
     over the seeds both finished (pairing by seed removes the seed-to-seed spread)."""
-    ours, theirs = _by_seed(arm, key), _by_seed(reference, key)
-    diffs = [ours[s] - theirs[s] for s in sorted(ours.keys() & theirs.keys())]
+    diffs = list(paired_differences(arm, reference, key).values())
     mean, half = mean_interval(diffs)
     return mean, half, len(diffs)
+
+
+def paired_differences(arm: ArmSummary, reference: ArmSummary, key: str) -> dict[int, float]:
+    """Per seed both arms finished (with ``key``), in seed order: this arm's ``key``
+    minus the reference's."""
+    ours, theirs = _by_seed(arm, key), _by_seed(reference, key)
+    return {s: ours[s] - theirs[s] for s in sorted(ours.keys() & theirs.keys())}

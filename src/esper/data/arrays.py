@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 Pair = tuple[torch.Tensor, torch.Tensor]
 
 __all__ = [
+    "DECISION_FRACTION",
     "AugmentedImages",
     "DataFormatError",
     "DataUnavailableError",
@@ -123,6 +124,11 @@ def normalised_images(
     return out
 
 
+DECISION_FRACTION = 0.1
+"""Share of a data set's training part held out as the decision split unless its loader
+says otherwise (CIFAR-10: 5,000 of 50,000 images; Fashion-MNIST: 6,000 of 60,000)."""
+
+
 def holdout(
     labels: NDArray[np.integer], fraction: float, seed: int = 0
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -153,16 +159,18 @@ def image_split(
     test_labels: NDArray[np.integer],
     class_names: tuple[str, ...],
     scale: float = 255.0,
-    decision_fraction: float = 0.1,
+    decision_fraction: float | None = None,
 ) -> SplitData:
     """`SplitData` from ``uint8 [N, C, H, W]`` images and integer labels of a data set's
     train and test parts.
 
-    The decision split (``val``) is a stratified ``decision_fraction`` of the train part
+    The decision split (``val``) is a stratified ``decision_fraction`` (default
+    `DECISION_FRACTION`) of the train part
     (`holdout`, the same for every run); the model trains on the rest. All three splits
     are normalised with the per-channel mean and std of what the model trains on.
     """
-    keep, held = holdout(np.asarray(train_labels), decision_fraction)
+    fraction = DECISION_FRACTION if decision_fraction is None else decision_fraction
+    keep, held = holdout(np.asarray(train_labels), fraction)
     if held.size == 0:
         raise DataFormatError(
             f"{name}: no class has two training images, so none can be held out as the "

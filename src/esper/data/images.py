@@ -93,11 +93,6 @@ _FASHION_FILES = (
 )
 
 
-DECISION_FRACTION = 0.1
-"""Share of a data set's training part held out as the decision split (CIFAR-10: 5,000
-of 50,000 images; Fashion-MNIST: 6,000 of 60,000)."""
-
-
 def load_digits(
     test_fraction: float = 0.2, decision_fraction: float | None = None, seed: int = 0
 ) -> SplitData:
@@ -157,13 +152,12 @@ def load_cifar10(data_dir: PathLike | None, decision_fraction: float | None = No
         for candidate in (root, root / "cifar-10-batches-py"):
             tried.append(candidate)
             if any((candidate / name).is_file() for name in _CIFAR_PICKLES):
-                return _cifar_from_pickles(candidate, decision_fraction or DECISION_FRACTION)
+                return _cifar_from_pickles(candidate, decision_fraction)
         for candidate in (root, root / "cifar10"):
             tried.append(candidate)
             if (candidate / "train").is_dir() and (candidate / "test").is_dir():
                 arrays = _read_image_folder(candidate, (32, 32), num_classes=10)
-                held = decision_fraction or DECISION_FRACTION
-                return image_split("cifar10", *arrays, decision_fraction=held)
+                return image_split("cifar10", *arrays, decision_fraction=decision_fraction)
     where = ", ".join(str(p) for p in dict.fromkeys(tried)) or "nowhere (no data directory given)"
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         where += f" ({Path(data_dir).expanduser()} is not a directory)"
@@ -205,7 +199,7 @@ def load_fashion_mnist(
                 test_images,
                 test_labels,
                 FASHION_MNIST_CLASSES,
-                decision_fraction=decision_fraction or DECISION_FRACTION,
+                decision_fraction=decision_fraction,
             )
     where = ", ".join(str(c) for c in candidates)
     if not candidates[0].is_dir():
@@ -275,7 +269,7 @@ def _idx_pair(images_path: Path, labels_path: Path) -> tuple[U8, I64]:
     return images[:, None, :, :], labels.astype(np.int64)
 
 
-def _cifar_from_pickles(directory: Path, decision_fraction: float) -> SplitData:
+def _cifar_from_pickles(directory: Path, decision_fraction: float | None) -> SplitData:
     missing = [name for name in _CIFAR_PICKLES if not (directory / name).is_file()]
     if missing:
         raise DataUnavailableError(

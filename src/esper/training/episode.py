@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -318,17 +318,22 @@ class EpisodeRunner:
     def _evaluate(self) -> tuple[EvalMetrics, float]:
         """Validation with the counterfactuals of `_measured_slots`, and its FLOPs."""
         measured = self._measured_slots()
-        val = evaluate(
+        val = self._score(self.data.val_batches(), measured)
+        return val, self.compute.eval_per_item(self.model, measured) * val.samples
+
+    def _score(self, batches: Iterable[Batch], counterfactual: Sequence[str] = ()) -> EvalMetrics:
+        """The model on ``batches`` (at most ``max_val_batches``), with ``counterfactual``
+        slots' seeds removed in the same pass."""
+        return evaluate(
             self.model,
-            self.data.val_batches(),
+            batches,
             self.criterion,
             self.data.task_type,
             self.device,
             max_batches=self.config.training.max_val_batches,
-            counterfactual=measured,
+            counterfactual=counterfactual,
             channels_last=self.channels_last,
         )
-        return val, self.compute.eval_per_item(self.model, measured) * val.samples
 
     def _keep_channels_last(self) -> None:
         """The host's weights in channels_last format when the run asks for it, whether
@@ -341,17 +346,7 @@ class EpisodeRunner:
         """The final model on the test split (None without one). Nothing the run decides
         reads it, and it is not part of the run's compute."""
         batches = self.data.test_batches()
-        if batches is None:
-            return None
-        return evaluate(
-            self.model,
-            batches,
-            self.criterion,
-            self.data.task_type,
-            self.device,
-            max_batches=self.config.training.max_val_batches,
-            channels_last=self.channels_last,
-        )
+        return None if batches is None else self._score(batches)
 
     def _cull_non_finite_seeds(self, train: EpochMetrics) -> None:
         """Cull, on its own, every live seed whose weights or gradients are not finite.

@@ -151,7 +151,7 @@ def _image_task(
     batch_size: int,
     epochs: int,
     augment: bool = False,
-    heuristic: HeuristicConfig | None = None,
+    heuristic: HeuristicConfig = HeuristicConfig(),  # noqa: B008 (frozen: safe to share)
 ) -> TaskSpec:
     """Image classification on a small CNN host (SGD at 0.05 for host and seeds)."""
     return TaskSpec(
@@ -166,7 +166,7 @@ def _image_task(
         epochs=epochs,
         optim=OptimConfig(host_lr=0.05, seed_lr=0.05),
         augment=augment,
-        heuristic=heuristic or HeuristicConfig(),
+        heuristic=heuristic,
     )
 
 

@@ -60,7 +60,7 @@ def limited_random_mask_env(max_steps: int) -> gym.Env[np.ndarray, np.ndarray]:
 
 def random_masks(rng: np.random.Generator, spec: FactoredActionSpec) -> dict[str, np.ndarray]:
     """Consistent conditional masks: WAIT always legal, every legal op has a legal slot,
-    every slot legal for GERMINATE has a legal blueprint."""
+    every slot legal for GERMINATE has a legal blueprint, every blueprint a legal blend."""
     op = np.zeros(N_OP, dtype=bool)
     op[WAIT] = True
     op[1:] = rng.random(N_OP - 1) < 0.6
@@ -70,7 +70,7 @@ def random_masks(rng: np.random.Generator, spec: FactoredActionSpec) -> dict[str
         slot[o] = _nonempty(rng, spec.n_slot)
     for s in np.flatnonzero(slot[GERMINATE]):
         blueprint[s] = _nonempty(rng, spec.n_blueprint)
-    blend = _nonempty(rng, spec.n_blend)
+    blend = np.stack([_nonempty(rng, spec.n_blend) for _ in range(spec.n_blueprint)])
     return {"op": op, "slot": slot, "blueprint": blueprint, "blend": blend}
 
 
@@ -89,7 +89,9 @@ def is_legal(action: np.ndarray, masks: dict[str, np.ndarray]) -> bool:
         return True
     if not masks["slot"][op, slot]:
         return False
-    return op != GERMINATE or bool(masks["blueprint"][slot, blueprint] and masks["blend"][blend])
+    if op != GERMINATE:
+        return True
+    return bool(masks["blueprint"][slot, blueprint] and masks["blend"][blueprint, blend])
 
 
 def _flat(masks: dict[str, np.ndarray]) -> np.ndarray:
@@ -110,7 +112,8 @@ class ConditionalBanditEnv(gym.Env[np.ndarray, np.ndarray]):
     PAYING_BLEND = 1
 
     def __init__(self) -> None:
-        n_obs = N_OP + N_OP * SPEC.n_slot + SPEC.n_slot * SPEC.n_blueprint + SPEC.n_blend
+        heads = N_OP + N_OP * SPEC.n_slot + SPEC.n_slot * SPEC.n_blueprint
+        n_obs = heads + SPEC.n_blueprint * SPEC.n_blend
         self.observation_space = gym.spaces.Box(0.0, 1.0, (n_obs,), np.float32)
         self.action_space = gym.spaces.MultiDiscrete(list(SPEC.nvec))
         self.illegal_actions = 0
@@ -166,7 +169,7 @@ class MemoryEnv(gym.Env[np.ndarray, Any]):
             "op": np.array([True, True, False, False]),
             "slot": np.array([[False] * SPEC.n_slot] + [[True] * SPEC.n_slot] * 3),
             "blueprint": np.ones((SPEC.n_slot, SPEC.n_blueprint), dtype=bool),
-            "blend": np.ones(SPEC.n_blend, dtype=bool),
+            "blend": np.ones((SPEC.n_blueprint, SPEC.n_blend), dtype=bool),
         }
         self.bit, self.t = 0, 0
 

@@ -98,6 +98,8 @@ class SeedCost:
     """FLOPs of its forward and backward pass in a training step."""
     eval_flops: float
     """FLOPs of its forward pass."""
+    width: bool = False
+    """A width seed: new units of the layer before the slot (`esper.model.width`)."""
 
 
 @dataclass(frozen=True)

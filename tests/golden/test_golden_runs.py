@@ -5,8 +5,10 @@ blocks and deepens after the third, and keeps what it widened), must keep its hi
 row for row, its final and test accuracy and the seeds it fossilizes; ``esper ppo train``
 for two updates must keep its policy's weights. The values are in ``tests/golden/data/``
 and were written by this file's ``main`` (``python -m tests.golden.test_golden_runs``) on
-the commit that last changed a number on purpose (the three splits of the width issue:
-the model trains on less data, and decisions read a split held out of it). If a test
+the commit that last changed a number on purpose (the heuristic's: the three splits of
+the width issue, where the model trains on less data and decisions read a split held out
+of it; the policy's: observation layout v2, whose blueprint head and observation carry
+width growth). If a test
 here fails, find out what changed the maths (or the order of random draws) before
 writing new values.
 

@@ -14,8 +14,8 @@ from gymnasium.utils.env_checker import check_env
 import esper.rl
 from esper.config import to_dict
 from esper.controller import HeuristicController
-from esper.controller.features import observation_names, observation_size
-from esper.lifecycle import LifecycleOp
+from esper.controller.features import BLENDS, observation_names, observation_size
+from esper.lifecycle import BlendAlgorithm, LifecycleOp
 from esper.rl.env import ENV_ID, MorphogenesisEnv
 from esper.training.episode import run_episode
 
@@ -55,6 +55,17 @@ def test_spaces_and_the_documented_layout(env: MorphogenesisEnv) -> None:
     assert masks["slot"].shape == (4, slots) and not masks["slot"][WAIT].any()
     assert masks["slot"][GERMINATE].all() and not masks["slot"][CULL].any()
     assert masks["blueprint"].shape == (slots, blueprints) and masks["blueprint"].all()
+    # Layout v2: depth blueprints, then width ones (every digits block can widen), and a
+    # width seed never blends gated.
+    assert env.blueprints[-3:] == ("width_25", "width_50", "width_100")
+    gated = [blend.value for blend in BLENDS].index("gated")
+    assert masks["blend"].shape == (blueprints, 3)
+    assert masks["blend"][:-3].all() and not masks["blend"][-3:, gated].any()
+    names = observation_names(env.slot_ids, env.blueprints)
+    can_widen = [obs[names.index(f"{sid}.can_widen")] for sid in env.slot_ids]
+    units = [obs[names.index(f"{sid}.width_units")] for sid in env.slot_ids]
+    assert can_widen == [1.0] * slots
+    assert units == sorted(units) and units[0] < np.log(2) < units[-1]  # 2, 4, 8 channels
     assert env.action_masks().tolist() == [True, True, False, False] + [True] * (
         slots + blueprints + 3
     )
@@ -76,10 +87,20 @@ def _run(
 
 
 def test_an_illegal_action_is_applied_as_wait_and_info_says_so(env: MorphogenesisEnv) -> None:
-    infos = _run(env, {1: [CULL, 0, 0, 0], 2: [GERMINATE, 2, 1, 0], 3: [GERMINATE, 2, 0, 0]})
+    gated, width = BLENDS.index(BlendAlgorithm.GATED), env.blueprints.index("width_50")
+    infos = _run(
+        env,
+        {
+            1: [CULL, 0, 0, 0],
+            2: [GERMINATE, 2, 1, 0],
+            3: [GERMINATE, 2, 0, 0],
+            4: [GERMINATE, 0, width, gated],
+        },
+    )
     assert infos[0]["action"] == "WAIT" and "CULL is not legal in r0c0" in infos[0]["illegal"]
     assert infos[1]["action"] == "GERMINATE r0c2 conv_heavy linear" and not infos[1]["illegal"]
     assert infos[2]["action"] == "WAIT" and "GERMINATE is not legal in r0c2" in infos[2]["illegal"]
+    assert infos[3]["action"] == "WAIT" and "width_50 cannot blend gated" in infos[3]["illegal"]
     record = infos[1]["record"]
     assert record["epoch"] == 2 and record["outcome"] == "applied"
     assert record["decision"]["action"]["op"] == GERMINATE
@@ -128,7 +149,8 @@ def test_maskable_ppo_from_sb3_contrib_trains_on_it() -> None:
 
 
 def test_following_the_demonstrations_replays_the_heuristics_run() -> None:
-    early = {"heuristic": {"start_epoch": 1}}  # digits grows from epoch 8: too late for 12
+    # Digits widens from epoch 8, too late for 12 epochs; "both" also deepens.
+    early = {"heuristic": {"start_epoch": 1, "growth": "both"}}
     env = MorphogenesisEnv(early, demonstrator=True, task="digits", epochs=12, max_batches=3)
     _, info = env.reset(seed=3)
     taken, done = [], False
@@ -136,9 +158,13 @@ def test_following_the_demonstrations_replays_the_heuristics_run() -> None:
         _, _, done, _, info = env.step(info["demonstration"])
         assert not info["illegal"]  # the heuristic only does what is legal
         taken.append(info["record"]["decision"]["action"])
-    assert any(a["op"] == GERMINATE for a in taken)  # the heuristic grew: a real test
+    grown = {a["blueprint"] for a in taken if a["op"] == GERMINATE}
+    assert grown & set(env.width_blueprints) and grown & set(env.depth_blueprints), grown
     heuristic = HeuristicController(
-        env.blueprints, env.config.heuristic, env.config.episode.lifecycle
+        env.depth_blueprints,
+        env.config.heuristic,
+        env.config.episode.lifecycle,
+        env.width_blueprints,
     )
     run = run_episode(env._runner(3), heuristic)
     # The same decisions (the env closes the last epoch with WAIT), the same accuracy.

@@ -243,12 +243,24 @@ def _older_config_with_another_gamma(tmp_path: Path, trained: Path) -> list[str]
     return ["ppo", "train", "--resume", str(old)]
 
 
-def _other_layout(tmp_path: Path, trained: Path) -> list[str]:
+def _edited_policy(tmp_path: Path, trained: Path, **meta: Any) -> Path:
     payload = torch.load(trained / POLICY_FILE, weights_only=True)
-    payload["meta"]["observation_version"] = 0
+    payload["meta"].update(meta)
     other = tmp_path / "old"
     other.mkdir()
     torch.save(payload, other / POLICY_FILE)
+    return other
+
+
+def _layout_v1(tmp_path: Path, trained: Path) -> list[str]:
+    """A policy of layout v1 (depth blueprints only, before width growth)."""
+    other = _edited_policy(tmp_path, trained, observation_version=1)
+    return ["ppo", "run", "--policy", str(other), "--out", str(tmp_path / "r")]
+
+
+def _other_blueprints(tmp_path: Path, trained: Path) -> list[str]:
+    blueprints = torch.load(trained / POLICY_FILE, weights_only=True)["meta"]["blueprints"]
+    other = _edited_policy(tmp_path, trained, blueprints=blueprints[::-1])
     return ["ppo", "run", "--policy", str(other), "--out", str(tmp_path / "r")]
 
 
@@ -260,7 +272,8 @@ def _other_layout(tmp_path: Path, trained: Path) -> list[str]:
             ["no policy", "esper ppo train"],
         ),
         (_corrupt, ["not a readable policy file"]),
-        (_other_layout, ["observation layout v0", "train a new policy"]),
+        (_layout_v1, ["observation layout v1", "uses v2", "train a new policy"]),
+        (_other_blueprints, ["chooses among blueprints", "train a policy for this host"]),
         (
             lambda p, t: ["ppo", "eval", "--policy", str(t), "--task", "cifar10"],
             ["trained on task 'digits'", "--task digits"],

@@ -217,7 +217,7 @@ def test_flat_mask_for_maskable_ppo() -> None:
         "op": np.array([True, True, False, True]),
         "slot": np.array([[0, 0, 0], [1, 0, 0], [0, 0, 0], [0, 0, 1]], dtype=bool),
         "blueprint": np.array([[0, 1, 0], [0, 0, 0], [0, 0, 0]], dtype=bool),
-        "blend": np.array([True, False]),
+        "blend": np.array([[False, False], [True, False], [False, False]]),
     }
     expected = [*(1, 1, 0, 1), *(1, 0, 1), *(0, 1, 0), *(1, 0)]  # op, slot, bp, blend
     assert flat_action_mask(masks).tolist() == [bool(x) for x in expected]
@@ -226,7 +226,7 @@ def test_flat_mask_for_maskable_ppo() -> None:
         "op": np.array([True, False, False, False]),
         "slot": np.zeros((4, 3), dtype=bool),
         "blueprint": np.zeros((3, 3), dtype=bool),
-        "blend": np.ones(2, dtype=bool),
+        "blend": np.ones((3, 2), dtype=bool),
     }
     # No slot or blueprint is legal: those heads' choices are irrelevant, all allowed.
     assert flat_action_mask(only_wait).tolist() == [True] + [False] * 3 + [True] * 8

@@ -122,7 +122,7 @@ def test_masks_come_from_info_and_describe_the_next_decision() -> None:
     assert buffer.masks.op.shape == (10, 3, 4)
     assert buffer.masks.slot.shape == (10, 3, 4, SPEC.n_slot)
     assert buffer.masks.blueprint.shape == (10, 3, SPEC.n_slot, SPEC.n_blueprint)
-    assert buffer.masks.blend.shape == (10, 3, SPEC.n_blend)
+    assert buffer.masks.blend.shape == (10, 3, SPEC.n_blueprint, SPEC.n_blend)
     assert [env.illegal_actions for env in envs] == [0, 0, 0]
     # Each step's masks are those the environment showed for that decision ...
     for i, env in enumerate(envs):

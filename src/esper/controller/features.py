@@ -19,12 +19,20 @@ a running normaliser, so a policy means the same thing on every run:
   ``epochs_in_stage`` (/10, at most 1), ``contribution`` (pp / 10, clipped to +-1) and
   ``contribution_z`` (/5, clipped to +-1) with ``measured`` (1 when both are), the
   G2 ``gradient_ratio`` (/2, at most 1), ``seed_params`` (ln(1 + seed / host
-  parameters)), the blueprint one-hot (the topology's blueprints), the legal ops (4:
-  WAIT, GERMINATE, FOSSILIZE, CULL) and ``depth`` (slot index / (slots - 1)).
+  parameters)), ``can_widen`` (1 when the block before the slot has a width point) and
+  ``width_units`` (ln(1 + its units / the mean units of the blocks that can widen): scale
+  free, so a narrow block reads the same on every host), the blueprint one-hot (the
+  topology's depth blueprints, then its width blueprints), the legal ops (4: WAIT,
+  GERMINATE, FOSSILIZE, CULL) and ``depth`` (slot index / (slots - 1)).
+
+Version 2 added ``can_widen``, ``width_units`` and the width blueprints: a seed at a slot
+either deepens it or widens the block before it (`esper.model.width`).
 
 Action: (op, slot, blueprint, blend) indices into `LifecycleOp`, the slots in depth
-order, the topology's blueprints and `BlendAlgorithm`. `conditional_masks` says what is
-legal for the next decision, each head given the choices before it.
+order, the blueprints and `BlendAlgorithm`. `conditional_masks` says what is legal for
+the next decision, each head given the choices before it: a blueprint must fit the slot
+(width ones need a width point), and a width seed blends linear or sigmoid, never gated
+(a gate reads a depth seed's features).
 """
 
 from __future__ import annotations
@@ -44,13 +52,14 @@ __all__ = [
     "conditional_masks",
     "decode_action",
     "encode_action",
+    "legal_blends",
     "observation",
     "observation_names",
     "observation_size",
     "per_slot_size",
 ]
 
-OBSERVATION_VERSION = 1
+OBSERVATION_VERSION = 2
 """Bumped whenever the layout changes: a policy trained on another layout is refused."""
 
 RUN_FEATURES = (
@@ -76,13 +85,16 @@ _SLOT_SCALARS = (
     "measured",
     "gradient_ratio",
     "seed_params",
+    "can_widen",
+    "width_units",
 )
 BLENDS = tuple(BlendAlgorithm)
 """The blend head's choices, in index order."""
 
 ConditionalMasks = dict[str, list[list[bool]] | list[bool]]
 """``op [4]``, ``slot [4][slots]`` (legal slots given each op; WAIT's row is empty),
-``blueprint [slots][blueprints]`` (legal blueprints given the slot), ``blend [3]``."""
+``blueprint [slots][blueprints]`` (legal blueprints given the slot), ``blend
+[blueprints][3]`` (legal blends given the blueprint)."""
 
 
 def per_slot_size(num_blueprints: int) -> int:
@@ -134,6 +146,8 @@ def observation(
         cost = r.costs.get(r.state.blueprint_id or "") if r.state.occupied else None
         grown_flops += cost.train_flops if cost is not None else 0.0
     n = max(len(slots), 1)
+    widths = [r.width_units for r in slots if r.width_units is not None]
+    mean_units = sum(widths) / len(widths) if widths else 1.0
     values = [
         signals.epoch / max(signals.max_epochs, 1),
         _clip(signals.train_loss / guess, 0.0, 3.0),
@@ -150,12 +164,17 @@ def observation(
         sum(r.state.stage is SeedStage.FOSSILIZED for r in slots) / n,
     ]
     for index, report in enumerate(slots):
-        values += _slot_features(report, blueprints, host, index / max(len(slots) - 1, 1))
+        depth = index / max(len(slots) - 1, 1)
+        values += _slot_features(report, blueprints, host, depth, mean_units)
     return values
 
 
 def _slot_features(
-    report: SlotReport, blueprints: Sequence[str], host_params: int, depth: float
+    report: SlotReport,
+    blueprints: Sequence[str],
+    host_params: int,
+    depth: float,
+    mean_units: float,
 ) -> list[float]:
     state = report.state
     c, z = state.contribution, state.contribution_z
@@ -170,6 +189,8 @@ def _slot_features(
         float(measured),
         min(max(ratio, 0.0) / 2.0, 1.0) if ratio is not None and math.isfinite(ratio) else 0.0,
         _log_ratio(report.seed_params, host_params),
+        float(report.width_units is not None),
+        _log_ratio(report.width_units or 0, mean_units),
         *(float(state.occupied and state.blueprint_id == name) for name in blueprints),
         *(float(op in report.legal) for op in LifecycleOp),
         depth,
@@ -181,7 +202,7 @@ def conditional_masks(slots: Sequence[SlotReport], blueprints: Sequence[str]) ->
 
     An op is legal when some slot allows it (WAIT always); a slot, when it allows the
     chosen op; a blueprint, when it fits the chosen slot's host (`SlotReport.costs`
-    lists the topology's); every blend algorithm is legal.
+    lists the topology's); a blend, when the chosen blueprint allows it (`legal_blends`).
     """
     slot_given_op = [
         [op is not LifecycleOp.WAIT and op in r.legal for r in slots] for op in LifecycleOp
@@ -193,8 +214,16 @@ def conditional_masks(slots: Sequence[SlotReport], blueprints: Sequence[str]) ->
         ],
         "slot": slot_given_op,
         "blueprint": [[not r.costs or name in r.costs for name in blueprints] for r in slots],
-        "blend": [True] * len(BLENDS),
+        "blend": [[blend in legal_blends(name, slots) for blend in BLENDS] for name in blueprints],
     }
+
+
+def legal_blends(blueprint: str, slots: Sequence[SlotReport]) -> frozenset[BlendAlgorithm]:
+    """The blends ``blueprint`` may use: every one for a depth seed; linear and sigmoid for
+    a width seed (its units widen a layer, and a gate reads a depth seed's features)."""
+    if any(cost.width for r in slots if (cost := r.costs.get(blueprint)) is not None):
+        return frozenset(BLENDS) - {BlendAlgorithm.GATED}
+    return frozenset(BLENDS)
 
 
 def decode_action(
@@ -217,10 +246,12 @@ def decode_action(
         return FactoredAction(op, report.slot_id), None
     if not 0 <= blueprint_index < len(blueprints) or not 0 <= blend_index < len(BLENDS):
         return FactoredAction.wait(), "blueprint or blend index out of range"
-    name = blueprints[blueprint_index]
+    name, blend = blueprints[blueprint_index], BLENDS[blend_index]
     if report.costs and name not in report.costs:
         return FactoredAction.wait(), f"blueprint {name} does not fit {report.slot_id}"
-    return FactoredAction(op, report.slot_id, name, BLENDS[blend_index]), None
+    if blend not in legal_blends(name, slots):
+        return FactoredAction.wait(), f"blueprint {name} cannot blend {blend.value}"
+    return FactoredAction(op, report.slot_id, name, blend), None
 
 
 def encode_action(

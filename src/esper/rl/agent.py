@@ -184,13 +184,19 @@ class PolicyController:
 
 def build(context: ControllerContext) -> PolicyController:
     """The learned controller of a run: the policy ``config.policy`` names, checked to fit
-    the run's task and slots, and to be the file the run started with (its SHA-256,
+    the run's task, slots and blueprints, and to be the file the run started with (its SHA-256,
     ``config.policy_sha256``); `PolicyError`, a ValueError naming the fix, if not."""
     config = context.config
     if config.policy is None:
         raise PolicyError("controller ppo needs a policy: pass --policy DIR")
     source = Path(config.policy)
     policy, meta = load_policy(source, config.task, context.slot_ids)
+    blueprints = context.blueprints + context.width_blueprints
+    if meta.blueprints != blueprints:
+        raise PolicyError(
+            f"{policy_file(source)} chooses among blueprints {' '.join(meta.blueprints)}, "
+            f"this run's host has {' '.join(blueprints)}: train a policy for this host"
+        )
     now = policy_digest(source)
     if config.policy_sha256 is not None and now != config.policy_sha256:
         raise PolicyError(

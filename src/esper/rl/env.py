@@ -10,10 +10,12 @@ nothing: there is no epoch left to train).
 * Observation: ``Box(float32)``, layout version `OBSERVATION_VERSION` of
   `esper.controller.features` (``observation_names`` names every index).
 * Action: ``MultiDiscrete([4, slots, blueprints, 3])`` = (op, slot, blueprint, blend).
-  A combination that is not legal now is applied as WAIT; ``info["illegal"]`` says why.
+  The blueprints are the topology's depth blueprints, then its width blueprints (a width
+  seed at a slot widens the block before it). A combination that is not legal now is
+  applied as WAIT; ``info["illegal"]`` says why.
 * Masks: ``info["masks"]`` holds the conditional masks of the next decision (numpy
   booleans: op ``[4]``, slot ``[4, slots]``, blueprint ``[slots, blueprints]``, blend
-  ``[3]``); `action_masks` gives sb3-contrib's MaskablePPO its flat, independent-heads
+  ``[blueprints, 3]``); `action_masks` gives sb3-contrib's MaskablePPO its flat, independent-heads
   form.
 * Reward: the run's own (`esper.training.reward`): final accuracy net of compute, with
   potential-based shaping; ``info["reward_terms"]`` holds its terms. With
@@ -36,7 +38,6 @@ task="digits")`` after ``import esper.rl``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 import gymnasium as gym
@@ -78,14 +79,11 @@ def env_config(config: RunConfig | Mapping[str, Any] | None = None, **overrides:
     or its plain data, then ``overrides``, flat settings such as ``task``, ``epochs``,
     ``max_batches``, ``data_dir`` or any top-level field, `esper.config.shortcuts`). The
     learned controller observes every blended seed's contribution, so ``counterfactuals``
-    is always 'live' (`observing_every_seed`). Its actions and observation (layout v1)
-    carry depth growth only, so the heuristic that demonstrates actions grows depth too,
-    whatever the task's default (digits widens)."""
+    is always 'live' (`observing_every_seed`)."""
     data = to_dict(config) if isinstance(config, RunConfig) else (config or {})
     if not isinstance(data, Mapping):
         raise ConfigError(f"run: expected a JSON object (a section), got {data!r}")
-    resolved = observing_every_seed(run_config(data, shortcuts(overrides)))
-    return replace(resolved, heuristic=replace(resolved.heuristic, growth="depth"))
+    return observing_every_seed(run_config(data, shortcuts(overrides)))
 
 
 class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -116,7 +114,10 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
         self.split: SplitData = load_data(self.task, task_options(self.config))
         probe = build_model(self.task, self.split, self.config.slots, None, 1.0)
         self.slot_ids = probe.slot_ids
-        self.blueprints = blueprint_names(self.task.topology, GrowthKind.DEPTH)
+        self.depth_blueprints = tuple(blueprint_names(self.task.topology, GrowthKind.DEPTH))
+        self.width_blueprints = tuple(blueprint_names(self.task.topology, GrowthKind.WIDTH))
+        self.blueprints = self.depth_blueprints + self.width_blueprints
+        """The blueprint head's choices: depth blueprints, then width ones."""
         self.paired_baseline = paired_baseline
         self.demonstrator = demonstrator
         self._heuristic: HeuristicController | None = None
@@ -147,7 +148,10 @@ class MorphogenesisEnv(gym.Env[np.ndarray, np.ndarray]):
             self.runner = self._runner(self.episode_seed)  # seeds torch's generator
             if self.demonstrator:
                 self._heuristic = HeuristicController(
-                    self.blueprints, self.config.heuristic, self.config.episode.lifecycle
+                    self.depth_blueprints,
+                    self.config.heuristic,
+                    self.config.episode.lifecycle,
+                    self.width_blueprints,
                 )
             self._steps = self._illegal = 0
             first = self.runner.observe()

@@ -103,7 +103,8 @@ class ActionMasks:
       must have at least one legal slot.
     - ``blueprint``: ``[*, n_slot, n_blueprint]``; ``blueprint[..., s, b]`` says blueprint
       b may be germinated into slot s. Only read on GERMINATE, at the chosen slot.
-    - ``blend``: ``[*, n_blend]``, the legal blend algorithms. Only read on GERMINATE.
+    - ``blend``: ``[*, n_blueprint, n_blend]``; ``blend[..., b, k]`` says blueprint b may
+      blend in with algorithm k. Only read on GERMINATE, at the chosen blueprint.
 
     An environment hands them over as ``info["masks"]``, a dict of numpy arrays with
     these keys and shapes without the batch dimension (`from_numpy`), describing the
@@ -127,7 +128,7 @@ class ActionMasks:
             ones(N_OP),
             ones(N_OP, spec.n_slot),
             ones(spec.n_slot, spec.n_blueprint),
-            ones(spec.n_blend),
+            ones(spec.n_blueprint, spec.n_blend),
         )
 
     @classmethod
@@ -161,7 +162,7 @@ class ActionMasks:
             "op": (N_OP,),
             "slot": (N_OP, spec.n_slot),
             "blueprint": (spec.n_slot, spec.n_blueprint),
-            "blend": (spec.n_blend,),
+            "blend": (spec.n_blueprint, spec.n_blend),
         }
         for name, tail in expected.items():
             got = tuple(getattr(self, name).shape)
@@ -174,11 +175,11 @@ def flat_action_mask(masks: Mapping[str, np.ndarray]) -> np.ndarray:
 
     One boolean vector ``[*, n_op + n_slot + n_blueprint + n_blend]``: the op mask, the
     union over ops of the slot masks, the union over slots of the blueprint masks, and
-    the blend mask. A head whose part would be all False (e.g. no slot is legal because
-    only WAIT is) becomes all True: its choice is then irrelevant, and an independent
-    categorical needs at least one legal entry. The heads being independent, such a mask
-    allows combinations the conditional masks forbid; an environment serving it applies
-    an illegal combination as WAIT.
+    the union over blueprints of the blend masks. A head whose part would be all False
+    (e.g. no slot is legal because only WAIT is) becomes all True: its choice is then
+    irrelevant, and an independent categorical needs at least one legal entry. The heads
+    being independent, such a mask allows combinations the conditional masks forbid; an
+    environment serving it applies an illegal combination as WAIT.
 
     Args:
         masks: ``info["masks"]``-style arrays (see `ActionMasks`), any leading dimensions.
@@ -187,7 +188,7 @@ def flat_action_mask(masks: Mapping[str, np.ndarray]) -> np.ndarray:
         np.asarray(masks["op"], dtype=bool),
         np.asarray(masks["slot"], dtype=bool).any(axis=-2),
         np.asarray(masks["blueprint"], dtype=bool).any(axis=-2),
-        np.asarray(masks["blend"], dtype=bool),
+        np.asarray(masks["blend"], dtype=bool).any(axis=-2),
     ]
     parts = [np.where(p.any(axis=-1, keepdims=True), p, True) for p in parts]
     return np.concatenate(parts, axis=-1)
@@ -452,7 +453,7 @@ class RecurrentFactoredPolicy(ActorCritic):
             self.blend_head(
                 torch.cat([h, F.one_hot(blueprint.action, spec.n_blueprint).float()], -1)
             ),
-            masks.blend,
+            _select_row(masks.blend, blueprint.action),
             applies[..., 3],
             "blend",
             given[3],

@@ -190,7 +190,7 @@ def _width_costs(
             seed = seed.to(feature.device)
             train, forward = module_flops(_Contribution(seed), feature)
             params = sum(p.numel() for p in seed.parameters())
-            _BLUEPRINT_COSTS[key] = SeedCost(params, train, forward)
+            _BLUEPRINT_COSTS[key] = SeedCost(params, train, forward, width=True)
         costs[name] = _BLUEPRINT_COSTS[key]
     return costs
 

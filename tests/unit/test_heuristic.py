@@ -476,3 +476,28 @@ def test_growth_kind_decides_where_blocks_widen(growth: str) -> None:
     assert (first.op, first.slot, second.slot) == (LifecycleOp.GERMINATE, "r0c0", "r0c1")
     assert (first.blueprint == "width_100") == (growth != "depth")
     assert (second.blueprint == "width_100") == (growth == "width")
+
+
+def test_a_stalled_width_seed_keeps_every_width_blueprint_from_its_slot() -> None:
+    # The last block's width_100 stalls at G2; width_50 there would read the same
+    # widened layers' gradient, so neither is grown there again. Other blocks still widen.
+    config = HeuristicConfig(growth="width", stalled_training_epochs=8, max_growth_params=None)
+    controller = HeuristicController(CNN, config, width_blueprints=("width_50", "width_100"))
+    width = {"width_50": SeedCost(50, 5e3, 1e3), "width_100": SeedCost(100, 1e4, 3e3)}
+
+    def slots(*states: SeedState) -> list[SlotReport]:
+        return [
+            dataclasses.replace(r, width_units=units, costs={**r.costs, **width})
+            for r, units in zip(_slots(*states), (2, 4, 8), strict=True)
+        ]
+
+    kept = _seed(SeedStage.FOSSILIZED, "width_100")
+    stalled = _seed(SeedStage.TRAINING, "width_100", epochs_in_stage=8)
+    culled = controller.decide(_signals(), slots(kept, kept, stalled))
+    assert culled.action == _op(LifecycleOp.CULL, "r0c2") and "stalled" in culled.reason
+    controller.penalties.clear()
+    reopened = controller.decide(_signals(), slots(kept, kept, DORMANT))
+    assert reopened.action == WAIT and "budget" in reopened.reason
+    assert controller.state_dict()["stalled"] == [["r0c2", "width_100"], ["r0c2", "width_50"]]
+    elsewhere = controller.decide(_signals(), slots(DORMANT, kept, DORMANT)).action
+    assert (elsewhere.slot, elsewhere.blueprint) == ("r0c0", "width_100")

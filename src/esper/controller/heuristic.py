@@ -13,8 +13,8 @@ rests on evidence rather than on a sample or two. The rules, in order, each epoc
    measures how surprised the host still is, not what the seed can do (a CIFAR-10 seed
    measured at -1.9 pp at alpha 0.2 was culled twice by an earlier rule). A seed that
    G2 keeps in TRAINING for ``stalled_training_epochs`` is CULLED: its gradients are too
-   weak to blend it in, and it holds the slot; that blueprint is not grown in that slot
-   again.
+   weak to blend it in, and it holds the slot; that blueprint (for a width seed: any
+   width blueprint) is not grown in that slot again.
 2. **Grow on a schedule, within a budget.** From ``start_epoch`` on, while at least
    ``min_epochs_left`` epochs remain (time for a seed to be trained, blended and judged),
    GERMINATE one seed per epoch into an open slot while the seeds' parameters and
@@ -106,10 +106,19 @@ class HeuristicController:
                 and state.epochs_in_stage >= self.config.stalled_training_epochs
             ):
                 why = f"stalled in TRAINING for {state.epochs_in_stage} epochs (G2)"
-                if state.blueprint_id is not None:
-                    self.stalled.add((report.slot_id, state.blueprint_id))
+                self._remember_stall(report.slot_id, state.blueprint_id)
                 return self._op(LifecycleOp.CULL, report, why)
         return None
+
+    def _remember_stall(self, slot: str, blueprint: str | None) -> None:
+        """Never grow ``blueprint`` at ``slot`` again; for a width blueprint, no width
+        blueprint at all: what G2 reads there is the widened layers' gradient, which a
+        smaller width seed shares (on digits the last block's width_50, retried after its
+        width_100 stalled, stalled too on four of the five tuning seeds)."""
+        if blueprint is None:
+            return
+        names = self.width if blueprint in self.width else [blueprint]
+        self.stalled.update((slot, name) for name in names)
 
     # ------------------------------------------------------------ rules 2-3: grow
 

@@ -104,12 +104,24 @@ def kill_on_replace(target: str, nth: int = 1, *, after: bool = False) -> Callab
 
 
 def running(pid: int) -> bool:
-    """Whether process ``pid`` still runs (a zombie, dead but not yet reaped, does not)."""
+    """Whether process ``pid`` still runs: any of its threads is neither a zombie nor dead.
+
+    A killed multithreaded process shows its main thread as a zombie while the other
+    threads are still exiting, and its files (its run's lock among them) stay open until
+    the last one has; and a zombie nobody reaps (a container's init may not) stays listed.
+    """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
     except FileNotFoundError:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    for thread in threads:
+        try:
+            stat = (thread / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 class SleepingEnv:

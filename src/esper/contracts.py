@@ -24,6 +24,7 @@ __all__ = [
     "TaskType",
     "Topology",
     "TrainingSignals",
+    "mean_width_units",
     "parse_slot_id",
     "slot_id",
 ]
@@ -148,6 +149,13 @@ class SlotReport:
     """What each blueprint that fits the host would cost in this slot."""
     width_units: int | None = None
     """Units of the host layer a width seed here would widen (None: it cannot widen)."""
+
+
+def mean_width_units(slots: Sequence[SlotReport]) -> float | None:
+    """Mean `SlotReport.width_units` over the slots whose block can widen (None if none
+    can): the host's typical block width, against which a block reads as narrow."""
+    widths = [r.width_units for r in slots if r.width_units is not None]
+    return sum(widths) / len(widths) if widths else None
 
 
 @dataclass(frozen=True)

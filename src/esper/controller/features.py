@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from esper.contracts import SlotReport, TrainingSignals
+from esper.contracts import SlotReport, TrainingSignals, mean_width_units
 from esper.lifecycle import BlendAlgorithm, FactoredAction, LifecycleOp, SeedStage
 
 __all__ = [
@@ -146,8 +146,7 @@ def observation(
         cost = r.costs.get(r.state.blueprint_id or "") if r.state.occupied else None
         grown_flops += cost.train_flops if cost is not None else 0.0
     n = max(len(slots), 1)
-    widths = [r.width_units for r in slots if r.width_units is not None]
-    mean_units = sum(widths) / len(widths) if widths else 1.0
+    mean_units = mean_width_units(slots) or 1.0
     values = [
         signals.epoch / max(signals.max_epochs, 1),
         _clip(signals.train_loss / guess, 0.0, 3.0),

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from esper.config import HeuristicConfig
-from esper.contracts import Decision, SeedCost, SlotReport, TrainingSignals
+from esper.contracts import Decision, SeedCost, SlotReport, TrainingSignals, mean_width_units
 from esper.controller.registry import ControllerContext
 from esper.lifecycle import (
     FactoredAction,
@@ -179,10 +179,9 @@ class HeuristicController:
     def _widens(self, report: SlotReport, slots: Sequence[SlotReport]) -> bool:
         """Whether the block before ``report``'s slot grows wider rather than deeper."""
         growth = self.config.growth
-        widths = [r.width_units for r in slots if r.width_units is not None]
-        if growth == "depth" or report.width_units is None or not self.width or not widths:
+        mean = mean_width_units(slots)
+        if growth == "depth" or report.width_units is None or not self.width or mean is None:
             return False
-        mean = sum(widths) / len(widths)
         return growth == "width" or report.width_units <= self.config.width_bottleneck * mean
 
     def _largest_fitting(

@@ -28,10 +28,12 @@ __all__ = [
     "ConfigError",
     "EpisodeConfig",
     "GovernorConfig",
+    "GrowthStep",
     "HeuristicConfig",
     "OptimConfig",
     "RewardConfig",
     "RunConfig",
+    "ScheduleConfig",
     "SignalConfig",
     "TrainingConfig",
     "from_dict",
@@ -216,6 +218,48 @@ class HeuristicConfig:
             value = getattr(self, name)
             if value is not None and not value >= 0.0:
                 raise ValueError(f"{name} must be >= 0 (or null for no budget), got {value}")
+
+
+@dataclass(frozen=True)
+class GrowthStep:
+    """One germination of a scripted schedule (`ScheduleConfig`)."""
+
+    epoch: int
+    """Germinate after this epoch's measurements, or at the first later epoch the slot
+    is open (1-based)."""
+    slot: str
+    """The slot, e.g. ``r0c1``; a width blueprint there widens the block before it."""
+    blueprint: str
+    """A depth or width blueprint that fits the host there (``esper`` lists them)."""
+    blend: BlendAlgorithm = BlendAlgorithm.LINEAR
+    """How its alpha rises (a width seed never blends gated)."""
+
+    def __post_init__(self) -> None:
+        _at_least(self, "epoch", 1)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """A scripted controller's plan (see `esper.controller.schedule`): what to grow
+    where and when, and when to ask for each seed to be kept. ``esper search`` searches
+    this family; its best plan is a ``--config`` file of this section."""
+
+    steps: tuple[GrowthStep, ...] = ()
+    """The germinations, at most one per slot."""
+    fossilize_after: int = 0
+    """Ask to fossilize a seed once it has been on probation this many epochs (gate G5
+    still decides; 0: as soon as it passes, as the heuristic does)."""
+    stalled_training_epochs: int = 8
+    """Cull a seed still in TRAINING after this many epochs (gate G2 keeps it from
+    blending), as the heuristic does."""
+
+    def __post_init__(self) -> None:
+        _at_least(self, "fossilize_after", 0)
+        _at_least(self, "stalled_training_epochs", 1)
+        slots = [step.slot for step in self.steps]
+        twice = sorted({s for s in slots if slots.count(s) > 1})
+        if twice:
+            raise ValueError(f"schedule grows slot {', '.join(twice)} twice: one step per slot")
 
 
 @dataclass(frozen=True)
@@ -406,6 +450,8 @@ class RunConfig:
     None: the task's (digits 0.2, CIFAR-10 and Fashion-MNIST 0.1)."""
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
     heuristic: HeuristicConfig = field(default_factory=HeuristicConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """The scripted controller's plan (controller ``schedule``)."""
 
     def __post_init__(self) -> None:
         _at_least(self, "batch_size", 1)

@@ -103,8 +103,9 @@ def test_every_built_in_controller_is_registered_with_its_command() -> None:
     assert {name: " ".join(spec.command) for name, spec in CONTROLLERS.items()} == {
         "heuristic": "heuristic",
         "baseline": "baseline",
+        "schedule": "schedule",
         "ppo": "ppo run",
     }
     assert get_controller("ppo").configure(RunConfig()).episode.training.counterfactuals == "live"
-    with pytest.raises(KeyError, match="valid controllers: heuristic, baseline, ppo"):
+    with pytest.raises(KeyError, match="valid controllers: heuristic, baseline, schedule, ppo"):
         get_controller("random")

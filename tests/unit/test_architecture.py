@@ -33,6 +33,8 @@ ALLOWED: dict[str, set[str]] = {
     "compare": BOTTOM
     | {"arms", "cluster", "data", "model", "controller", "telemetry", "training", "rl"}
     | {"run", "rundir"},
+    # Headroom: scripted plans searched through the compare's pools and runs.
+    "search": BOTTOM | {"arms", "controller", "telemetry", "training", "run", "compare"},
     # The live view reads what runs write, like `esper report`; it never imports torch.
     "watch": BOTTOM | {"telemetry"},
     "cli": BOTTOM
@@ -48,6 +50,7 @@ ALLOWED: dict[str, set[str]] = {
         "rundir",
         "run",
         "compare",
+        "search",
         "watch",
     },
 }

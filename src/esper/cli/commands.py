@@ -13,6 +13,7 @@ from rich.console import Console
 from esper.cli import compare as compare_cli
 from esper.cli import ppo as ppo_cli
 from esper.cli import runs
+from esper.cli import search as search_cli
 from esper.cli.common import first_line, print_error
 from esper.cli.export import export_command
 from esper.cli.report import report_command
@@ -49,6 +50,8 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
             return export_command(args, console)
         if args.command == "compare":
             return compare_cli.compare_command(args, console)
+        if args.command == "search":
+            return search_cli.search_command(args, console)
         if args.command == "ppo":
             return ppo_cli.ppo_command(args, console)
         return runs.train_command(args, console)

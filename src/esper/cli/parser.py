@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run_commands(commands)
     _add_compare_command(commands)
+    _add_search_command(commands)
     _add_ppo_command(commands)
     _add_watch_command(commands)
     return parser
@@ -296,6 +297,10 @@ def compare_options(parser: argparse.ArgumentParser) -> None:
         help="with --ray: GPUs each run asks for, e.g. 0.25 to share one GPU among four "
         "runs (default: 0, CPU only)",
     )
+    _max_retries_option(add)
+
+
+def _max_retries_option(add: Callable[..., Any]) -> None:
     add(
         "--max-retries",
         type=_non_negative(int),
@@ -304,6 +309,96 @@ def compare_options(parser: argparse.ArgumentParser) -> None:
         help="with --ray: times a run is retried when its worker or node dies "
         "(default: %(default)s)",
     )
+
+
+# ---------------------------------------------------------------- search
+
+
+def _add_search_command(commands: Any) -> None:
+    parser = commands.add_parser(
+        "search",
+        help="measure the headroom over the heuristic: search scripted growth plans",
+        description="Search a family of scripted plans (what to grow where and when, and "
+        "when to ask to keep it: the schedule controller) on --train-seeds, scored on the "
+        "decision split only, then run the best plan against the heuristic on "
+        "--eval-seeds, paired, scored on the test split. Writes search.json, search.md, "
+        "best.config.json (for 'esper compare --arms heuristic,schedule --config') and the "
+        "evaluation compare (eval/) to --out. Runs are reused: rerun the same command to "
+        "continue an interrupted search.",
+    )
+    search_options(parser)
+
+
+def search_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--task", help=f"task to train: {', '.join(TASKS.names())} (default: digits)")
+    seeds = f"a count up to {MAX_SEED_COUNT}, an inclusive range (100-109) or a list (1,3,7)"
+    add(
+        "--train-seeds",
+        default="3",
+        help=f"seeds the search scores plans on: {seeds} (default: %(default)s, seeds 0-2)",
+    )
+    add(
+        "--eval-seeds",
+        default="100-109",
+        help=f"held-out seeds the best plan and the "
+        f"heuristic are compared on: {seeds} (default: %(default)s)",
+    )
+    add(
+        "--candidates",
+        type=int,
+        default=48,
+        metavar="N",
+        help="plans to train in all, each on every training seed (default: %(default)s)",
+    )
+    add(
+        "--population",
+        type=int,
+        default=8,
+        metavar="N",
+        help="plans per generation (default: %(default)s)",
+    )
+    add(
+        "--search-seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of the search's own choices (default: %(default)s)",
+    )
+    add(
+        "--objective",
+        choices=["accuracy", "return"],
+        default="accuracy",
+        help="rank plans by final decision-split accuracy within the FLOP budget, or by "
+        "the episode's return (default: %(default)s)",
+    )
+    add(
+        "--max-flops-ratio",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="with --objective accuracy: plans may use at most X times the heuristic's "
+        "training FLOPs on the training seeds (default: %(default)s)",
+    )
+    _epoch_options(add, "epochs per run", "the task's")
+    add("--batch-size", type=int, metavar="N", help="training batch size (default: the task's)")
+    _data_options(add)
+    add(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="JSON run configuration every run shares (e.g. heuristic settings)",
+    )
+    add("--out", metavar="DIR", help="where the runs and results go (default: runs/search-<task>)")
+    add(
+        "--workers",
+        type=int,
+        metavar="W",
+        help="runs the local pool trains at once (default: one per CPU core)",
+    )
+    add("--quiet", action="store_true", help="no line per finished plan, only the result")
+    ray_argument(parser, "run every plan x seed as a task (one CPU each)")
+    _max_retries_option(add)
 
 
 # ---------------------------------------------------------------- ppo

@@ -33,6 +33,7 @@ __all__ = [
     "ResultFiles",
     "load_result",
     "plot_accuracy_vs_flops",
+    "provenance_lines",
     "table",
     "write_outputs",
     "write_report",
@@ -170,16 +171,24 @@ def write_outputs(
     write_report(result, meta, files)
 
 
-def write_report(result: CompareResult, meta: dict[str, Any], files: ResultFiles = RESULTS) -> None:
-    """``compare.md`` and ``accuracy_vs_flops.png`` in ``result.out`` (or ``files``)."""
-    header, rows = table(result)
+def provenance_lines(meta: dict[str, Any]) -> list[str]:
+    """Command, commit, machine and date (`esper.provenance.provenance`) as the first
+    lines of a Markdown result file."""
     machine = meta["machine"]
-    lines = [
+    return [
         f"Command: `{meta['command']}`  ",
         f"Commit: {meta['commit']}  ",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
         "one torch thread per run  ",
         f"Date: {meta['date']}",
+    ]
+
+
+def write_report(result: CompareResult, meta: dict[str, Any], files: ResultFiles = RESULTS) -> None:
+    """``compare.md`` and ``accuracy_vs_flops.png`` in ``result.out`` (or ``files``)."""
+    header, rows = table(result)
+    lines = [
+        *provenance_lines(meta),
         "",
         f"### {result.task}, {result.epochs} epochs, seeds "
         f"{_seed_text(result.seeds)} (mean ± 95% interval over seeds)",

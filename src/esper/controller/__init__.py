@@ -11,6 +11,7 @@ from esper.controller.registry import (
     build_controller,
     get_controller,
 )
+from esper.controller.schedule import ScheduleController
 from esper.controller.static import StaticController
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "ControllerContext",
     "ControllerSpec",
     "HeuristicController",
+    "ScheduleController",
     "StaticController",
     "build_controller",
     "get_controller",

@@ -168,6 +168,16 @@ for _spec in (
         grows=False,
     ),
     ControllerSpec(
+        name="schedule",
+        builder="esper.controller.schedule:build",
+        help="grow by a scripted plan (the run's schedule section, e.g. from 'esper search')",
+        description="Train the task's host while a scripted plan germinates seeds at fixed "
+        "epochs and slots (the schedule section of --config: steps of epoch, slot, "
+        "blueprint and blend, and fossilize_after); 'esper search' finds such plans.",
+        command=("schedule",),
+        arm="schedule",
+    ),
+    ControllerSpec(
         name="ppo",
         builder="esper.rl.agent:build",
         help="one episode driven by a trained policy, with the run directory of 'heuristic'",

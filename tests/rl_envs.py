@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 
 from esper.rl.policy import N_OP, FactoredActionSpec
-from esper.rl.ppo import PPOConfig, UpdateRecord, adam, ppo_iteration
+from esper.rl.ppo import PPOConfig, Reference, UpdateRecord, adam, ppo_iteration
 from esper.rl.rollout import RolloutCollector
 from esper.rl.workers import EnvPool
 
@@ -31,10 +31,15 @@ def pool_of(envs: Sequence[gym.Env[Any, Any]]) -> EnvPool:
 
 
 def train(
-    collector: RolloutCollector, config: PPOConfig, updates: int, gamma: float = 0.99
+    collector: RolloutCollector,
+    config: PPOConfig,
+    updates: int,
+    gamma: float = 0.99,
+    reference: Reference | None = None,
 ) -> list[UpdateRecord]:
     """``updates`` iterations of Esper's PPO (`ppo_iteration`) of ``config.num_steps``
-    steps each, on a fresh Adam; episodes carry over between rollouts, seeded 0, 1, 2..."""
+    steps each, on a fresh Adam (held near ``reference``, if given); episodes carry over
+    between rollouts, seeded 0, 1, 2..."""
     optimizer, seeds = adam(collector.policy, config), itertools.count()
     return [
         ppo_iteration(
@@ -47,6 +52,7 @@ def train(
             steps=config.num_steps,
             seeds=seeds,
             restart=False,
+            reference=reference,
         )
         for update in range(updates)
     ]

@@ -131,8 +131,12 @@ def cloned(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_cloning_the_heuristic_starts_ppo_from_its_behaviour(cloned: Path) -> None:
     record = json.loads((cloned / CLONE_FILE).read_text())
-    assert record["demonstrations"] == 2 and record["epochs"] == 100
+    assert record["demonstrations"] == 2 and record["held_out"] == 1
     assert record["last_likelihood"] > max(0.9, record["first_likelihood"])
+    # Cloning stopped before certainty: the kept policy still explores (the entropy
+    # floor, 0.25 nats per decision by default, where only WAIT or GERMINATE is legal).
+    assert record["stopped"] == "entropy floor" and record["kept_epoch"] < record["epochs"] < 100
+    assert record["entropy_before"]["op"] > record["entropy_after"]["op"] >= 0.25
     # On the seeds it was shown, the cloned policy (most likely action of each head)
     # does what the heuristic does, step for step.
     config = load_train_config(cloned / "config.json")

@@ -3,6 +3,8 @@ through the collector and iteration that train Esper's controller (`ppo_iteratio
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +12,7 @@ import gymnasium as gym
 import torch
 
 from esper.rl.policy import ActionMasks, ActorCritic, MLPPolicy, RecurrentFactoredPolicy
-from esper.rl.ppo import PPOConfig
+from esper.rl.ppo import PPOConfig, Reference, UpdateRecord
 from esper.rl.rollout import RolloutCollector
 from tests.rl_envs import SPEC, ConditionalBanditEnv, MemoryEnv, pool_of, train
 
@@ -18,10 +20,16 @@ CONFIG = PPOConfig(learning_rate=2e-3, num_steps=16, anneal_lr=False)
 ENVS = 8
 
 
-def _train(policy: ActorCritic, envs: list[gym.Env[Any, Any]], total_steps: int) -> None:
+def _train(
+    policy: ActorCritic,
+    envs: list[gym.Env[Any, Any]],
+    total_steps: int,
+    reference: Reference | None = None,
+) -> list[UpdateRecord]:
     """PPO on ``envs`` for ``total_steps`` steps (all environments), sampling seeded 0."""
     collector = RolloutCollector(pool_of(envs), policy, torch.Generator().manual_seed(0))
-    train(collector, CONFIG, total_steps // (CONFIG.num_steps * len(envs)))
+    updates = total_steps // (CONFIG.num_steps * len(envs))
+    return train(collector, CONFIG, updates, reference=reference)
 
 
 def _greedy_return(
@@ -58,6 +66,29 @@ def test_masked_bandit_only_the_legal_arm_pays() -> None:
     assert before < 0.3
     assert after >= 0.95
     assert sum(env.illegal_actions for env in envs) == 0
+
+
+def _penalised(coef: float) -> tuple[float, float]:
+    """Greedy return and last KL from the reference after PPO on the bandit with a KL
+    penalty of ``coef`` toward the untrained policy."""
+    torch.manual_seed(0)
+    envs = [ConditionalBanditEnv() for _ in range(ENVS)]
+    policy = _factored_policy(envs[0].observation_space.shape[0])  # type: ignore[index]
+    frozen = copy.deepcopy(policy).requires_grad_(False)
+    records = _train(policy, list(envs), 4096, Reference(frozen, coef))
+    kl = [r.stats.reference_kl for r in records]
+    assert all(math.isfinite(value) and value >= 0 for value in kl)
+    return _greedy_return(policy, ConditionalBanditEnv, 200), kl[-1]
+
+
+def test_a_kl_penalty_toward_a_reference_holds_the_policy_near_it() -> None:
+    # The reference is the untrained policy (as the cloned one is at PPO's start). A
+    # light penalty still lets PPO find the paying arm, moving toward higher advantage;
+    # a heavy one keeps the policy near the reference.
+    light_return, light_kl = _penalised(0.05)
+    heavy_return, heavy_kl = _penalised(5.0)
+    assert light_return >= 0.95
+    assert heavy_kl < 0.5 * light_kl and heavy_return <= light_return
 
 
 def test_memory_task_needs_the_recurrent_policy() -> None:

@@ -18,7 +18,14 @@ from esper.cli.ppo import _status
 from esper.config import ConfigError, from_dict, to_dict
 from esper.rl.buffer import RolloutBuffer
 from esper.rl.policy import ActorCritic, MLPPolicy, RecurrentFactoredPolicy
-from esper.rl.ppo import PPOConfig, adam, annealed_lr, explained_variance, ppo_update
+from esper.rl.ppo import (
+    PPOConfig,
+    adam,
+    annealed_lr,
+    clone_update,
+    explained_variance,
+    ppo_update,
+)
 from esper.rl.rollout import RolloutCollector
 from esper.rl.training import PPOTrainConfig, load_train_config, resolve_train_config
 from esper.rl.workers import EnvPool
@@ -129,6 +136,17 @@ def test_config_loads_strictly_and_validates() -> None:
     # The discount is not PPO's: it is passed in (Esper's: run.episode.reward.gamma).
     with pytest.raises(ConfigError, match="unknown key"):
         from_dict(PPOConfig, {"gamma": 0.99})
+    # Cloning that keeps exploring: its settings are checked as strictly.
+    for bad, message in (
+        ({"clone_held_out": 1.0}, "clone_held_out must be in"),
+        ({"clone_entropy_floor": -0.1}, "clone_entropy_floor must be at least 0"),
+        ({"clone_kl_updates": 0.0}, "clone_kl_updates must be in"),
+        ({"clone_patience": 0}, "clone_patience must be at least 1"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            from_dict(PPOTrainConfig, bad)
+    weights = PPOTrainConfig(episodes=40, envs=4, clone_kl=0.2, clone_kl_updates=0.5)
+    assert [weights.kl_weight(u) for u in (0, 1, 5, 9)] == pytest.approx([0.2, 0.16, 0, 0])
 
 
 def test_the_discount_is_set_once(tmp_path: Path) -> None:
@@ -173,3 +191,49 @@ def test_explained_variance() -> None:
     assert explained_variance(target, target) == 1.0
     assert explained_variance(torch.full((3,), 2.0), target) == 0.0
     assert explained_variance(target, torch.ones(3)) != explained_variance(target, torch.ones(3))
+
+
+def _demonstrated_rollout() -> tuple[ActorCritic, RolloutBuffer]:
+    """A rollout whose actions are all WAIT (legal at every step): a demonstrator a
+    policy can learn to copy to certainty."""
+    policy, buffer = _recurrent_rollout()
+    buffer.actions.zero_()
+    return policy, buffer
+
+
+def test_cloning_keeps_the_entropy_above_its_floor() -> None:
+    config = PPOConfig(learning_rate=1e-2, num_minibatches=2)
+    policy, buffer = _demonstrated_rollout()
+    plain = clone_update(policy, adam(policy, config), buffer, config, GAMMA, 150)
+    assert (plain.stopped, plain.kept_epoch, plain.held_out) == ("epochs", 150, 0)
+    assert plain.entropy_after["op"] < 0.05  # cloned to certainty
+
+    policy, buffer = _demonstrated_rollout()
+    floored = clone_update(
+        policy, adam(policy, config), buffer, config, GAMMA, 150, entropy_floor=0.3
+    )
+    assert floored.stopped == "entropy floor" and 0 < floored.kept_epoch < floored.epochs
+    # Only the op head applies to WAIT: its entropy is the decision's.
+    assert floored.entropy_before["op"] > floored.entropy_after["op"] >= 0.3
+    assert floored.entropy_after["slot"] == 0.0
+
+
+def test_cloning_stops_when_the_held_out_likelihood_stops_rising() -> None:
+    # Random actions: what the fitted demonstrations teach does not carry over.
+    config = PPOConfig(learning_rate=1e-2, num_minibatches=2)
+    policy, buffer = _recurrent_rollout()
+    generator = torch.Generator().manual_seed(0)
+    stats = clone_update(
+        policy,
+        adam(policy, config),
+        buffer,
+        config,
+        GAMMA,
+        200,
+        generator,
+        held_out=0.25,
+        patience=5,
+    )
+    assert stats.held_out == 2 and stats.stopped == "held-out likelihood"
+    assert stats.epochs == stats.kept_epoch + 5 < 200
+    assert stats.held_out_likelihood > 0

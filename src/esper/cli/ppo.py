@@ -206,14 +206,7 @@ def _train_with_progress(
 
         def on_clone(record: CloneRecord) -> None:
             if not args.quiet:
-                progress.console.print(
-                    f"cloned {record.demonstrations} heuristic episodes (return "
-                    f"{record.mean_return:+.3f}, final acc {record.mean_final_accuracy:.2f}%): "
-                    f"likelihood of its actions {record.first_likelihood:.2f} -> "
-                    f"{record.last_likelihood:.2f} in {record.epochs} passes, "
-                    f"{record.seconds:.0f} s",
-                    soft_wrap=True,
-                )
+                progress.console.print(_cloned(record), soft_wrap=True)
 
         if training.clones:
             progress.update(bar, status=f"running {config.demonstrations} heuristic episodes")
@@ -243,6 +236,22 @@ def _train_with_progress(
             soft_wrap=True,
         )
     return 0
+
+
+def _cloned(record: CloneRecord) -> str:
+    """How cloning went, in one line: the fit, where it stopped, entropy per head."""
+
+    def entropies(heads: dict[str, float]) -> str:
+        return " ".join(f"{name} {value:.2f}" for name, value in heads.items())
+
+    judged = f"{record.held_out} held out" if record.held_out else "all fitted"
+    return (
+        f"cloned {record.demonstrations} heuristic episodes (return {record.mean_return:+.3f}, "
+        f"final acc {record.mean_final_accuracy:.2f}%; {judged}): likelihood of its actions "
+        f"{record.held_out_likelihood:.2f}, pass {record.kept_epoch} of {record.epochs} kept "
+        f"(stopped: {record.stopped}); entropy per head {entropies(record.entropy_before)} -> "
+        f"{entropies(record.entropy_after)}; {record.seconds:.0f} s"
+    )
 
 
 def _status(row: UpdateRow) -> str:

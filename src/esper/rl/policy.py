@@ -225,6 +225,9 @@ class EvalOutput(NamedTuple):
     log_prob: Tensor
     entropy: Tensor
     value: Tensor
+    head_entropy: Tensor | None = None
+    """``[T, B, 4]``, a factored policy's: each head's entropy where it applies to the
+    stored action (`head_applies`), 0 where it does not; `entropy` is their sum."""
 
 
 class ActorCritic(nn.Module, ABC):
@@ -424,7 +427,8 @@ class RecurrentFactoredPolicy(ActorCritic):
         deterministic: bool = False,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Actions ``[*, 4]``, log-probabilities ``[*]`` and entropies ``[*]`` from ``h [*, H]``.
+        """Actions ``[*, 4]``, log-probabilities ``[*]`` and each head's entropy ``[*, 4]``
+        (0 where it does not apply) from ``h [*, H]``.
 
         With ``actions`` given they are scored; otherwise each head is sampled in turn.
         """
@@ -462,7 +466,7 @@ class RecurrentFactoredPolicy(ActorCritic):
         heads = (op, slot, blueprint, blend)
         chosen = torch.stack([head.action for head in heads], dim=-1)
         log_prob = torch.stack([head.log_prob for head in heads]).sum(0)
-        entropy = torch.stack([head.entropy for head in heads]).sum(0)
+        entropy = torch.stack([head.entropy for head in heads], dim=-1)
         return chosen, log_prob, entropy
 
     def _starts(self, starts: Tensor | None, batch: int) -> Tensor:
@@ -506,7 +510,7 @@ class RecurrentFactoredPolicy(ActorCritic):
             masks = ActionMasks.all_legal(self.spec, obs.shape[:2]).to(obs.device)
         h, _ = self._features(obs, initial_state, starts.float())
         _, log_prob, entropy = self._heads(h, masks, actions)
-        return EvalOutput(log_prob, entropy, self.value_head(h).squeeze(-1))
+        return EvalOutput(log_prob, entropy.sum(-1), self.value_head(h).squeeze(-1), entropy)
 
 
 class MLPPolicy(ActorCritic):

@@ -29,6 +29,7 @@ This module and ``esper/training/loop.py`` are the only places that call ``backw
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,12 +39,13 @@ from torch import Tensor, nn
 
 from esper.rl.advantages import gae
 from esper.rl.buffer import RolloutBuffer, Sequences
-from esper.rl.policy import ActorCritic, EvalOutput
+from esper.rl.policy import HEADS, ActorCritic, EvalOutput, head_applies
 from esper.rl.rollout import EpisodeRecord, RolloutCollector
 
 __all__ = [
     "CloneStats",
     "PPOConfig",
+    "Reference",
     "UpdateRecord",
     "UpdateStats",
     "adam",
@@ -127,6 +129,8 @@ class UpdateStats:
     """Gradient steps taken."""
     stopped_early: bool
     """The target KL stopped the update."""
+    reference_kl: float = float("nan")
+    """Mean over minibatches of KL(policy || reference) (nan without a `Reference`)."""
 
 
 def explained_variance(predicted: Tensor, target: Tensor) -> float:
@@ -145,6 +149,17 @@ def _value_loss(new: Tensor, old: Tensor, returns: Tensor, config: PPOConfig) ->
     return 0.5 * torch.max(unclipped, (clipped - returns) ** 2).mean()
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A policy an update is held near (the cloned one, early in training): the loss
+    gains ``coef`` times KL(policy || reference), estimated on the rollout's actions as
+    E[r - 1 - log r] with r = reference / policy (unbiased where the actions are the
+    policy's own, as a rollout's are up to the update's first step)."""
+
+    policy: ActorCritic
+    coef: float
+
+
 def ppo_update(
     policy: ActorCritic,
     optimizer: torch.optim.Optimizer,
@@ -152,6 +167,7 @@ def ppo_update(
     config: PPOConfig,
     gamma: float,
     generator: torch.Generator | None = None,
+    reference: Reference | None = None,
 ) -> UpdateStats:
     """One PPO update of ``policy`` from ``buffer`` (several epochs of minibatch steps).
 
@@ -162,6 +178,7 @@ def ppo_update(
         config: the hyperparameters.
         gamma: the discount.
         generator: random generator for the minibatch shuffles (None: torch's global one).
+        reference: a policy to stay near, and how strongly (None: plain PPO).
     """
     data = _sequences(policy, buffer, gamma, config.gae_lambda)
     if config.num_minibatches > data.count:
@@ -188,6 +205,10 @@ def ppo_update(
                 stopped = True
                 break
             loss, measured = _loss(new, ratio, batch, config)
+            if reference is not None and reference.coef > 0:
+                penalty = _reference_kl(new, batch, reference.policy)
+                loss = loss + reference.coef * penalty
+                measured["reference_kl"] = penalty.item()
             _gradient_step(policy, optimizer, loss, config.max_grad_norm)
             for name, value in {**measured, "kl": last_kl, "clip": clip_fraction}.items():
                 log[name].append(value)
@@ -206,10 +227,30 @@ def ppo_update(
         epochs=epochs,
         minibatches=len(log["kl"]),
         stopped_early=stopped,
+        reference_kl=_mean(log["reference_kl"]),
     )
 
 
-_LOGGED = ("policy_loss", "value_loss", "entropy", "ratio_min", "ratio_max", "kl", "clip")
+_LOGGED = (
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "ratio_min",
+    "ratio_max",
+    "kl",
+    "clip",
+    "reference_kl",
+)
+
+
+def _reference_kl(new: EvalOutput, batch: Sequences, reference: ActorCritic) -> Tensor:
+    """KL(policy || reference) on ``batch``'s actions (see `Reference`)."""
+    with torch.no_grad():
+        theirs = reference.evaluate(
+            batch.obs, batch.actions, batch.masks, batch.initial_state, batch.starts
+        ).log_prob
+    log_ratio = theirs - new.log_prob
+    return (log_ratio.exp() - 1 - log_ratio).mean()
 
 
 def _loss(
@@ -259,7 +300,7 @@ class CloneStats:
     """What cloning a demonstrator did (`clone_update`)."""
 
     epochs: int
-    """Passes over the demonstrations."""
+    """Passes over the demonstrations made."""
     first_likelihood: float
     """Mean probability the policy gave the demonstrated actions during the first pass."""
     last_likelihood: float
@@ -267,6 +308,21 @@ class CloneStats:
     value_loss: float
     """Mean squared error (halved) of the value head against the demonstrations'
     returns during the last pass."""
+    kept_epoch: int
+    """The pass whose weights the policy keeps (0: none, it stays as it was)."""
+    held_out: int
+    """Demonstrations held out of the fit to judge it (0: every one was fitted)."""
+    held_out_likelihood: float
+    """Mean probability the kept policy gives the held-out demonstrations' actions (the
+    fitted ones' without a held-out set)."""
+    stopped: str
+    """Why cloning stopped: ``epochs`` (every pass made), ``held-out likelihood`` (it
+    stopped rising for ``patience`` passes) or ``entropy floor``."""
+    entropy_before: dict[str, float]
+    """Per head, the policy's mean entropy (nats) on the judged demonstrations' steps
+    where the head applies, before cloning..."""
+    entropy_after: dict[str, float]
+    """...and with the weights kept."""
 
 
 def clone_update(
@@ -277,35 +333,130 @@ def clone_update(
     gamma: float,
     epochs: int,
     generator: torch.Generator | None = None,
+    *,
+    held_out: float = 0.0,
+    patience: int | None = None,
+    entropy_floor: float = 0.0,
 ) -> CloneStats:
     """Behaviour cloning: fit ``policy`` to the actions in ``buffer`` (a demonstrated
     rollout, see `esper.rl.rollout.RolloutCollector`) by maximum likelihood, and its value
-    head to the demonstrations' returns (discounted by ``gamma``), over ``epochs`` passes
-    of ``config.num_minibatches`` minibatches of whole sequences. A warm start for PPO:
-    the policy begins where the demonstrator is, and the critic knows what that is
-    worth."""
+    head to the demonstrations' returns (discounted by ``gamma``), over at most ``epochs``
+    passes of ``config.num_minibatches`` minibatches of whole sequences. A warm start for
+    PPO: the policy begins where the demonstrator is, and the critic knows what that is
+    worth.
+
+    Cloning to certainty leaves PPO nothing to explore, so it can stop earlier: a share
+    ``held_out`` of the demonstrations (whole sequences, at least one, when there are two
+    or more) is not fitted, and the policy keeps the pass whose held-out likelihood was
+    highest, stopping once it has not risen for ``patience`` passes; and no pass whose
+    mean entropy per decision on the judged demonstrations falls below
+    ``entropy_floor`` nats is kept (cloning stops there). With neither, every pass is
+    made and the last kept, as plain cloning does."""
     # Lambda 1: the returns are the demonstrations' Monte Carlo returns, whatever V says.
     data = _sequences(policy, buffer, gamma, 1.0)
-    minibatches = min(config.num_minibatches, data.count)
+    fit, judged = _split(data, held_out, generator)
+    guarded = judged is not fit or entropy_floor > 0
+    before = _judge(policy, judged)
+    best = _Kept(0, before, copy.deepcopy(policy.state_dict()))
+    first, stale, stopped = float("nan"), 0, "epochs"
+    stats: tuple[float, float] = (float("nan"), float("nan"))
+    for epoch in range(1, epochs + 1):
+        stats = _clone_pass(policy, optimizer, fit, config, generator)
+        first = stats[0] if epoch == 1 else first
+        seen = _judge(policy, judged)
+        if seen.entropy < entropy_floor:
+            stopped = "entropy floor"
+            break
+        if not guarded or seen.log_likelihood > best.judged.log_likelihood or best.epoch == 0:
+            best, stale = _Kept(epoch, seen, copy.deepcopy(policy.state_dict())), 0
+        else:
+            stale += 1
+            if patience is not None and stale >= patience:
+                stopped = "held-out likelihood"
+                break
+    policy.load_state_dict(best.state)
+    return CloneStats(
+        epochs=epoch if epochs else 0,
+        first_likelihood=first,
+        last_likelihood=stats[0],
+        value_loss=stats[1],
+        kept_epoch=best.epoch,
+        held_out=0 if judged is fit else judged.count,
+        held_out_likelihood=best.judged.likelihood,
+        stopped=stopped,
+        entropy_before=before.heads,
+        entropy_after=best.judged.heads,
+    )
+
+
+def _split(
+    data: Sequences, share: float, generator: torch.Generator | None
+) -> tuple[Sequences, Sequences]:
+    """(fitted, judged) sequences: a random ``share`` held out (at least one, never all),
+    or every sequence both fitted and judged when ``share`` is 0 or there is only one."""
+    if share <= 0 or data.count < 2:
+        return data, data
+    held = min(max(round(share * data.count), 1), data.count - 1)
+    order = torch.randperm(data.count, generator=generator).to(data.log_probs.device)
+    return data.select(order[held:]), data.select(order[:held])
+
+
+def _clone_pass(
+    policy: ActorCritic,
+    optimizer: torch.optim.Optimizer,
+    data: Sequences,
+    config: PPOConfig,
+    generator: torch.Generator | None,
+) -> tuple[float, float]:
+    """One pass of cloning over ``data``: its mean likelihood and value loss."""
     likelihood: list[float] = []
     value_losses: list[float] = []
-    first = float("nan")
-    for epoch in range(epochs):
-        likelihood, value_losses = [], []
-        order = torch.randperm(data.count, generator=generator).to(buffer.rewards.device)
-        for columns in order.tensor_split(minibatches):
-            batch = data.select(columns)
-            new = policy.evaluate(
-                batch.obs, batch.actions, batch.masks, batch.initial_state, batch.starts
-            )
-            value_loss = 0.5 * ((new.value - batch.returns) ** 2).mean()
-            loss = -new.log_prob.mean() + config.vf_coef * value_loss
-            _gradient_step(policy, optimizer, loss, config.max_grad_norm)
-            likelihood.append(float(new.log_prob.detach().exp().mean()))
-            value_losses.append(value_loss.item())
-        if epoch == 0:
-            first = _mean(likelihood)
-    return CloneStats(epochs, first, _mean(likelihood), _mean(value_losses))
+    order = torch.randperm(data.count, generator=generator).to(data.log_probs.device)
+    for columns in order.tensor_split(min(config.num_minibatches, data.count)):
+        batch = data.select(columns)
+        new = policy.evaluate(
+            batch.obs, batch.actions, batch.masks, batch.initial_state, batch.starts
+        )
+        value_loss = 0.5 * ((new.value - batch.returns) ** 2).mean()
+        loss = -new.log_prob.mean() + config.vf_coef * value_loss
+        _gradient_step(policy, optimizer, loss, config.max_grad_norm)
+        likelihood.append(float(new.log_prob.detach().exp().mean()))
+        value_losses.append(value_loss.item())
+    return _mean(likelihood), _mean(value_losses)
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """A policy on demonstrations: how likely their actions are, and its entropy."""
+
+    log_likelihood: float
+    likelihood: float
+    entropy: float
+    """Mean over steps of the entropy of the heads that apply (nats per decision)."""
+    heads: dict[str, float]
+
+
+@dataclass(frozen=True)
+class _Kept:
+    epoch: int
+    judged: _Judged
+    state: dict[str, Tensor]
+
+
+@torch.no_grad()
+def _judge(policy: ActorCritic, data: Sequences) -> _Judged:
+    new = policy.evaluate(data.obs, data.actions, data.masks, data.initial_state, data.starts)
+    heads = {"all": float(new.entropy.mean())}
+    if new.head_entropy is not None:
+        applies = head_applies(data.actions[..., 0])
+        totals = new.head_entropy.sum(dim=(0, 1)) / applies.sum(dim=(0, 1)).clamp(min=1)
+        heads = {name: float(value) for name, value in zip(HEADS, totals, strict=True)}
+    return _Judged(
+        float(new.log_prob.mean()),
+        float(new.log_prob.exp().mean()),
+        float(new.entropy.mean()),
+        heads,
+    )
 
 
 def _surrogate_loss(ratio: Tensor, batch: Sequences, config: PPOConfig) -> Tensor:
@@ -358,12 +509,13 @@ def ppo_iteration(
     steps: int,
     seeds: Iterator[int],
     restart: bool,
+    reference: Reference | None = None,
 ) -> UpdateRecord:
     """Update ``update`` (0-based) of a run of ``updates``: set the annealed learning
     rate, collect ``steps`` steps of every environment (`RolloutCollector.collect` with
     ``seeds`` and ``restart``), then `ppo_update` ``collector.policy`` on them with
-    discount ``gamma``. The collector's generator samples the actions and shuffles the
-    minibatches: one random stream per run."""
+    discount ``gamma`` (held near ``reference``, if given). The collector's generator
+    samples the actions and shuffles the minibatches: one random stream per run."""
     learning_rate = annealed_lr(config, update, updates)
     for group in optimizer.param_groups:
         group["lr"] = learning_rate
@@ -372,7 +524,9 @@ def ppo_iteration(
     collected = time.perf_counter()
     policy = collector.policy
     policy.train()
-    stats = ppo_update(policy, optimizer, rollout.buffer, config, gamma, collector.generator)
+    stats = ppo_update(
+        policy, optimizer, rollout.buffer, config, gamma, collector.generator, reference
+    )
     policy.eval()
     return UpdateRecord(
         learning_rate,

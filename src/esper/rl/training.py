@@ -44,13 +44,14 @@ import numpy as np
 import torch
 
 from esper.config import MAX_SEED, RunConfig, from_dict, merge, reject_non_finite, to_dict
-from esper.rl.agent import POLICY_FILE, PolicyMeta, save_policy
+from esper.rl.agent import POLICY_FILE, PolicyMeta, load_policy, save_policy
 from esper.rl.buffer import RolloutBuffer
 from esper.rl.env import MorphogenesisEnv, env_config
 from esper.rl.policy import RecurrentFactoredPolicy
 from esper.rl.ppo import (
     CloneStats,
     PPOConfig,
+    Reference,
     UpdateRecord,
     adam,
     clone_update,
@@ -145,15 +146,38 @@ class PPOTrainConfig:
     ``envs``: the policy starts where the heuristic is (behaviour cloning) instead of at
     random. 0: no cloning."""
     clone_epochs: int = 100
-    """Passes over the demonstrations when cloning them."""
+    """At most this many passes over the demonstrations when cloning them."""
+    clone_held_out: float = 0.25
+    """Share of the demonstrations held out of cloning (at least one of two or more):
+    the policy keeps the pass under which they were likeliest (0: fit every
+    demonstration, keep the last pass)."""
+    clone_patience: int = 10
+    """Stop cloning once the held-out likelihood has not risen for this many passes."""
+    clone_entropy_floor: float = 0.25
+    """Never keep a cloned policy whose mean entropy per decision (nats, over the heads
+    that apply) on the held-out demonstrations is below this: cloned to certainty, PPO
+    would have nothing to compare (0: no floor)."""
+    clone_kl: float = 0.1
+    """At PPO's first update after cloning, the weight of KL(policy || cloned policy) in
+    its loss; it falls linearly to 0 over ``clone_kl_updates`` of the updates (0: none)."""
+    clone_kl_updates: float = 0.5
+    """The share of the updates over which the KL weight falls to 0."""
 
     def __post_init__(self) -> None:
         reject_non_finite(self)
-        for name in ("episodes", "envs", "workers", "train_seeds", "hidden", "clone_epochs"):
+        positive = ("episodes", "envs", "workers", "train_seeds", "hidden", "clone_epochs")
+        for name in (*positive, "clone_patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.demonstrations < 0:
             raise ValueError(f"demonstrations must be at least 0, got {self.demonstrations}")
+        if not 0 <= self.clone_held_out < 1:
+            raise ValueError(f"clone_held_out must be in [0, 1), got {self.clone_held_out}")
+        for name in ("clone_entropy_floor", "clone_kl"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+        if not 0 < self.clone_kl_updates <= 1:
+            raise ValueError(f"clone_kl_updates must be in (0, 1], got {self.clone_kl_updates}")
         if not 0 <= self.seed <= MAX_TRAINING_SEED:
             raise ValueError(
                 f"seed must be in 0..{MAX_TRAINING_SEED} (training episodes run on seeds "
@@ -169,6 +193,11 @@ class PPOTrainConfig:
     @property
     def updates(self) -> int:
         return math.ceil(self.episodes / self.envs)
+
+    def kl_weight(self, update: int) -> float:
+        """The weight of the KL toward the cloned policy at update ``update`` (0-based)."""
+        span = self.clone_kl_updates * self.updates
+        return self.clone_kl * max(0.0, 1.0 - update / span)
 
 
 def train_seed(config: PPOTrainConfig, episode: int) -> int:
@@ -382,6 +411,7 @@ def train(
         collector = RolloutCollector(pool, trainer.policy, trainer.generator)
         if config.demonstrations and not trainer.cloned:
             on_clone(_clone_and_save(training, trainer, collector, steps))
+        cloned = _cloned_policy(training) if config.demonstrations and config.clone_kl else None
         for update in range(trainer.updates, config.updates):
             iteration = ppo_iteration(
                 collector,
@@ -393,6 +423,7 @@ def train(
                 steps=steps,
                 seeds=_update_seeds(config, update),
                 restart=True,
+                reference=None if cloned is None else Reference(cloned, config.kl_weight(update)),
             )
             rows.append(_row(update + 1, (update + 1) * config.envs, iteration))
             training.append(rows[-1])
@@ -402,6 +433,15 @@ def train(
             plot_training(rows, out / "training_curve.png", config.run.task)
             on_update(rows[-1])
     return rows
+
+
+def _cloned_policy(training: Training) -> RecurrentFactoredPolicy:
+    """The policy cloning left (``cloned.pt``), frozen: what PPO is held near."""
+    policy, _ = load_policy(training.path / CLONED_POLICY_FILE)
+    policy.eval()
+    for parameter in policy.parameters():
+        parameter.requires_grad_(False)
+    return policy
 
 
 def _start(training: Training, trainer: _Trainer) -> list[UpdateRow]:
@@ -477,6 +517,9 @@ def clone(collector: RolloutCollector, config: PPOTrainConfig, steps: int) -> Cl
         config.run.episode.reward.gamma,
         config.clone_epochs,
         collector.generator,
+        held_out=config.clone_held_out,
+        patience=config.clone_patience,
+        entropy_floor=config.clone_entropy_floor,
     )
     policy.eval()
     return CloneRecord(
@@ -535,6 +578,7 @@ def _row(update: int, episodes: int, iteration: UpdateRecord) -> UpdateRow:
         rollout_seconds=iteration.rollout_seconds,
         update_seconds=iteration.update_seconds,
         approx_kl_last=stats.approx_kl_last,
+        reference_kl=stats.reference_kl,
     )
 
 

@@ -58,6 +58,8 @@ class UpdateRow:
     approx_kl_last: float = math.nan
     """Approximate KL on the update's last minibatch (``approx_kl`` is the mean over its
     minibatches); nan in rows written before it was recorded."""
+    reference_kl: float = math.nan
+    """KL of the policy from the cloned one, the penalty's (nan without one)."""
 
     def to_json(self) -> str:
         return json.dumps(

@@ -287,6 +287,18 @@ class SearchResult:
             return (1.0, result.accuracy)
         return (0.0, -result.train_flops)
 
+    def cost(self) -> dict[str, float]:
+        """What the search itself took: runs, their training FLOPs and wall seconds
+        (summed over runs, as one core would spend them)."""
+        summaries = [
+            o.summary for p in (self.heuristic, *self.plans) for o in p.outcomes if o.summary
+        ]
+        return {
+            "runs": float(len(summaries)),
+            "train_flops": float(sum(s["train_flops"] for s in summaries)),
+            "run_seconds": float(sum(s["wall_seconds"] for s in summaries)),
+        }
+
     def ranked(self) -> list[PlanResult]:
         return sorted(self.plans, key=self.key, reverse=True)
 
@@ -310,6 +322,21 @@ def search(
     """Search ``space`` on ``settings.train_seeds`` through ``pool`` (which stays open,
     for `evaluate`). Deterministic: the same settings and outcomes give the same plans,
     so a rerun reuses every run already trained in ``out``."""
+    try:
+        return _search(out, base, space, settings, pool, on_plan)
+    except BaseException:
+        pool.terminate()  # Ctrl-C or a failure: unfinished runs keep their checkpoints
+        raise
+
+
+def _search(
+    out: Path,
+    base: RunConfig,
+    space: PlanSpace,
+    settings: SearchSettings,
+    pool: RunPool,
+    on_plan: OnPlan,
+) -> SearchResult:
     rng = random.Random(settings.search_seed)
     seen: set[ScheduleConfig] = set()
     first = _fresh(lambda: _Candidate(space.random_plan(rng), "random"), settings.population, seen)

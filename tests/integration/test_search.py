@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from esper.config import GrowthStep, ScheduleConfig, from_dict
 from esper.lifecycle import BlendAlgorithm
 from esper.search import heuristic_plan
 from esper.telemetry.report import read_history
-from tests.commands import FAST_COMPARE, GROWS_EARLY, error_line
+from tests.commands import FAST_COMPARE, GROWS_EARLY, error_line, interrupt_at_save
 
 SEARCH = [
     "search",
@@ -105,6 +106,36 @@ def test_a_rerun_reuses_every_run_and_draws_the_same_plans(
     after = json.loads((searched / "search.json").read_text())
     assert [p["plan"] for p in after["plans"]] == [p["plan"] for p in before["plans"]]
     assert {p: p.stat().st_mtime for p in searched.glob("runs/*/seed-*/summary.json")} == mtimes
+
+
+def _without_times(data: dict[str, Any]) -> list[object]:
+    """The plans of a search.json with each run's summary, less wall times and paths."""
+    plans: list[object] = []
+    for plan in data["plans"]:
+        runs = [
+            {k: v for k, v in run["summary"].items() if k not in ("wall_seconds", "run")}
+            for run in plan["runs"]
+        ]
+        plans.append((plan["label"], plan["plan"], runs))
+    return plans
+
+
+def test_an_interrupted_search_continues_to_the_same_result(
+    searched: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    # The 20th epoch saved: the first generation (12 epochs a run) is part way through.
+    interrupt_at_save(monkeypatch, 20)
+    assert main([*SEARCH, "--out", str(out)]) == 130
+    assert not (out / "search.json").exists()
+    monkeypatch.undo()
+    assert main([*SEARCH, "--out", str(out)]) == 0
+    ours = json.loads((out / "search.json").read_text())
+    reference = json.loads((searched / "search.json").read_text())
+    assert _without_times(ours) == _without_times(reference)
+    assert (
+        ours["evaluation"]["accuracy_difference"] == reference["evaluation"]["accuracy_difference"]
+    )
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
+from esper.cli.common import Terminated
 from esper.cli.compare import open_pool, out_directory, print_compare
 from esper.cli.runs import resolve_config
 from esper.compare import CompareDirectory, parse_seeds
@@ -100,12 +101,13 @@ def search_command(args: argparse.Namespace, console: Console) -> int:
             plan_base = replace(base, schedule=best.plan)
             held = stack.enter_context(CompareDirectory.open(eval_dir, plan_base, meta["command"]))
             evaluation = evaluate(eval_dir, base, best.plan, held_out, pool)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             console.print(
-                "interrupted; rerun the same command to continue (finished runs are kept)",
+                "interrupted; rerun the same command to continue (finished runs are kept, "
+                "unfinished ones resume from their last epoch)",
                 soft_wrap=True,
             )
-            return 130
+            return 143 if isinstance(interrupt, Terminated) else 130
         files = held.write_result(evaluation.compare, meta)
         _write(out, result, evaluation, meta)
     status = print_compare(evaluation.compare, eval_dir, console, files)
@@ -174,8 +176,7 @@ def _write(out: Path, result: SearchResult, evaluation: Evaluation, meta: dict[s
             "return_difference": list(evaluation.reward),
             "flops_ratio": evaluation.flops_ratio,
         },
-        "runs": sum(len(p.outcomes) for p in (result.heuristic, *result.plans))
-        + 2 * len(evaluation.compare.seeds),
+        "cost": result.cost(),
     }
     atomic_write(out / SEARCH_JSON, (json.dumps(data, indent=2) + "\n").encode())
     atomic_write(out / SEARCH_MD, _markdown(result, evaluation, meta).encode())
@@ -197,7 +198,8 @@ def _markdown(result: SearchResult, evaluation: Evaluation, meta: dict[str, Any]
             if settings.objective == "accuracy"
             else ""
         )
-        + "); scores on the decision split.",
+        + "); scores on the decision split. "
+        + _cost(result),
         "",
         "| rank | plan | origin | decision acc (%) | train FLOPs | return | steps |",
         "|---|---|---|---|---|---|---|",
@@ -222,6 +224,15 @@ def _markdown(result: SearchResult, evaluation: Evaluation, meta: dict[str, Any]
         "",
     ]
     return "\n".join(lines)
+
+
+def _cost(result: SearchResult) -> str:
+    cost = result.cost()
+    hours = cost["run_seconds"] / 3600
+    return (
+        f"The search trained {cost['runs']:.0f} runs: {format_flops(cost['train_flops'])} "
+        f"of training, {hours:.2f} core-hours."
+    )
 
 
 def _row(rank: str, plan: PlanResult) -> str:

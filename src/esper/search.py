@@ -28,13 +28,17 @@ mean final decision-split accuracy among those whose mean training FLOPs are at 
 below every one within it); ``return`` ranks them by the episode's return, the reward
 the learned controller maximises. The test split is read only by the evaluation.
 
-Every run is an ordinary run directory under ``OUT/runs/<plan>/seed-<n>/`` and is
-reused when the search is run again, so an interrupted search continues where it
-stopped; the evaluation is a compare in ``OUT/eval``.
+Every run is an ordinary run directory under ``OUT/runs/<plan>/seed-<n>/``, the plan
+named by its contents (`plan_label`), and is reused when a search in ``OUT`` needs it
+again: an interrupted search continues where it stopped, and a search with another
+objective or budget in the same ``OUT`` trains only the plans it has not seen. The
+evaluation of a best plan is a compare in ``OUT/eval/<plan>/``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 import statistics
@@ -70,6 +74,7 @@ __all__ = [
     "canonical",
     "evaluate",
     "heuristic_plan",
+    "plan_label",
     "plan_space",
     "search",
 ]
@@ -166,6 +171,15 @@ class PlanSpace:
             "grow_probability": self.grow_probability,
             "slots": {s.slot: list(s.blueprints) for s in self.slots},
         }
+
+
+def plan_label(plan: ScheduleConfig) -> str:
+    """``plan-`` and 10 hex digits of the SHA-256 of ``plan``'s JSON: its runs' folder.
+    Named by content, the same plan's runs are reused by any search in the same
+    ``--out``, whatever its objective, budget or order (a sequence number would name
+    another plan's runs in a search that ranks differently)."""
+    text = json.dumps(to_dict(canonical(plan)), sort_keys=True)
+    return f"plan-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
 def canonical(plan: ScheduleConfig) -> ScheduleConfig:
@@ -340,7 +354,7 @@ def _search(
     rng = random.Random(settings.search_seed)
     seen: set[ScheduleConfig] = set()
     first = _fresh(lambda: _Candidate(space.random_plan(rng), "random"), settings.population, seen)
-    jobs = [_Job(HEURISTIC.label, None, "the heuristic"), *_jobs(first, 0, seen)]
+    jobs = [_Job(HEURISTIC.label, None, "the heuristic"), *_jobs(first, seen)]
     heuristic, *done = _train(out, base, settings, pool, jobs)
     failed = next((o for o in heuristic.outcomes if o.summary is None), None)
     if failed is not None:
@@ -360,7 +374,7 @@ def _search(
         if not generation:
             break  # the family is exhausted
         before = len(result.plans)
-        new = _train(out, base, settings, pool, _jobs(generation, before, seen))
+        new = _train(out, base, settings, pool, _jobs(generation, seen))
         result = replace(result, plans=result.plans + tuple(new))
         _announce(result, new, on_plan, before)
     return result
@@ -417,13 +431,10 @@ class _Job:
     origin: str
 
 
-def _jobs(candidates: Sequence[_Candidate], before: int, seen: set[ScheduleConfig]) -> list[_Job]:
-    """``candidates`` labelled ``plan-<n>`` after the ``before`` plans so far, and seen."""
+def _jobs(candidates: Sequence[_Candidate], seen: set[ScheduleConfig]) -> list[_Job]:
+    """``candidates`` as jobs (`plan_label`), marked seen."""
     seen.update(c.plan for c in candidates)
-    return [
-        _Job(f"plan-{number:03d}", c.plan, c.origin)
-        for number, c in enumerate(candidates, start=before + 1)
-    ]
+    return [_Job(plan_label(c.plan), c.plan, c.origin) for c in candidates]
 
 
 def _train(

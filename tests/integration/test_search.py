@@ -85,7 +85,7 @@ def test_search_writes_its_plans_the_best_one_and_its_paired_evaluation(searched
     )
     assert to_plan(data["plans"][0]["plan"]) == best
     # The evaluation is a compare of the heuristic and the best plan on the held-out seeds.
-    compare = json.loads((searched / "eval" / "compare.json").read_text())
+    compare = json.loads((searched / "eval" / data["best"] / "compare.json").read_text())
     assert [arm["arm"] for arm in compare["arms"]] == ["heuristic", "schedule"]
     assert {run["seed"] for run in compare["runs"]} == {5, 6}
     markdown = (searched / "search.md").read_text()
@@ -106,6 +106,11 @@ def test_a_rerun_reuses_every_run_and_draws_the_same_plans(
     after = json.loads((searched / "search.json").read_text())
     assert [p["plan"] for p in after["plans"]] == [p["plan"] for p in before["plans"]]
     assert {p: p.stat().st_mtime for p in searched.glob("runs/*/seed-*/summary.json")} == mtimes
+    # Another budget in the same --out: the plans it shares are not trained again.
+    assert main([*SEARCH, "--max-flops-ratio", "0.5", "--out", str(searched)]) == 0
+    assert all(p.stat().st_mtime == mtime for p, mtime in mtimes.items())
+    assert json.loads((searched / "search.json").read_text())["settings"]["max_flops_ratio"] == 0.5
+    assert main([*SEARCH, "--out", str(searched)]) == 0  # back to the fixture's search
 
 
 def _without_times(data: dict[str, Any]) -> list[object]:

@@ -323,8 +323,10 @@ def _add_search_command(commands: Any) -> None:
         "decision split only, then run the best plan against the heuristic on "
         "--eval-seeds, paired, scored on the test split. Writes search.json, search.md, "
         "best.config.json (for 'esper compare --arms heuristic,schedule --config') and the "
-        "evaluation compare (eval/) to --out. Runs are reused: rerun the same command to "
-        "continue an interrupted search.",
+        "evaluation compare (eval/PLAN/) to --out. Runs are reused: rerun the same "
+        "command to continue an interrupted search; a search with another objective or "
+        "budget in the same --out trains only the plans it has not seen (search.json and "
+        "search.md are the latest search's).",
     )
     search_options(parser)
 

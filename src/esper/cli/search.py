@@ -97,7 +97,7 @@ def search_command(args: argparse.Namespace, console: Console) -> int:
                 soft_wrap=True,
             )
             assert best.plan is not None
-            eval_dir = out / "eval"
+            eval_dir = out / "eval" / best.label
             plan_base = replace(base, schedule=best.plan)
             held = stack.enter_context(CompareDirectory.open(eval_dir, plan_base, meta["command"]))
             evaluation = evaluate(eval_dir, base, best.plan, held_out, pool)
@@ -220,7 +220,7 @@ def _markdown(result: SearchResult, evaluation: Evaluation, meta: dict[str, Any]
         f"- best plan: {acc_mean:.2f} ± {acc_half:.2f} %",
         f"- {_verdict(result, evaluation)}",
         "",
-        "The full table: `eval/compare.md`.",
+        f"The full table: `eval/{result.best.label}/compare.md`.",
         "",
     ]
     return "\n".join(lines)

@@ -41,6 +41,7 @@ from esper.telemetry.report import format_flops
 __all__ = [
     "ComparePlan",
     "compare_command",
+    "interrupted",
     "open_pool",
     "out_directory",
     "print_compare",
@@ -140,14 +141,20 @@ def run_compare(args: argparse.Namespace, console: Console, plan: ComparePlan) -
                 plan.out, plan.base, plan.arms, plan.seeds, pool, _reporter(args, console)
             )
         except KeyboardInterrupt as interrupt:
-            console.print(
-                "interrupted; rerun the same command to continue (finished runs are kept, "
-                "unfinished ones resume from their last epoch)",
-                soft_wrap=True,
-            )
-            return 143 if isinstance(interrupt, Terminated) else 130
+            return interrupted(console, interrupt)
         files = directory.write_result(result, meta)
     return print_compare(result, plan.out, console, files)
+
+
+def interrupted(console: Console, interrupt: KeyboardInterrupt) -> int:
+    """Say how to continue a compare (or search) stopped by Ctrl-C or SIGTERM; its exit
+    status (130, 143)."""
+    console.print(
+        "interrupted; rerun the same command to continue (finished runs are kept, "
+        "unfinished ones resume from their last epoch)",
+        soft_wrap=True,
+    )
+    return 143 if isinstance(interrupt, Terminated) else 130
 
 
 def _reporter(args: argparse.Namespace, console: Console) -> Callable[[RunOutcome, int, int], None]:

@@ -12,8 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
-from esper.cli.common import Terminated
-from esper.cli.compare import open_pool, out_directory, print_compare
+from esper.cli.compare import interrupted, open_pool, out_directory, print_compare
 from esper.cli.runs import resolve_config
 from esper.compare import CompareDirectory, parse_seeds
 from esper.compare.report import provenance_lines
@@ -102,12 +101,7 @@ def search_command(args: argparse.Namespace, console: Console) -> int:
             held = stack.enter_context(CompareDirectory.open(eval_dir, plan_base, meta["command"]))
             evaluation = evaluate(eval_dir, base, best.plan, held_out, pool)
         except KeyboardInterrupt as interrupt:
-            console.print(
-                "interrupted; rerun the same command to continue (finished runs are kept, "
-                "unfinished ones resume from their last epoch)",
-                soft_wrap=True,
-            )
-            return 143 if isinstance(interrupt, Terminated) else 130
+            return interrupted(console, interrupt)
         files = held.write_result(evaluation.compare, meta)
         _write(out, result, evaluation, meta)
     status = print_compare(evaluation.compare, eval_dir, console, files)

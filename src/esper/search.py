@@ -66,6 +66,7 @@ from esper.training.builders import build_episode
 __all__ = [
     "HEURISTIC",
     "SCHEDULE",
+    "Evaluation",
     "PlanResult",
     "PlanSpace",
     "SearchResult",

@@ -24,6 +24,7 @@ __all__ = [
     "positive_seconds",
     "ray_argument",
     "run_options",
+    "search_options",
     "tensorboard_option",
     "threads_argument",
 ]

@@ -46,6 +46,7 @@ __all__ = [
     "gate_start_training",
     "legal_ops",
     "probation_verdict",
+    "seed_blends",
     "step_epoch",
     "transition",
 ]
@@ -105,6 +106,13 @@ class BlendAlgorithm(StrEnum):
     LINEAR = "linear"
     SIGMOID = "sigmoid"
     GATED = "gated"
+
+
+def seed_blends(width: bool) -> frozenset[BlendAlgorithm]:
+    """The blends a seed may use: every one for a depth seed; linear and sigmoid for a
+    width seed (its units widen a layer, and a gate reads a depth seed's features)."""
+    every = frozenset(BlendAlgorithm)
+    return every - {BlendAlgorithm.GATED} if width else every
 
 
 class Gate(StrEnum):

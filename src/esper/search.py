@@ -47,7 +47,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from esper.arms import Arm
+from esper.arms import parse_arms
 from esper.compare import (
     CompareResult,
     RunOutcome,
@@ -80,8 +80,8 @@ __all__ = [
     "search",
 ]
 
-HEURISTIC = Arm("heuristic", "heuristic")
-SCHEDULE = Arm("schedule", "schedule")
+HEURISTIC, SCHEDULE = parse_arms("heuristic,schedule")
+"""The arms of the reference and of a plan, as ``esper compare --arms`` names them."""
 
 Objective = Literal["accuracy", "return"]
 

@@ -41,7 +41,7 @@ import math
 from collections.abc import Sequence
 
 from esper.contracts import SlotReport, TrainingSignals, mean_width_units
-from esper.lifecycle import BlendAlgorithm, FactoredAction, LifecycleOp, SeedStage
+from esper.lifecycle import BlendAlgorithm, FactoredAction, LifecycleOp, SeedStage, seed_blends
 
 __all__ = [
     "BLENDS",
@@ -218,11 +218,10 @@ def conditional_masks(slots: Sequence[SlotReport], blueprints: Sequence[str]) ->
 
 
 def legal_blends(blueprint: str, slots: Sequence[SlotReport]) -> frozenset[BlendAlgorithm]:
-    """The blends ``blueprint`` may use: every one for a depth seed; linear and sigmoid for
-    a width seed (its units widen a layer, and a gate reads a depth seed's features)."""
-    if any(cost.width for r in slots if (cost := r.costs.get(blueprint)) is not None):
-        return frozenset(BLENDS) - {BlendAlgorithm.GATED}
-    return frozenset(BLENDS)
+    """The blends ``blueprint`` may use in these slots (`esper.lifecycle.seed_blends`)."""
+    return seed_blends(
+        any(cost.width for r in slots if (cost := r.costs.get(blueprint)) is not None)
+    )
 
 
 def decode_action(

@@ -26,12 +26,12 @@ from esper.config import GrowthStep, ScheduleConfig
 from esper.contracts import Decision, SlotReport, TrainingSignals
 from esper.controller.registry import ControllerContext
 from esper.lifecycle import (
-    BlendAlgorithm,
     FactoredAction,
     LifecycleConfig,
     LifecycleOp,
     SeedStage,
     gate_fossilize,
+    seed_blends,
 )
 
 __all__ = ["ScheduleController", "build", "check_plan"]
@@ -110,7 +110,7 @@ def _check_step(number: int, step: GrowthStep, context: ControllerContext) -> No
             f"{where}: blueprint {step.blueprint!r} does not fit this host; choose from "
             f"{', '.join(known)}"
         )
-    if step.blueprint in context.width_blueprints and step.blend is BlendAlgorithm.GATED:
+    if step.blend not in seed_blends(step.blueprint in context.width_blueprints):
         raise ValueError(f"{where}: a width seed cannot blend gated; use linear or sigmoid")
 
 

@@ -45,6 +45,7 @@ from esper.lifecycle import (
     alpha_for_step,
     gate_fossilize,
     gate_germinate,
+    seed_blends,
     step_epoch,
     transition,
 )
@@ -276,7 +277,7 @@ class SeedSlot(nn.Module):
             return
         if not self._width:
             raise ValueError(f"slot {self.slot_id} has no layer that can widen")
-        if blend is BlendAlgorithm.GATED:
+        if blend not in seed_blends(width=True):
             raise ValueError(
                 "a width seed blends linear or sigmoid (a gate reads a depth seed's features)"
             )

@@ -355,37 +355,46 @@ def clone_update(
     # Lambda 1: the returns are the demonstrations' Monte Carlo returns, whatever V says.
     data = _sequences(policy, buffer, gamma, 1.0)
     fit, judged = _split(data, held_out, generator)
+    # Unguarded (plain cloning) keeps the last pass: no judging or snapshots per pass.
     guarded = judged is not fit or entropy_floor > 0
     before = _judge(policy, judged)
-    best = _Kept(0, before, copy.deepcopy(policy.state_dict()))
-    first, stale, stopped = float("nan"), 0, "epochs"
+    kept_epoch, kept = 0, before
+    kept_state = copy.deepcopy(policy.state_dict()) if guarded else None
+    done, first, stale, stopped = 0, float("nan"), 0, "epochs"
     stats: tuple[float, float] = (float("nan"), float("nan"))
     for epoch in range(1, epochs + 1):
+        done = epoch
         stats = _clone_pass(policy, optimizer, fit, config, generator)
         first = stats[0] if epoch == 1 else first
+        if not guarded:
+            continue
         seen = _judge(policy, judged)
         if seen.entropy < entropy_floor:
             stopped = "entropy floor"
             break
-        if not guarded or seen.log_likelihood > best.judged.log_likelihood or best.epoch == 0:
-            best, stale = _Kept(epoch, seen, copy.deepcopy(policy.state_dict())), 0
+        if seen.log_likelihood > kept.log_likelihood or kept_epoch == 0:
+            kept_epoch, kept, stale = epoch, seen, 0
+            kept_state = copy.deepcopy(policy.state_dict())
         else:
             stale += 1
             if patience is not None and stale >= patience:
                 stopped = "held-out likelihood"
                 break
-    policy.load_state_dict(best.state)
+    if kept_state is not None:
+        policy.load_state_dict(kept_state)
+    else:
+        kept_epoch, kept = done, _judge(policy, judged)
     return CloneStats(
-        epochs=epoch if epochs else 0,
+        epochs=done,
         first_likelihood=first,
         last_likelihood=stats[0],
         value_loss=stats[1],
-        kept_epoch=best.epoch,
+        kept_epoch=kept_epoch,
         held_out=0 if judged is fit else judged.count,
-        held_out_likelihood=best.judged.likelihood,
+        held_out_likelihood=kept.likelihood,
         stopped=stopped,
         entropy_before=before.heads,
-        entropy_after=best.judged.heads,
+        entropy_after=kept.heads,
     )
 
 
@@ -434,13 +443,6 @@ class _Judged:
     entropy: float
     """Mean over steps of the entropy of the heads that apply (nats per decision)."""
     heads: dict[str, float]
-
-
-@dataclass(frozen=True)
-class _Kept:
-    epoch: int
-    judged: _Judged
-    state: dict[str, Tensor]
 
 
 @torch.no_grad()

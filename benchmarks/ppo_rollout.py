@@ -10,8 +10,9 @@ Two measurements, each a ratio taken in one run so machine noise cancels:
   through `EpisodeRunner` by a scripted controller, and through `MorphogenesisEnv` in an
   `EnvPool` with the policy choosing (observation, masks, policy inference, IPC);
   interleaved, one worker, one thread. Target: <= 1.05.
-* **parallel speed-up**: episodes per minute of `RolloutCollector.collect` with 4 environments in
-  1 worker process and in 2. Target (2 cores): >= 1.6.
+* **parallel speed-up**: episodes per minute of `RolloutCollector.collect` with ``--envs``
+  environments (4) in 1 worker process and in 2, each environment stepped as soon as its
+  action is chosen. Target (2 cores): >= 1.85 (1.61 when they stepped in lockstep).
 
 and, for scale, the machine's own ceiling for two processes (`ceiling`).
 """
@@ -154,10 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", default="digits")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--envs", type=int, default=4, help="environments of the speed-up")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     over = plumbing(args.task, args.rounds, args.epochs)
-    fast = speedup(args.task, args.rounds, args.epochs)
+    fast = speedup(args.task, args.rounds, args.epochs, args.envs)
     machine = ceiling(args.task, args.rounds, args.epochs)
     table = "\n".join(
         [
@@ -168,15 +170,18 @@ def main(argv: list[str] | None = None) -> None:
             f"| episode through runner + scripted controller | {over['direct_seconds']:.2f} s | |",
             f"| same episode through env + pool + policy | {over['wrapped_seconds']:.2f} s | |",
             f"| plumbing overhead (ratio) | {over['overhead_ratio']:.3f} | <= 1.05 |",
-            f"| episodes/min, 4 envs in 1 worker | {fast['episodes_per_minute_1']:.1f} | |",
-            f"| episodes/min, 4 envs in 2 workers | {fast['episodes_per_minute_2']:.1f} | |",
-            f"| speed-up of 2 workers (ratio) | {fast['speedup']:.2f} | >= 1.6 |",
+            f"| episodes/min, {args.envs} envs in 1 worker "
+            f"| {fast['episodes_per_minute_1']:.1f} | |",
+            f"| episodes/min, {args.envs} envs in 2 workers "
+            f"| {fast['episodes_per_minute_2']:.1f} | |",
+            f"| speed-up of 2 workers (ratio) | {fast['speedup']:.2f} | >= 1.85 |",
             f"| the machine's ceiling: 2 x one episode alone / two at once "
             f"| {machine['ceiling']:.2f} | |",
         ]
     )
-    payload = {**over, **fast, **machine, "rounds": args.rounds}
-    path = write_result(f"ppo-rollout-{args.task}", payload, table)
+    payload = {**over, **fast, **machine, "rounds": args.rounds, "envs": args.envs}
+    name = f"ppo-rollout-{args.task}" + ("" if args.envs == 4 else f"-envs{args.envs}")
+    path = write_result(name, payload, table)
     print(path.read_text())
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from esper.rl.policy import N_OP, FactoredActionSpec
 from esper.rl.ppo import PPOConfig, Reference, UpdateRecord, adam, ppo_iteration
 from esper.rl.rollout import RolloutCollector
-from esper.rl.workers import EnvPool
+from esper.rl.workers import EnvFactory, EnvPool, StepResult
 
 WAIT, GERMINATE, FOSSILIZE, CULL = range(N_OP)
 SPEC = FactoredActionSpec(n_slot=3, n_blueprint=3, n_blend=2)
@@ -28,6 +28,36 @@ def pool_of(envs: Sequence[gym.Env[Any, Any]]) -> EnvPool:
     """An `EnvPool` (one process) of these environments, in this order: the test keeps
     them to look inside."""
     return EnvPool(iter(envs).__next__, len(envs))
+
+
+class LockstepPool:
+    """An `EnvPool` seen only through ``reset`` and ``step``: stepped all together, as
+    `RayEnvPool` is."""
+
+    def __init__(self, pool: EnvPool) -> None:
+        self.pool, self.num_envs = pool, pool.num_envs
+
+    @classmethod
+    def of(cls, factory: EnvFactory, num_envs: int, workers: int) -> LockstepPool:
+        """A `PoolFactory`: an `EnvPool` of these, stepped all together."""
+        return cls(EnvPool(factory, num_envs, workers))
+
+    def reset(
+        self, seeds: Sequence[int], which: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        return self.pool.reset(seeds, which)
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        return self.pool.step(actions)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> LockstepPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def train(
@@ -247,6 +277,39 @@ class SlowEnv(RandomMaskEnv):
         if self.noisy:
             obs = obs + np.random.default_rng().uniform(0, 1e-3, obs.shape).astype(np.float32)
         return obs, reward, terminated, truncated, info
+
+
+class UnevenEnv(RandomMaskEnv):
+    """`RandomMaskEnv` whose steps take 0 to 40 ms, set by its episode's seed and step,
+    so that environments stepped in several workers answer out of order. Episodes also
+    stop at random (``p_end``), so spare seeds are taken mid-rollout. With a ``slow``
+    delay, every step of an episode of even seed takes that long instead. The info of
+    each step lists when the episode's steps were answered (``answered``)."""
+
+    def __init__(self, slow: float = 0.0, p_end: float = 0.2) -> None:
+        super().__init__(p_end=p_end)
+        self.slow, self.seed, self.t = slow, 0, 0
+        self.answered: list[float] = []
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        self.seed, self.t, self.answered = int(seed or 0), 0, []
+        return super().reset(seed=seed)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        slow = self.slow and self.seed % 2 == 0
+        time.sleep(self.slow if slow else 0.01 * ((self.seed * 7 + self.t) % 5))
+        self.t += 1
+        obs, reward, terminated, truncated, info = super().step(action)
+        self.answered.append(time.monotonic())
+        return obs, reward, terminated, truncated, {**info, "answered": list(self.answered)}
+
+
+def slow_and_fast_env(steps: int) -> gym.Env[np.ndarray, np.ndarray]:
+    """`UnevenEnv` episodes of ``steps`` steps, 0.4 s each for even seeds and none for
+    odd ones (a picklable factory, with ``functools.partial``)."""
+    return gym.wrappers.TimeLimit(UnevenEnv(slow=0.4, p_end=0.0), steps)
 
 
 class CountingEnv(gym.Env[np.ndarray, int]):

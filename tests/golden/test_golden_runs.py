@@ -7,8 +7,8 @@ for two updates must keep its policy's weights. The values are in ``tests/golden
 and were written by this file's ``main`` (``python -m tests.golden.test_golden_runs``) on
 the commit that last changed a number on purpose (the heuristic's: the three splits of
 the width issue, where the model trains on less data and decisions read a split held out
-of it; the policy's: observation layout v2, whose blueprint head and observation carry
-width growth). If a test
+of it; the policy's: environments stepped each as soon as its action is chosen, which
+samples each environment's actions from a generator of its own). If a test
 here fails, find out what changed the maths (or the order of random draws) before
 writing new values.
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+import esper.cli.ppo
 import esper.rl.agent
 import esper.rl.training
 from esper.cli import main
@@ -32,6 +33,7 @@ from esper.rl.training import (
 from esper.rundir import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory
 from esper.training.episode import EpisodeRunner
 from tests.commands import SHORT_PPO, policy_weights, ppo_train
+from tests.rl_envs import LockstepPool
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -219,6 +221,18 @@ def test_a_run_the_governor_stops_is_followed_by_one_on_a_spare_seed(
 
 
 def test_two_workers_train_the_same_policy_as_one(trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "train"
+    assert ppo_train(out, "--workers", "2") == 0
+    for key, value in policy_weights(trained).items():
+        assert torch.equal(policy_weights(out)[key], value), key
+
+
+def test_stepping_all_environments_together_trains_the_same_policy(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Local workers step each environment as soon as its action is chosen; a pool that
+    # steps them all together (as Ray's does) must give the same policy, bit for bit.
+    monkeypatch.setattr(esper.cli.ppo, "EnvPool", LockstepPool.of)
     out = tmp_path / "train"
     assert ppo_train(out, "--workers", "2") == 0
     for key, value in policy_weights(trained).items():

@@ -534,12 +534,30 @@ def _kill_at_call(module: Any, name: str, nth: int) -> Callable[[], None]:
     return patch
 
 
+def _kill_at_step(nth: int) -> Callable[[], None]:
+    """Patch: SIGKILL when the ``nth`` step is asked of any environment."""
+
+    def patch() -> None:
+        real, calls = EnvPool.send, [0]
+
+        def send(pool: EnvPool, env: int, command: str, argument: Any) -> None:
+            calls[0] += command == "step"
+            if calls[0] == nth:
+                kill_self()
+            real(pool, env, command, argument)
+
+        setattr(EnvPool, "send", send)  # noqa: B010
+
+    return patch
+
+
 KILL_POINTS: dict[str, tuple[Callable[[], None], bool]] = {
     "learning update 1 (before any update is saved)": (
         _kill_at_call(esper.rl.ppo, "ppo_update", 1),
         False,
     ),
-    "mid-rollout of update 2": (_kill_at_call(EnvPool, "step", 3), False),
+    # Each update steps 2 environments 2 times: the 5th step is update 2's first.
+    "mid-rollout of update 2": (_kill_at_step(5), False),
     "between update 2's row and its checkpoint": (
         _at_save(2, kill_self, before=True),
         False,
@@ -580,18 +598,19 @@ def test_workers_die_with_a_training_killed_mid_step(tmp_path: Path) -> None:
 
     def patch() -> None:
         # Environments whose steps take a minute, and a kill -9 a second into the first.
-        real_factory, real_step = esper.rl.training._factory, EnvPool.step
+        real_factory, real_send = esper.rl.training._factory, EnvPool.send
 
         def factory(config: Any) -> Any:
             return functools.partial(SleepingEnv, real_factory(config), 60.0)
 
-        def step(pool: EnvPool, actions: Any) -> Any:
-            pids.write_text(json.dumps([p.pid for p in pool._processes]))
-            threading.Timer(1.0, kill_self).start()
-            return real_step(pool, actions)
+        def send(pool: EnvPool, env: int, command: str, argument: Any) -> None:
+            if command == "step" and not pids.exists():
+                pids.write_text(json.dumps([p.pid for p in pool._processes]))
+                threading.Timer(1.0, kill_self).start()
+            real_send(pool, env, command, argument)
 
         setattr(esper.rl.training, "_factory", factory)  # noqa: B010
-        setattr(EnvPool, "step", step)  # noqa: B010
+        setattr(EnvPool, "send", send)  # noqa: B010
 
     child = fork(_argv(out, "--workers", "2"), tmp_path / "child", patch)
     assert child.wait() == -signal.SIGKILL, child.stderr

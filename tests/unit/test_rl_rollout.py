@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -13,14 +14,17 @@ import torch
 
 from esper.rl.policy import MLPPolicy, RecurrentFactoredPolicy
 from esper.rl.rollout import RolloutCollector
-from esper.rl.workers import EnvPool
+from esper.rl.workers import AsyncEnvPool, EnvPool
 from tests.rl_envs import (
     SPEC,
     CountingEnv,
+    LockstepPool,
     RandomMaskEnv,
     StoppingEnv,
+    UnevenEnv,
     limited_random_mask_env,
     pool_of,
+    slow_and_fast_env,
 )
 
 
@@ -160,6 +164,54 @@ def test_two_workers_give_the_same_rollouts_as_one_process() -> None:
 
     one, two = rollouts(1), rollouts(2)
     assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
+
+
+def _uneven_rollouts(pool: Any) -> list[Any]:
+    """Three rollouts (carried over, then restarted) of `UnevenEnv`s: what was stored,
+    and every episode's environment, seed, length and end."""
+    torch.manual_seed(0)
+    collector = RolloutCollector(pool, _masked_policy(), torch.Generator().manual_seed(3))
+    seen: list[Any] = []
+    seeds = itertools.count(7)
+    for restart in (False, False, True):
+        rollout = collector.collect(6, seeds, restart=restart)
+        b = rollout.buffer
+        assert b.masks is not None
+        seen += [b.obs, b.actions, b.log_probs, b.starts, b.terminated, b.masks.slot]
+        seen.append([(e.env, e.seed, e.length, e.global_step) for e in rollout.episodes])
+    seen.append(next(seeds))  # the same number of seeds taken
+    return seen
+
+
+def _same(a: list[Any], b: list[Any]) -> bool:
+    return all(
+        torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_stepping_each_environment_when_ready_gives_the_lockstep_rollouts() -> None:
+    # Four environments in two workers answer in whatever order their steps finish and
+    # stop at random; stepped all together they answer in order. Same rollouts, same
+    # seeds for the episodes that start mid-rollout.
+    with EnvPool(UnevenEnv, 4, 2) as pool:
+        assert isinstance(pool, AsyncEnvPool)
+        ready = _uneven_rollouts(pool)
+    with LockstepPool(EnvPool(UnevenEnv, 4, 1)) as lockstep:
+        assert not isinstance(lockstep, AsyncEnvPool)
+        together = _uneven_rollouts(lockstep)
+    assert any(e[2] < 6 for e in ready[6]), "some episodes should start mid-rollout"
+    assert _same(ready, together)
+
+
+def test_a_slow_environment_does_not_hold_up_the_others() -> None:
+    # Environment 0 (an even seed) takes 0.4 s a step, environment 1 none; each has a
+    # worker. Environment 1 does all its steps while 0 is still on its first.
+    with EnvPool(functools.partial(slow_and_fast_env, 3), 2, 2) as pool:
+        collector = RolloutCollector(pool, _masked_policy(), torch.Generator().manual_seed(0))
+        episodes = collector.collect(3, iter([0, 1]), restart=True).episodes
+    answered = {e.seed: e.final_info["answered"] for e in episodes}
+    assert max(answered[1]) < min(answered[0])
 
 
 def test_a_rollout_needs_a_step_and_a_seed_for_every_episode() -> None:

@@ -2,15 +2,16 @@
 
 The same interface as `esper.rl.workers.EnvPool`, and the same results: each actor
 (one CPU, one torch thread) owns a contiguous block of the environments and steps them
-one after the other; the driver samples every action from the policy, in one batch,
-with its one random generator. So a policy trained on Ray equals one trained with local
-worker processes, step for step.
+one after the other, all actors together (lockstep); the driver samples every action
+from the policy, each environment's from its own generator (`RolloutCollector`). So a
+policy trained on Ray equals one trained with local worker processes, which step each
+environment as soon as its action is ready, step for step.
 
 Why the driver acts: one environment step is a whole training epoch (a tenth of a second
 on digits, tens of seconds on CIFAR-10), while the policy is a small LSTM that picks all
 N actions in about a millisecond. What crosses the network per step is tiny either way:
 an action of four integers goes out, and an observation of a few hundred floats with its
-masks comes back. Acting in the driver keeps one sampling stream (the reason Ray and
+masks comes back. Acting in the driver keeps the sampling in one place (the reason Ray and
 local runs agree, and the reason a replayed episode is the same episode), keeps the
 whole trajectory in the driver as it is collected, and needs no weights to be sent
 anywhere. Actors that held a copy of the policy would save one round trip per epoch,

@@ -1,13 +1,19 @@
 """The one rollout collector: an `ActorCritic` steps any `VectorEnvPool`.
 
-The pool is N environments stepped together: `esper.rl.workers.EnvPool` (processes on
-this machine) or `esper.rl.ray_envs.RayEnvPool` (Ray actors). It calls each
-environment's ``reset(seed=...)`` and ``step`` and never resets by itself, so any
+The pool is N environments: `esper.rl.workers.EnvPool` (processes on this machine),
+which steps each environment as soon as its action is chosen, or
+`esper.rl.ray_envs.RayEnvPool` (Ray actors), which steps them all together. It calls
+each environment's ``reset(seed=...)`` and ``step`` and never resets by itself, so any
 Gymnasium environment fits: `MorphogenesisEnv`, CartPole, the toy environments of the
-tests. Every episode starts with a seed of its own, taken from the ``seeds`` a
-`RolloutCollector.collect` call is given, in the order the episodes start (within one
-step, in environment order): the same seeds and the same random generator give the same
-rollout, whatever the number of worker processes.
+tests.
+
+Determinism: the policy acts for one environment at a time, sampling with that
+environment's own generator (drawn from the collector's at each rollout). Every episode
+starts with a seed of its own, taken from the ``seeds`` a `RolloutCollector.collect`
+call is given in the order the episodes would start if every environment stepped
+together (by step, then in environment order). So the same seeds and the same random
+generator give the same rollout, whatever the number of worker processes, the order
+their answers come in, or the pool.
 
 An environment whose episode ended starts its next episode just before its next step,
 so every stored transition is a real decision. ``collect(restart=True)`` starts every
@@ -35,10 +41,10 @@ clone a policy from (`esper.rl.ppo.clone_update`).
 
 from __future__ import annotations
 
-import itertools
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -46,7 +52,7 @@ from torch import Tensor
 
 from esper.rl.buffer import RolloutBuffer
 from esper.rl.policy import ActionMasks, ActorCritic, ActOutput, PolicyState
-from esper.rl.workers import StepResult, VectorEnvPool
+from esper.rl.workers import AsyncEnvPool, VectorEnvPool
 
 __all__ = ["EpisodeRecord", "Rollout", "RolloutCollector"]
 
@@ -88,10 +94,19 @@ class Rollout:
 class RolloutCollector:
     """Steps ``pool`` with ``policy``, a rollout per `collect` call.
 
+    Each environment acts on its own: the policy chooses its action (a batch of one) as
+    soon as its observation is back, sampling with a random generator of its own that
+    is drawn from ``generator`` when the rollout starts. With an `AsyncEnvPool` (such as
+    `EnvPool`) no environment waits for another; other pools (`RayEnvPool`) are stepped
+    all together. Either way an environment's trajectory depends only on its seeds and
+    its generator, so a rollout is the same whatever the number of worker processes, the
+    order their answers arrive in, and the pool.
+
     Args:
         pool: the environments; none has an episode running yet.
         policy: the policy that acts (its parameters may change between rollouts).
-        generator: random generator for sampling actions (None: torch's global one).
+        generator: random generator the environments' generators are drawn from (None:
+            torch's global one).
     """
 
     def __init__(
@@ -102,18 +117,8 @@ class RolloutCollector:
         self.device = next(policy.parameters()).device
         self.global_step = 0
         """Steps taken so far, by all environments together."""
-        n = self.num_envs
-        self.obs = np.zeros((n, 0), dtype=np.float32)
-        """``[N, obs_dim]``: each environment's latest observation."""
-        self.infos: list[dict[str, Any]] = [{} for _ in range(n)]
-        """Each environment's latest ``info`` (its masks describe its next decision)."""
-        self.state = policy.initial_state(n)
-        """The policy's recurrent state after the latest step."""
-        self.ended = np.ones(n, dtype=bool)
-        """``[N]``: the environment's episode has ended (or none began): the next step
-        starts another."""
-        self._seeds = [0] * n
-        self._returns, self._lengths = np.zeros(n), np.zeros(n, dtype=np.int64)
+        self._stepper = pool if isinstance(pool, AsyncEnvPool) else _Lockstep(pool)
+        self._envs = [_Env(policy.initial_state(1)) for _ in range(self.num_envs)]
 
     def collect(
         self, steps: int, seeds: Iterator[int], *, restart: bool, demonstrated: bool = False
@@ -129,126 +134,244 @@ class RolloutCollector:
         if steps < 1:
             raise ValueError(f"a rollout needs at least 1 step, got {steps}")
         if restart:
-            self.ended[:] = True
-            self.state = self.policy.initial_state(self.num_envs)
-        initial_state = self.state
-        columns: dict[str, list[Tensor]] = {}
-        step_masks: list[ActionMasks] = []
+            for env in self._envs:
+                env.ended, env.state = True, self.policy.initial_state(1)
+        generators = self._generators()
+        tracks = [_Track(env, env.state, g) for env, g in zip(self._envs, generators, strict=True)]
         episodes: list[EpisodeRecord] = []
-        for _ in range(steps):
-            starts = self._start_episodes(seeds)
-            obs, masks = self._tensor(self.obs), self.masks()
-            out = self._act(obs, masks, starts, demonstrated)
-            result = self.pool.step(out.action.cpu().numpy())
-            self.global_step += self.num_envs
-            row = self._row(obs, out, starts, result)
-            for name, value in row.items():
-                columns.setdefault(name, []).append(value)
-            if masks is not None:
-                step_masks.append(masks)
-            episodes += self._finish_episodes(result)
-            self.obs, self.infos, self.state = result.obs, result.infos, out.state
-            self.ended = result.terminated | result.truncated
-        with torch.no_grad():
-            last_value = self.policy.value(
-                self._tensor(self.obs), self.state, self._tensor(self.ended)
-            )
-        buffer = RolloutBuffer(
-            **{name: torch.stack(values) for name, values in columns.items()},
-            masks=ActionMasks.stack(step_masks) if step_masks else None,
-            initial_state=initial_state,
-            last_value=last_value,
-        )
-        return Rollout(buffer, episodes)
+        waiting = [i for i, track in enumerate(tracks) if track.env.ended]
+        for i in sorted(set(range(self.num_envs)) - set(waiting)):
+            self._act(i, tracks[i], demonstrated)
+        running = self.num_envs
+        while running:
+            waiting = self._start_episodes(tracks, waiting, seeds)
+            i, reply = self._stepper.receive()
+            track = tracks[i]
+            if track.resetting:
+                track.started(*reply)
+                self._act(i, track, demonstrated)
+                continue
+            if self._stepped(track, reply):
+                episodes.append(self._episode(i, track))
+            if track.done == steps:
+                running -= 1
+            elif track.env.ended:
+                waiting.append(i)
+            else:
+                self._act(i, track, demonstrated)
+        self.global_step += self.num_envs * steps
+        episodes.sort(key=lambda e: (e.global_step, e.env))
+        return Rollout(RolloutBuffer.concat([self._buffer(t) for t in tracks]), episodes)
 
     def masks(self) -> ActionMasks | None:
         """The masks of every environment's next decision (leading ``[N]``), or None."""
-        given = [i for i, info in enumerate(self.infos) if "masks" in info]
+        infos = [env.info for env in self._envs]
+        given = [i for i, info in enumerate(infos) if "masks" in info]
         if not given:
             return None
         if len(given) < self.num_envs:
             raise ValueError(f"only environments {given} of {self.num_envs} gave masks")
-        keys = self.infos[0]["masks"]
-        arrays = {key: np.stack([info["masks"][key] for info in self.infos]) for key in keys}
+        keys = infos[0]["masks"]
+        arrays = {key: np.stack([info["masks"][key] for info in infos]) for key in keys}
         return ActionMasks.from_numpy(arrays, self.device)
 
+    def _generators(self) -> list[torch.Generator]:
+        """This rollout's generator of each environment, drawn from ``generator``."""
+        draws = torch.randint(0, 2**62, (self.num_envs,), generator=self.generator)
+        return [torch.Generator(self.device).manual_seed(int(d)) for d in draws]
+
     def _tensor(self, array: Any) -> Tensor:
-        # A copy: the collector's numpy arrays are later updated in place.
+        # A copy: what the environment returned may be updated in place later.
         return torch.tensor(np.asarray(array), dtype=torch.float32, device=self.device)
 
-    def _start_episodes(self, seeds: Iterator[int]) -> Tensor:
-        """Reset every environment whose episode ended, with the next seeds; the step's
-        episode-start flags ``[N]``."""
-        which = np.flatnonzero(self.ended)
-        if len(which):
-            chosen = list(itertools.islice(seeds, len(which)))
-            if len(chosen) < len(which):
-                raise ValueError(f"the seeds ran out: {len(which)} episodes start")
-            obs, infos = self.pool.reset(chosen, which.tolist())
-            if self.obs.shape[1:] != obs.shape[1:]:  # the first reset
-                self.obs = np.zeros((self.num_envs, *obs.shape[1:]), dtype=obs.dtype)
-            self.obs[which] = obs
-            for k, i in enumerate(which):
-                self.infos[i], self._seeds[i] = infos[k], chosen[k]
-            self._returns[which], self._lengths[which] = 0.0, 0
-        starts = self._tensor(self.ended)
-        self.ended = np.zeros(self.num_envs, dtype=bool)
-        return starts
+    def _start_episodes(
+        self, tracks: list[_Track], waiting: list[int], seeds: Iterator[int]
+    ) -> list[int]:
+        """Reset the environments in ``waiting`` whose seed is known, the next seeds in the
+        order of (step, environment), as if all stepped together; returns the rest.
 
-    def _act(
-        self, obs: Tensor, masks: ActionMasks | None, starts: Tensor, demonstrated: bool
-    ) -> ActOutput:
-        # No gradient: the update re-scores the rollout. Not around the pool's calls
-        # either, whose environments may train (`MorphogenesisEnv`).
+        Environment i's episode starting at its step t takes its seed once no episode
+        before it in that order can still start: every environment before i has done t
+        steps, every one after it t - 1."""
+        waiting = sorted(waiting, key=lambda i: (tracks[i].done, i))
+        while waiting:
+            i, t = waiting[0], tracks[waiting[0]].done
+            if any(o.done < (t if j < i else t - 1) for j, o in enumerate(tracks) if j != i):
+                break
+            seed = next(seeds, None)
+            if seed is None:
+                raise ValueError(f"the seeds ran out: environment {i} starts an episode")
+            tracks[i].env.seed, tracks[i].resetting = int(seed), True
+            self._stepper.send(i, "reset", int(seed))
+            waiting.pop(0)
+        return waiting
+
+    def _act(self, i: int, track: _Track, demonstrated: bool) -> None:
+        """Choose environment i's action and send it."""
+        env = track.env
+        obs, starts = self._tensor(env.obs[None]), self._tensor([float(track.start)])
+        masks = None
+        if "masks" in env.info:
+            masks = ActionMasks.from_numpy({k: v[None] for k, v in env.info["masks"].items()})
+            masks = masks.to(self.device)
+        # No gradient: the update re-scores the rollout.
         with torch.no_grad():
-            out = self.policy.act(obs, self.state, masks, starts, generator=self.generator)
+            out = self.policy.act(obs, env.state, masks, starts, generator=track.generator)
             if demonstrated:
-                out = _demonstrated(self.policy, out, obs, self.state, masks, starts, self.infos)
-        return out
+                out = _demonstrated(self.policy, out, obs, env.state, masks, starts, [env.info])
+        track.acted = _Acted(obs, out, starts, masks)
+        self._stepper.send(i, "step", out.action[0].cpu().numpy())
 
-    def _row(
-        self, obs: Tensor, out: ActOutput, starts: Tensor, result: StepResult
-    ) -> dict[str, Tensor]:
-        """One step's entries of the buffer, each ``[N, ...]``."""
-        return {
-            "obs": obs,
-            "actions": out.action,
-            "log_probs": out.log_prob,
-            "values": out.value,
-            "rewards": self._tensor(result.rewards),
-            "starts": starts,
-            "terminated": self._tensor(result.terminated),
-            "truncated": self._tensor(result.truncated & ~result.terminated),
-            "final_values": self._final_values(result, out.state),
-        }
-
-    def _final_values(self, result: StepResult, state: PolicyState) -> Tensor:
-        """``[N]``: V(final observation) where the step truncated its episode, else 0;
-        from the state after the step."""
-        values = torch.zeros(self.num_envs, device=self.device)
-        index = np.flatnonzero(result.truncated & ~result.terminated)
-        if len(index):
-            rows = torch.as_tensor(index, device=self.device)
-            selected = tuple(s[:, rows] for s in state)
+    def _stepped(self, track: _Track, reply: Any) -> bool:
+        """Record a step's answer ``(obs, reward, terminated, truncated, info)``; True when
+        it ended the episode."""
+        obs, reward, terminated, truncated, info = reply
+        acted, env = track.acted, track.env
+        assert acted is not None
+        cut = bool(truncated and not terminated)
+        # A truncated episode is bootstrapped from its final observation, with the state
+        # after the step.
+        final_value = torch.zeros(1, device=self.device)
+        if cut:
             with torch.no_grad():
-                values[rows] = self.policy.value(self._tensor(result.obs[index]), selected)
-        return values
+                final_value = self.policy.value(self._tensor(obs[None]), acted.out.state)
+        track.rows.append(
+            {
+                "obs": acted.obs,
+                "actions": acted.out.action,
+                "log_probs": acted.out.log_prob,
+                "values": acted.out.value,
+                "rewards": self._tensor([reward]),
+                "starts": acted.starts,
+                "terminated": self._tensor([float(terminated)]),
+                "truncated": self._tensor([float(cut)]),
+                "final_values": final_value,
+            }
+        )
+        track.masks.append(acted.masks)
+        track.done, track.start, track.acted = track.done + 1, False, None
+        env.obs, env.info, env.state = obs, info, acted.out.state
+        env.episode_return += float(reward)
+        env.length += 1
+        env.ended = bool(terminated or truncated)
+        env.cut = cut
+        return env.ended
 
-    def _finish_episodes(self, result: StepResult) -> list[EpisodeRecord]:
-        self._returns += result.rewards
-        self._lengths += 1
-        return [
-            EpisodeRecord(
-                env=int(i),
-                seed=self._seeds[i],
-                episode_return=float(self._returns[i]),
-                length=int(self._lengths[i]),
-                global_step=self.global_step,
-                truncated=bool(result.truncated[i] and not result.terminated[i]),
-                final_info=result.infos[i],
+    def _episode(self, i: int, track: _Track) -> EpisodeRecord:
+        env = track.env
+        return EpisodeRecord(
+            env=i,
+            seed=env.seed,
+            episode_return=env.episode_return,
+            length=env.length,
+            global_step=self.global_step + self.num_envs * track.done,
+            truncated=env.cut,
+            final_info=env.info,
+        )
+
+    def _buffer(self, track: _Track) -> RolloutBuffer:
+        """One environment's rollout, ``[T, 1]``."""
+        columns = {name: torch.stack([row[name] for row in track.rows]) for name in track.rows[0]}
+        given = [m for m in track.masks if m is not None]
+        if given and len(given) < len(track.masks):
+            raise ValueError("an environment gave info['masks'] for some steps and not others")
+        masks = ActionMasks.stack(given) if given else None
+        env = track.env
+        with torch.no_grad():
+            last_value = self.policy.value(
+                self._tensor(env.obs[None]), env.state, self._tensor([float(env.ended)])
             )
-            for i in np.flatnonzero(result.terminated | result.truncated)
-        ]
+        return RolloutBuffer(
+            **columns, masks=masks, initial_state=track.initial_state, last_value=last_value
+        )
+
+
+@dataclass
+class _Env:
+    """One environment as the collector left it: what carries over between rollouts."""
+
+    state: PolicyState
+    """The policy's recurrent state after the environment's latest step, ``[layers, 1, H]``."""
+    obs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    info: dict[str, Any] = field(default_factory=dict)
+    """The latest ``info`` (its masks describe the next decision)."""
+    ended: bool = True
+    """The episode has ended (or none began): the next step starts another."""
+    cut: bool = False
+    """The latest step truncated the episode (and did not terminate it)."""
+    seed: int = 0
+    episode_return: float = 0.0
+    length: int = 0
+
+
+class _Acted(NamedTuple):
+    """An action sent and not yet answered, and what it was chosen on."""
+
+    obs: Tensor
+    out: ActOutput
+    starts: Tensor
+    masks: ActionMasks | None
+
+
+@dataclass
+class _Track:
+    """One environment's part of a rollout in progress."""
+
+    env: _Env
+    initial_state: PolicyState
+    generator: torch.Generator
+    done: int = 0
+    """Steps of this rollout done."""
+    start: bool = False
+    """The next step is the episode's first."""
+    resetting: bool = False
+    """A reset has been sent and not yet answered."""
+    acted: _Acted | None = None
+    rows: list[dict[str, Tensor]] = field(default_factory=list)
+    masks: list[ActionMasks | None] = field(default_factory=list)
+
+    def started(self, obs: np.ndarray, info: dict[str, Any]) -> None:
+        """A reset's answer: the new episode's first observation and info."""
+        env = self.env
+        env.obs, env.info, env.episode_return, env.length = obs, info, 0.0, 0
+        self.start, self.resetting = True, False
+
+
+class _Lockstep:
+    """`AsyncEnvPool`'s calls on a pool that steps all its environments together: the
+    requests wait until every environment has one (or only resets are asked for)."""
+
+    def __init__(self, pool: VectorEnvPool) -> None:
+        self.pool = pool
+        self._resets: dict[int, int] = {}
+        self._steps: dict[int, np.ndarray] = {}
+        self._answers: deque[tuple[int, Any]] = deque()
+
+    def send(self, env: int, command: str, argument: Any) -> None:
+        (self._resets if command == "reset" else self._steps)[env] = argument
+
+    def receive(self) -> tuple[int, Any]:
+        if not self._answers:
+            self._flush()
+        return self._answers.popleft()
+
+    def _flush(self) -> None:
+        if self._resets:
+            which = sorted(self._resets)
+            obs, infos = self.pool.reset([self._resets[i] for i in which], which)
+            self._answers.extend((i, (obs[k], infos[k])) for k, i in enumerate(which))
+            self._resets = {}
+            return
+        n = self.pool.num_envs
+        if len(self._steps) < n:
+            raise RuntimeError(f"a lockstep pool steps all {n} environments at once")
+        result = self.pool.step(np.stack([self._steps[i] for i in range(n)]))
+        self._steps = {}
+        self._answers.extend(
+            (i, (result.obs[i], result.rewards[i], result.terminated[i], result.truncated[i],
+                 result.infos[i]))
+            for i in range(n)
+        )  # fmt: skip
 
 
 def _demonstrated(

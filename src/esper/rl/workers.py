@@ -1,9 +1,12 @@
 """EnvPool: N environments stepped in W worker processes, one torch thread each.
 
-Each worker owns a contiguous block of the environments and steps them one after the
-other; the pool steps all workers at once. ``workers=1`` keeps every environment in this
-process, so a run gives the same results whatever the number of workers (each
-environment's episode depends only on its own seed and actions).
+Each worker owns a contiguous block of the environments and serves their requests in
+the order they arrive. Two ways to drive it: ``reset``/``step`` ask every worker at once
+and wait for all (lockstep); ``send``/``receive`` (`AsyncEnvPool`) ask one environment
+and hand back whichever answer is ready first, so a worker never waits for another and,
+with two or more environments each, rarely for the learner either. ``workers=1`` keeps
+every environment in this process, so a run gives the same results whatever the number
+of workers (each environment's episode depends only on its own seed and actions).
 
 Worker processes are spawned, not forked: a forked child would inherit torch's thread
 pools mid-state. They die with the process that started them, however it ends (even
@@ -18,10 +21,11 @@ import multiprocessing
 import os
 import signal
 import traceback
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from typing import Any, Protocol, Self
+from multiprocessing.connection import Connection, wait
+from typing import Any, Protocol, Self, runtime_checkable
 
 import numpy as np
 import torch
@@ -29,6 +33,7 @@ import torch
 from esper.lifetime import die_with_parent
 
 __all__ = [
+    "AsyncEnvPool",
     "EnvFactory",
     "EnvPool",
     "EnvWorkerError",
@@ -36,6 +41,7 @@ __all__ = [
     "StepResult",
     "VectorEnvPool",
     "apply_command",
+    "apply_one",
     "reset_arguments",
     "reset_replies",
     "step_result",
@@ -84,6 +90,22 @@ class VectorEnvPool(Protocol):
     def __enter__(self) -> Self: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+@runtime_checkable
+class AsyncEnvPool(VectorEnvPool, Protocol):
+    """A pool whose environments can be asked one at a time, without waiting."""
+
+    def send(self, env: int, command: str, argument: Any) -> None:
+        """Ask environment ``env`` to ``reset`` (``argument``: the seed) or to ``step``
+        (``argument``: its action)."""
+        ...
+
+    def receive(self) -> tuple[int, Any]:
+        """Wait for the next answer to a `send`: ``(env, answer)``, the answer being
+        ``(obs, info)`` for a reset and ``(obs, reward, terminated, truncated, info)``
+        for a step. Answers of one environment come in the order it was asked."""
+        ...
 
 
 PoolFactory = Callable[[EnvFactory, int, int], VectorEnvPool]
@@ -137,6 +159,8 @@ class EnvPool:
         self._local: list[Any] = []
         self._pipes: list[Connection] = []
         self._processes: list[Any] = []
+        self._answers: deque[tuple[int, Any]] = deque()  # with workers=1: answered at once
+        self._asked = [0] * self.workers  # per worker: sent and not yet received
         if self.workers == 1:
             self._local = [factory() for _ in range(num_envs)]
         else:
@@ -169,6 +193,31 @@ class EnvPool:
         replies = self._call("step", [actions[b[0] : b[-1] + 1] for b in self._blocks])
         return step_result([r for reply in replies for r in reply])
 
+    def send(self, env: int, command: str, argument: Any) -> None:
+        """Ask environment ``env`` to ``reset`` (the seed) or ``step`` (its action),
+        without waiting (`AsyncEnvPool`)."""
+        if self.workers == 1:
+            self._answers.append((env, apply_one(self._local[env], command, argument)))
+            return
+        worker = next(w for w, block in enumerate(self._blocks) if env in block)
+        self._pipes[worker].send(("one", (env - self._blocks[worker][0], command, argument)))
+        self._asked[worker] += 1
+
+    def receive(self) -> tuple[int, Any]:
+        """The first answer ready to a `send`: ``(env, answer)`` (`AsyncEnvPool`)."""
+        if self.workers == 1:
+            if not self._answers:
+                raise RuntimeError("receive() without a request: send() first")
+            return self._answers.popleft()
+        asked = [pipe for pipe, n in zip(self._pipes, self._asked, strict=True) if n]
+        if not asked:
+            raise RuntimeError("receive() without a request: send() first")
+        pipe = wait(asked)[0]
+        worker = self._pipes.index(pipe)  # type: ignore[arg-type]
+        self._asked[worker] -= 1
+        k, answer = self._receive(self._pipes[worker])
+        return self._blocks[worker][0] + k, answer
+
     def close(self) -> None:
         for pipe in self._pipes:
             with contextlib.suppress(BrokenPipeError, OSError):  # already gone
@@ -188,6 +237,8 @@ class EnvPool:
     # ------------------------------------------------------------ internals
 
     def _call(self, command: str, arguments: list[Any]) -> list[Any]:
+        if any(self._asked) or self._answers:
+            raise RuntimeError(f"{command}() while answers to send() are still out")
         if self.workers == 1:
             return [apply_command(self._local, command, arguments[0])]
         for pipe, argument in zip(self._pipes, arguments, strict=True):
@@ -216,6 +267,15 @@ def apply_command(envs: list[Any], command: str, argument: Any) -> Any:
     raise ValueError(f"unknown command {command!r}")
 
 
+def apply_one(env: Any, command: str, argument: Any) -> Any:
+    """Run one environment's ``reset`` (argument: the seed) or ``step`` (its action)."""
+    if command == "reset":
+        return env.reset(seed=argument)
+    if command == "step":
+        return env.step(argument)
+    raise ValueError(f"unknown command {command!r}")
+
+
 def _worker(pipe: Connection, factory: EnvFactory, count: int, parent: int) -> None:
     # Ctrl-C is the parent's to handle: it stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -228,6 +288,10 @@ def _worker(pipe: Connection, factory: EnvFactory, count: int, parent: int) -> N
             command, argument = pipe.recv()
             if command == "close":
                 return
+            if command == "one":  # (index in the block, command, argument)
+                k, one, given = argument
+                pipe.send(("ok", (k, apply_one(envs[k], one, given))))
+                continue
             pipe.send(("ok", apply_command(envs, command, argument)))
     except (EOFError, KeyboardInterrupt):
         return

@@ -220,3 +220,6 @@ def test_a_rollout_needs_a_step_and_a_seed_for_every_episode() -> None:
         collector.collect(0, itertools.count(), restart=True)
     with pytest.raises(ValueError, match="the seeds ran out"):
         collector.collect(4, iter([1]), restart=True)
+    # The pool is left ready for the next rollout, which starts afresh.
+    buffer = collector.collect(2, iter([5, 6]), restart=False).buffer
+    assert buffer.starts[0].tolist() == [1, 1]

@@ -200,11 +200,23 @@ class RolloutCollector:
                 break
             seed = next(seeds, None)
             if seed is None:
+                self._abandon(tracks)
                 raise ValueError(f"the seeds ran out: environment {i} starts an episode")
             tracks[i].env.seed, tracks[i].resetting = int(seed), True
             self._stepper.send(i, "reset", int(seed))
             waiting.pop(0)
         return waiting
+
+    def _abandon(self, tracks: list[_Track]) -> None:
+        """Give up the rollout: take the answers still out, so that the pool serves the
+        next one, and start every environment afresh then."""
+        if isinstance(self._stepper, _Lockstep):
+            self._stepper = _Lockstep(self.pool)  # nothing was sent that is not answered
+        else:
+            for _ in range(sum(t.resetting or t.acted is not None for t in tracks)):
+                self._stepper.receive()
+        for env in self._envs:
+            env.ended = True
 
     def _act(self, i: int, track: _Track, demonstrated: bool) -> None:
         """Choose environment i's action and send it."""

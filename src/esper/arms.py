@@ -31,7 +31,8 @@ def arm_help() -> str:
     """The arms ``--arms`` takes, in words: one per registered controller, and the static
     host's widened forms."""
     names = [
-        f"{spec.arm}:DIR (a policy trained by 'esper ppo train', shown as '{spec.arm_label}')"
+        f"{spec.arm}:DIR (a policy trained by 'esper ppo train', shown as '{spec.arm_label}'; "
+        f"or {spec.arm}:NAME, a policy that comes with Esper)"
         if spec.needs_policy
         else spec.arm
         for _, spec in CONTROLLERS.items()

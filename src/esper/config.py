@@ -420,6 +420,12 @@ class RunConfig:
     policy trained by ``esper ppo train`` (see ``policy``)."""
     policy: str | None = None
     """The trained policy (a ``policy.pt`` or its run directory) when controller is ppo."""
+    policy_sampling: bool = False
+    """The ppo controller samples each decision from the policy (with a generator seeded
+    by the episode's seed, saved in run checkpoints) instead of taking its most likely
+    action. A policy that keeps exploring can put less than half its probability on
+    germinating at every epoch and still germinate early when it samples; taking the
+    most likely action, it never would."""
     policy_sha256: str | None = None
     """SHA-256 of the policy file when the run's configuration was resolved (set by
     `esper.controller.ControllerSpec.configure`): a compare's cache holds the runs of

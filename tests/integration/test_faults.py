@@ -1022,7 +1022,8 @@ def policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _ppo_run(out: Path, policy: Path) -> list[str]:
-    flags = ["--epochs", "6", "--max-batches", "3", "--policy", str(policy)]
+    # Sampling: the controller's random stream must be checkpointed and resumed too.
+    flags = ["--epochs", "6", "--max-batches", "3", "--policy", str(policy), "--sample"]
     return ["ppo", "run", "--out", str(out), "--quiet", *flags]
 
 

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 from esper import __version__
 from esper.arms import MAX_RUNS, MAX_SEED_COUNT, arm_help
 from esper.config import MAX_SEED
-from esper.controller.registry import CONTROLLERS, ControllerSpec
+from esper.controller.registry import CONTROLLERS, ControllerSpec, shipped_policies
 from esper.training.tasks import TASKS
 
 __all__ = [
@@ -35,6 +35,12 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
+POLICY_HELP = (
+    "the training run (or its policy.pt), or the name of a policy that comes with Esper: "
+    + (", ".join(shipped_policies()) or "none yet")
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +146,8 @@ def controller_command(commands: Any, spec: ControllerSpec) -> argparse.Argument
     )
     run_options(parser)
     if spec.needs_policy:
-        parser.add_argument("--policy", metavar="DIR", help="the training run (or policy.pt)")
+        parser.add_argument("--policy", metavar="DIR|NAME", help=POLICY_HELP)
+        _sample_option(parser.add_argument)
     parser.set_defaults(controller=spec.name)
     return parser
 
@@ -477,9 +484,21 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     ray_argument(parser, "step the environments in --workers actors (one CPU each)")
 
 
+def _sample_option(add: Callable[..., Any]) -> None:
+    add(
+        "--sample",
+        dest="policy_sampling",
+        action="store_const",
+        const=True,
+        help="sample each decision from the policy (seeded by the run's seed) instead of "
+        "taking its most likely action",
+    )
+
+
 def _eval_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--policy", required=True, metavar="DIR", help="the training run (or its policy.pt)")
+    add("--policy", required=True, metavar="DIR|NAME", help=POLICY_HELP)
+    _sample_option(add)
     add("--task", help="task (default: the policy's)")
     add(
         "--seeds",

@@ -20,6 +20,7 @@ from esper.cli.runs import read_config_file, train_command
 from esper.cluster import connected, import_ray
 from esper.compare import parse_arms, parse_seeds
 from esper.config import RunConfig, to_dict
+from esper.controller.registry import SHIPPED_POLICIES, policy_source, shipped_policies
 from esper.provenance import provenance
 from esper.rl.agent import POLICY_FILE, PolicyError, load_policy
 from esper.rl.env import env_config
@@ -52,12 +53,15 @@ def ppo_command(args: argparse.Namespace, console: Console) -> int:
     if args.ppo_command == "eval":
         return _eval(args, console)
     if args.policy is None and args.resume is None:
-        raise RunError("esper ppo run needs --policy DIR (a training run)")
+        raise RunError(
+            "esper ppo run needs --policy DIR (a training run) or the name of a policy that "
+            f"comes with Esper ({', '.join(shipped_policies()) or 'none'})"
+        )
     if args.policy is None:
         return train_command(args, console)  # --resume: the run's saved configuration
     # The policy's task and the episodes it was trained on, unless flags say otherwise.
-    args.task = _check_policy(Path(args.policy), args.task)
-    trained = _training_environment(Path(args.policy))
+    args.task = _check_policy(policy_source(args.policy), args.task)
+    trained = _training_environment(policy_source(args.policy))
     return train_command(args, console, None if trained is None else to_dict(trained))
 
 
@@ -286,7 +290,10 @@ def _resolve(args: argparse.Namespace) -> PPOTrainConfig:
 def _eval_dir(policy: Path, task: str) -> Path:
     """Default results directory: ``eval-<task>`` beside the policy, ``eval-<name>-<task>``
     for a policy file other than the training's ``policy.pt`` (e.g. ``cloned.pt``), so
-    two policies of one training never share (and refuse) each other's runs."""
+    two policies of one training never share (and refuse) each other's runs; for a policy
+    that comes with Esper, ``eval-<name>-<task>`` here (never inside the package)."""
+    if policy.parent == SHIPPED_POLICIES:
+        return Path(f"eval-{policy.name}-{task}")
     if policy.is_dir():
         return policy / f"eval-{task}"
     name = "" if policy.name == POLICY_FILE else f"{policy.stem}-"
@@ -296,7 +303,7 @@ def _eval_dir(policy: Path, task: str) -> Path:
 def _eval(args: argparse.Namespace, console: Console) -> int:
     """``esper ppo eval``: a compare (`run_compare`) with the policy as the arm
     ``learned``, on its task and the episodes it was trained on."""
-    policy_dir = Path(args.policy)
+    policy_dir = policy_source(args.policy)
     try:
         _, meta = load_policy(policy_dir, args.task)
     except PolicyError as error:
@@ -318,9 +325,12 @@ def _eval_config(args: argparse.Namespace, task: str, base: RunConfig | None) ->
     """The training run's environment (if the task is the same), with the flags on top."""
     overrides = {
         name: getattr(args, name)
-        for name in ("epochs", "max_batches", "max_val_batches", "data_dir", "text_file")
+        for name in (
+            "epochs", "max_batches", "max_val_batches", "data_dir", "text_file",
+            "policy_sampling",
+        )
         if getattr(args, name) is not None
-    }
+    }  # fmt: skip
     if base is not None and base.task == task:
         return env_config(base, **overrides)
     return env_config(None, task=task, **overrides)

@@ -50,6 +50,7 @@ RUN_FLAGS = (
     "text_file",
     "width_multiplier",
     "policy",
+    "policy_sampling",
 )
 """The run flags that set the configuration (`esper.config.shortcuts` says where)."""
 

@@ -31,21 +31,50 @@ from esper.registry import Registry
 __all__ = [
     "CONTROLLERS",
     "POLICY_FILE",
+    "SHIPPED_POLICIES",
     "ControllerContext",
     "ControllerSpec",
     "build_controller",
     "get_controller",
     "policy_digest",
     "policy_file",
+    "policy_source",
+    "shipped_policies",
 ]
 
 POLICY_FILE = "policy.pt"
 """The policy file in a training directory (``esper ppo train --out``)."""
 
 
-def policy_file(source: Path) -> Path:
-    """The policy file ``source`` names: itself, or the `POLICY_FILE` of a directory."""
-    return source / POLICY_FILE if source.is_dir() else source
+SHIPPED_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+"""The learned policies that come with Esper: ``esper/policies/NAME/``, each a
+`POLICY_FILE`, the ``config.json`` of the training that made it, and ``policy.json``:
+the command that trained it, its commit and its evaluation."""
+
+
+def shipped_policies() -> list[str]:
+    """The names of the policies that come with Esper (`SHIPPED_POLICIES`)."""
+    if not SHIPPED_POLICIES.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED_POLICIES.iterdir() if (p / POLICY_FILE).is_file())
+
+
+def policy_source(source: str | Path) -> Path:
+    """What ``--policy`` names: a path that exists (a training directory or a policy
+    file), else the shipped policy of that name (`shipped_policies`), else the path
+    (loading it then says what is missing)."""
+    path = Path(source)
+    shipped = SHIPPED_POLICIES / str(source)
+    if path.exists() or len(path.parts) != 1 or not (shipped / POLICY_FILE).is_file():
+        return path
+    return shipped
+
+
+def policy_file(source: str | Path) -> Path:
+    """The policy file ``source`` names (`policy_source`): itself, or the `POLICY_FILE`
+    of a directory."""
+    path = policy_source(source)
+    return path / POLICY_FILE if path.is_dir() else path
 
 
 def policy_digest(source: Path) -> str | None:

@@ -28,7 +28,13 @@ from esper.controller.features import (
     observation,
     observation_size,
 )
-from esper.controller.registry import POLICY_FILE, ControllerContext, policy_digest, policy_file
+from esper.controller.registry import (
+    POLICY_FILE,
+    ControllerContext,
+    policy_digest,
+    policy_file,
+    shipped_policies,
+)
 from esper.rl.policy import ActionMasks, RecurrentFactoredPolicy
 from esper.rundir import save_atomic
 
@@ -94,7 +100,11 @@ def load_policy(
     """
     path = policy_file(source)
     if not path.is_file():
-        raise PolicyError(f"no policy at {path}: pass the directory of an 'esper ppo train' run")
+        names = ", ".join(shipped_policies()) or "none"
+        raise PolicyError(
+            f"no policy at {path}: pass the directory of an 'esper ppo train' run, or the "
+            f"name of a policy that comes with Esper ({names})"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         meta_data = dict(payload["meta"])
@@ -138,8 +148,9 @@ def load_policy(
 class PolicyController:
     """A trained policy deciding one action per epoch, as any `Controller`.
 
-    Deterministic by default (the most likely action of each head); its LSTM state
-    carries over epochs and goes into run checkpoints.
+    Deterministic by default (the most likely action of each head); with a ``generator``
+    it samples each action with it instead. Its LSTM state (and the generator's) carries
+    over epochs and goes into run checkpoints.
     """
 
     def __init__(
@@ -147,11 +158,11 @@ class PolicyController:
         policy: RecurrentFactoredPolicy,
         meta: PolicyMeta,
         random_guess_loss: float,
-        deterministic: bool = True,
+        generator: torch.Generator | None = None,
     ) -> None:
         self.policy, self.meta = policy, meta
         self.random_guess_loss = random_guess_loss
-        self.deterministic = deterministic
+        self.generator = generator
         self.state = policy.initial_state(1)
         self.started = False
 
@@ -165,7 +176,8 @@ class PolicyController:
                 self.state,
                 ActionMasks.from_numpy(arrays, torch.device("cpu")),
                 torch.tensor([0.0 if self.started else 1.0]),
-                deterministic=self.deterministic,
+                deterministic=self.generator is None,
+                generator=self.generator,
             )
         self.state, self.started = out.state, True
         action, illegal = decode_action(out.action[0].tolist(), slots, self.meta.blueprints)
@@ -175,11 +187,16 @@ class PolicyController:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"state": [s.clone() for s in self.state], "started": self.started}
+        state = {"state": [s.clone() for s in self.state], "started": self.started}
+        if self.generator is not None:
+            state["generator"] = self.generator.get_state()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = tuple(state["state"])
         self.started = bool(state["started"])
+        if self.generator is not None:
+            self.generator.set_state(state["generator"])
 
 
 def build(context: ControllerContext) -> PolicyController:
@@ -205,4 +222,7 @@ def build(context: ControllerContext) -> PolicyController:
             "continues only with its own policy; put that file back, or start a new run "
             "with --out"
         )
-    return PolicyController(policy, meta, context.random_guess_loss)
+    generator = None
+    if config.policy_sampling:
+        generator = torch.Generator().manual_seed(config.episode.seed)
+    return PolicyController(policy, meta, context.random_guess_loss, generator)

@@ -247,3 +247,26 @@ def test_measuring_only_judged_seeds_changes_no_decision_and_costs_less() -> Non
             assert contribution == theirs.contributions[sid]
     assert sum(r.eval_flops for r in judged.history) < sum(r.eval_flops for r in live.history)
     assert [r.train_flops for r in judged.history] == [r.train_flops for r in live.history]
+
+
+def test_a_count_is_of_the_host_as_it_is_now() -> None:
+    # A merged width seed leaves no module at its slot: the host itself is wider, and
+    # its slots read as an unmerged host's can. The count must be the wider host's, not
+    # one cached for the host the meter started with (or any other of that layout).
+    task, split = get_task("digits"), load_digits()
+    narrow = build_model(task, split)
+    wide = build_model(task, split, width_multiplier=2.0)
+    inputs, targets = next(iter(SplitBatches(split, task.batch_size, seed=0).val_batches()))
+    probe = (inputs[:8], targets[:8])
+    compute.clear_cache()
+    try:
+        meter = compute.ComputeMeter(narrow, probe, nn.CrossEntropyLoss(), TaskType.CLASSIFICATION)
+        assert meter.train_per_item(narrow) == pytest.approx(meter.host_train)
+        wider = meter.train_per_item(wide)
+        assert wider == pytest.approx(
+            train_flops(wide, probe, nn.CrossEntropyLoss(), TaskType.CLASSIFICATION)
+        )
+        assert wider > 1.5 * meter.host_train
+        assert meter.eval_per_item(wide, ()) > 1.5 * meter.host_eval
+    finally:
+        compute.clear_cache()

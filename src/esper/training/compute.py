@@ -33,11 +33,16 @@ PROBE_ITEMS = 4
 """Samples (sequences) in the probe batch; FLOPs per item do not depend on it."""
 
 
-def _architecture(model: MorphogeneticModel) -> tuple[tuple[str, str, str | None, bool], ...]:
-    """What decides the cost of a forward pass: each slot's seed and how it runs."""
-    return tuple(
+def _architecture(
+    model: MorphogeneticModel,
+) -> tuple[str, tuple[tuple[str, str, str | None, bool], ...]]:
+    """What decides the cost of a forward pass: the host as it is now (a merged width
+    seed leaves no module behind, only a wider host, whose slots read like an unmerged
+    one's), and each slot's seed and how it runs."""
+    slots = tuple(
         (s.slot_id, s.forward_mode, s.state.blueprint_id, s.gate is not None) for s in model.slots()
     )
+    return repr(model.host), slots
 
 
 _COUNTS: dict[tuple[object, ...], float] = {}

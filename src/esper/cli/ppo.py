@@ -60,8 +60,9 @@ def ppo_command(args: argparse.Namespace, console: Console) -> int:
     if args.policy is None:
         return train_command(args, console)  # --resume: the run's saved configuration
     # The policy's task and the episodes it was trained on, unless flags say otherwise.
-    args.task = _check_policy(policy_source(args.policy), args.task)
-    trained = _training_environment(policy_source(args.policy))
+    source = policy_source(args.policy)
+    args.task = _check_policy(source, args.task)
+    trained = _training_environment(source)
     return train_command(args, console, None if trained is None else to_dict(trained))
 
 

@@ -261,9 +261,9 @@ def apply_command(envs: list[Any], command: str, argument: Any) -> Any:
     returns {index: (obs, info)}; ``step`` takes one action per environment and returns
     their ``(obs, reward, terminated, truncated, info)``."""
     if command == "reset":  # {index in the block: seed}
-        return {k: envs[k].reset(seed=seed) for k, seed in argument.items()}
+        return {k: apply_one(envs[k], command, seed) for k, seed in argument.items()}
     if command == "step":
-        return [env.step(action) for env, action in zip(envs, argument, strict=True)]
+        return [apply_one(e, command, a) for e, a in zip(envs, argument, strict=True)]
     raise ValueError(f"unknown command {command!r}")
 
 
